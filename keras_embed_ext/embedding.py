@@ -1,0 +1,481 @@
+"""`keras_embed_ext.Embedding`: a gather-first embedding layer for Keras 3."""
+
+import warnings
+from numbers import Integral
+from numbers import Real
+
+import keras
+import numpy as np
+from keras import constraints
+from keras import dtype_policies
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+from keras_embed_ext import lora
+from keras_embed_ext import sparse
+from keras_embed_ext.combiners import COMBINERS
+from keras_embed_ext.combiners import combine
+from keras_embed_ext.dropout import row_keep_scale
+from keras_embed_ext.formats import format_for
+from keras_embed_ext.ids import INVALID_ID_POLICIES
+from keras_embed_ext.ids import as_int_ids
+from keras_embed_ext.ids import validate
+from keras_embed_ext.legacy import input_shape_from_length
+from keras_embed_ext.legacy import pop_keras1_arguments
+from keras_embed_ext.legacy import reject_unknown_arguments
+
+
+def _is_positive_int(value):
+    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
+
+
+def _int4_block_size(policy, config):
+    """The int4 block size from a quantization config or an `int4/<b>` policy."""
+    if config is not None and hasattr(config, "block_size"):
+        return config.block_size
+    return getattr(policy, "block_size", None)
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class Embedding(keras.layers.Layer):
+    """Turns nonnegative integers (indexes) into dense vectors of fixed size.
+
+    e.g. `[[4], [20]] -> [[0.25, 0.1], [0.6, -0.2]]`
+
+    A drop-in for `keras.layers.Embedding` (same variables, config and weights)
+    that gathers first: LoRA, int8 and int4 tables cost what the looked-up
+    rows cost, never what the vocabulary costs. It also accepts the arguments
+    of Keras 1 and tf.keras 2, reduces bags of ids, projects onto the table
+    (`attend`) and gives the same clear error for bad ids on every backend.
+
+    Example:
+
+    >>> model = keras.Sequential()
+    >>> model.add(keras_embed_ext.Embedding(1000, 64, input_length=10))
+    >>> model.output_shape
+    (None, 10, 64)
+    >>> input_array = np.random.randint(1000, size=(32, 10))
+    >>> model.compile("rmsprop", "mse")
+    >>> model.predict(input_array, verbose=0).shape
+    (32, 10, 64)
+
+    Args:
+        input_dim: Integer. Size of the vocabulary, i.e. maximum id + 1.
+        output_dim: Integer. Dimension of the dense embedding.
+        embeddings_initializer: Initializer for the `embeddings` matrix
+            (Keras 1: `init`).
+        embeddings_regularizer: Regularizer applied to the `embeddings`
+            matrix (Keras 1: `W_regularizer`).
+        embeddings_constraint: Constraint applied to the `embeddings` matrix
+            (Keras 1: `W_constraint`).
+        mask_zero: Boolean, whether id 0 is padding. Without a combiner the
+            layer emits the mask `ids != 0`; with one, id 0 is left out of the
+            bag and no mask is emitted.
+        weights: Optional float array `(input_dim, output_dim)`, or a list
+            holding it: the initial table.
+        lora_rank: Optional integer. Enables LoRA with this rank at build.
+        lora_alpha: Optional number. The LoRA delta is scaled by
+            `lora_alpha / lora_rank`; defaults to `lora_rank`.
+        dropout: Float in `[0, 1)`. While training, each vocabulary row is
+            dropped (zeros) with this probability for the whole call and kept
+            rows are scaled by `1 / (1 - dropout)` (Keras 1 word dropout).
+        combiner: `None`, `"sum"`, `"mean"` or `"sqrtn"`. If set, the last
+            input axis is a bag of ids reduced to one vector.
+        invalid_ids: `"raise"` or `"zero"`: what ids `< 0` or
+            `>= input_dim` get. `"raise"` raises a `ValueError` in an eager
+            call and gives zero rows in a traced one; `"zero"` always gives
+            zero rows.
+        input_length: Optional integer (tf.keras 2). Declares the input shape
+            `(input_length,)`, so a `Sequential` starting with this layer
+            builds at once.
+        seed: Optional integer or `keras.random.SeedGenerator` for `dropout`.
+        **kwargs: Base layer keyword arguments, such as `name`, `dtype`,
+            `trainable`, `activity_regularizer` and `input_shape`.
+
+    Input shape:
+        N-D tensor of ids with shape `(batch_size, ..., input_length)`.
+
+    Output shape:
+        `(batch_size, ..., input_length, output_dim)`; with a combiner,
+        `(batch_size, ..., output_dim)`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        embeddings_initializer="uniform",
+        embeddings_regularizer=None,
+        embeddings_constraint=None,
+        mask_zero: bool = False,
+        weights=None,
+        lora_rank: int | None = None,
+        lora_alpha: float | None = None,
+        dropout: float = 0.0,
+        combiner: str | None = None,
+        invalid_ids: str = "raise",
+        input_length: int | None = None,
+        seed: int | keras.random.SeedGenerator | None = None,
+        **kwargs,
+    ):
+        for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
+            if not _is_positive_int(value):
+                raise ValueError(
+                    f"`{name}` must be a positive integer. "
+                    f"Received: {name}={value!r} (of type {type(value).__name__})."
+                )
+        if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
+            raise ValueError(
+                f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
+            )
+        if combiner not in (None, *COMBINERS):
+            raise ValueError(
+                f"`combiner` must be one of None, {', '.join(map(repr, COMBINERS))}. "
+                f"Received: combiner={combiner!r}"
+            )
+        if invalid_ids not in INVALID_ID_POLICIES:
+            raise ValueError(
+                f"`invalid_ids` must be one of {INVALID_ID_POLICIES}. "
+                f"Received: invalid_ids={invalid_ids!r}"
+            )
+        if lora_rank is not None and not _is_positive_int(lora_rank):
+            raise ValueError(
+                f"`lora_rank` must be a positive integer or None. Received: lora_rank={lora_rank!r}"
+            )
+        legacy = pop_keras1_arguments(kwargs)
+        self.quantization_config = kwargs.pop("quantization_config", None)
+        reject_unknown_arguments(kwargs)
+        with warnings.catch_warnings():
+            # `input_length` is how earlier generations declared the input
+            # shape; Keras 3's advice against `input_shape` does not apply.
+            warnings.filterwarnings("ignore", message="Do not pass an `input_shape`")
+            super().__init__(**input_shape_from_length(input_length, kwargs))
+        self.input_dim = int(input_dim)
+        self.output_dim = int(output_dim)
+        self.embeddings_initializer = initializers.get(
+            legacy.get("embeddings_initializer", embeddings_initializer)
+        )
+        self.embeddings_regularizer = regularizers.get(
+            legacy.get("embeddings_regularizer", embeddings_regularizer)
+        )
+        self.embeddings_constraint = constraints.get(
+            legacy.get("embeddings_constraint", embeddings_constraint)
+        )
+        self.mask_zero = mask_zero
+        self.supports_masking = mask_zero
+        self.autocast = False
+        self.dropout = float(dropout)
+        self.combiner = combiner
+        self.invalid_ids = invalid_ids
+        self.input_length = input_length
+        self.seed = seed
+        if self.dropout:
+            self.seed_generator = (
+                seed
+                if isinstance(seed, keras.random.SeedGenerator)
+                else keras.random.SeedGenerator(seed)
+            )
+        self.lora_rank = lora_rank
+        self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
+        self.lora_enabled = False
+        if weights is not None:
+            if not (isinstance(weights, (list, tuple)) and len(weights) == 1):
+                weights = [weights]
+            # The given table is the base; an adapter asked for starts on it.
+            self.lora_rank = None
+            self.build()
+            self.set_weights(weights)
+            if lora_rank:
+                self.enable_lora(lora_rank, lora_alpha)
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        block_size = _int4_block_size(self.dtype_policy, self.quantization_config)
+        self._format = format_for(self.quantization_mode, block_size)
+        self._format.build(self, (self.input_dim, self.output_dim))
+        self._is_quantized = self.quantization_mode is not None
+        self.built = True
+        if self.lora_rank:
+            self.enable_lora(self.lora_rank, self.lora_alpha)
+
+    # The pipeline: validate ids -> gather stored rows -> add adapter rows ->
+    # dropout -> combine -> cast.
+    def call(self, inputs, training=None):
+        if sparse.is_ragged(inputs):
+            if self.combiner:
+                ids, present = sparse.ragged_to_padded(inputs)
+                return self._lookup(ids, training, present)
+            return sparse.map_ragged_values(
+                lambda ids: self._lookup(ids, training), inputs
+            )
+        if sparse.is_sparse(inputs):
+            ids, present = sparse.sparse_to_padded(inputs)
+            if self.combiner:
+                return self._lookup(ids, training, present)
+            rows = self._lookup(ids, training)
+            return rows * ops.cast(ops.expand_dims(present, -1), rows.dtype)
+        return self._lookup(inputs, training)
+
+    def _lookup(self, ids, training, bag_weights=None):
+        ids, valid = validate(
+            as_int_ids(ids), self.input_dim, self.invalid_ids, self.name
+        )
+        rows = self._format.gather(self, ids)
+        if self.lora_enabled:
+            rows = ops.cast(rows, "float32") + lora.adapter_rows(self, ids)
+        if self.dropout and training:
+            keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
+            rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)
+        if valid is not None:
+            rows = ops.where(ops.expand_dims(valid, -1), rows, ops.zeros_like(rows))
+        if self.combiner:
+            weights = ops.ones_like(ids, dtype="float32") if valid is None else valid
+            if self.mask_zero:
+                weights = ops.logical_and(ops.cast(weights, "bool"), ids != 0)
+            weights = ops.cast(weights, "float32")
+            if bag_weights is not None:
+                weights = weights * ops.cast(bag_weights, "float32")
+            rows = combine(rows, weights, self.combiner)
+        return ops.cast(rows, self.compute_dtype)
+
+    def quantized_call(self, *args, **kwargs):
+        return self.call(*args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        if not self.mask_zero or self.combiner or sparse.is_ragged(inputs):
+            return None
+        return ops.not_equal(inputs, 0)
+
+    def compute_output_shape(self, input_shape):
+        if self.combiner:
+            return (*input_shape[:-1], self.output_dim)
+        return (*input_shape, self.output_dim)
+
+    def compute_output_spec(self, inputs):
+        ragged = bool(getattr(inputs, "ragged", False)) and not self.combiner
+        return keras.KerasTensor(
+            self.compute_output_shape(inputs.shape),
+            dtype=self.compute_dtype,
+            ragged=ragged,
+        )
+
+    def attend(self, x):
+        """Logits over the vocabulary: `x @ embeddings.T`.
+
+        Ties an output projection to this table (float, quantized or with
+        LoRA). A quantized table is decoded for the call only; the LoRA part
+        is `(x @ B.T) @ A.T`, so `A @ B` is never formed.
+
+        Args:
+            x: Tensor of shape `(..., output_dim)`.
+
+        Returns:
+            Tensor of shape `(..., input_dim)` in the compute dtype.
+        """
+        if ops.shape(x)[-1] != self.output_dim:
+            raise ValueError(
+                f"attend() expects inputs whose last axis is output_dim="
+                f"{self.output_dim}. Received shape {tuple(ops.shape(x))}."
+            )
+        table = ops.cast(self._format.dequantize(self), self.compute_dtype)
+        x = ops.cast(x, self.compute_dtype)
+        logits = ops.matmul(x, ops.transpose(table))
+        if self.lora_enabled:
+            logits = logits + ops.cast(lora.adapter_logits(self, x), logits.dtype)
+        return logits
+
+    @property
+    def embeddings(self):
+        """The effective float table: the base (dequantized) plus LoRA."""
+        if not self.built:
+            raise AttributeError(
+                "You must build the layer before accessing `embeddings`."
+            )
+        if self._format.mode is None and not self.lora_enabled:
+            return self._embeddings
+        table = self._format.dequantize(self)
+        if self.lora_enabled:
+            table = ops.cast(table, "float32") + lora.adapter_table(self)
+        return table
+
+    def enable_lora(
+        self,
+        rank: int,
+        lora_alpha: float | None = None,
+        a_initializer="he_uniform",
+        b_initializer="zeros",
+    ) -> None:
+        """Adds a trainable low-rank adapter and freezes the table.
+
+        Rows become `table[ids] + (lora_alpha / rank) * A[ids] @ B`, with
+        float32 `lora_embeddings_a (input_dim, rank)` and
+        `lora_embeddings_b (rank, output_dim)`. Works on float and quantized
+        tables, before or after `quantize`.
+        """
+        if self.embeddings_constraint:
+            raise ValueError(
+                "LoRA is incompatible with embedding constraints. Remove "
+                "the `embeddings_constraint` argument to enable LoRA."
+            )
+        if not self.built:
+            raise ValueError("Cannot enable LoRA on a layer that isn't yet built.")
+        if self.lora_enabled:
+            raise ValueError(
+                "LoRA is already enabled on this layer (rank "
+                f"{self.lora_rank}). It can only be enabled once; call "
+                "`merge_lora()` first to start a new adapter."
+            )
+        if not _is_positive_int(rank):
+            raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
+        self._tracker.unlock()
+        lora.add_adapter(self, rank, a_initializer, b_initializer)
+        if self._format.mode is None:
+            self._embeddings.trainable = False
+        self._tracker.lock()
+        self.lora_enabled = True
+        self.lora_rank = rank
+        self.lora_alpha = lora_alpha if lora_alpha is not None else rank
+
+    def merge_lora(self) -> None:
+        """Folds the LoRA delta into the table and removes the adapter.
+
+        A float table gets `table + (alpha / r) * A @ B` and becomes
+        trainable again; a quantized table is decoded, merged and quantized
+        again in its own format.
+        """
+        if not self.lora_enabled:
+            raise ValueError(
+                "merge_lora() needs LoRA enabled; this layer has no adapter."
+            )
+        merged = ops.cast(self._format.dequantize(self), "float32")
+        merged = merged + lora.adapter_table(self)
+        self._tracker.unlock()
+        lora.remove_adapter(self)
+        self._tracker.lock()
+        self._format.encode(self, merged)
+        if self._format.mode is None:
+            self._embeddings.trainable = True
+        self.lora_enabled = False
+        self.lora_rank = None
+        self.lora_alpha = None
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Stores the table as `"int8"` or `"int4"` rows; LoRA is kept."""
+        block_size = _int4_block_size(None, config) if mode == "int4" else None
+        target = format_for(mode, block_size)
+        table = self._format.dequantize(self)
+        self.quantization_config = config
+        del self._embeddings
+        target.build(self, (self.input_dim, self.output_dim))
+        target.encode(self, table)
+        self._format = target
+        self._is_quantized = True
+        if self.dtype_policy.quantization_mode is None:
+            name = mode
+            if mode == "int4":
+                name = f"int4/{target.block_size or -1}"
+            self.dtype_policy = dtype_policies.get(
+                f"{name}_from_{self.dtype_policy.name}"
+            )
+
+    def _stored_variables(self):
+        variables = self._format.variables(self)
+        if self.lora_enabled:
+            variables = variables + lora.adapter_variables(self)
+        return variables
+
+    def save_own_variables(self, store):
+        if not self.built:
+            return
+        for index, variable in enumerate(self._stored_variables()):
+            store[str(index)] = variable
+
+    def load_own_variables(self, store):
+        if not self.built:
+            return
+        expected = self._stored_variables()
+        found = [store[str(index)] for index in range(len(store.keys()))]
+        base = self._format.variables(self)
+        if self._matches(expected, found):
+            targets = expected
+        elif self.lora_enabled and self._matches(base, found):
+            # A file whose adapter was merged at save time (keras' own layer):
+            # the table is loaded and the adapter starts from a zero delta.
+            targets = base
+            self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
+        else:
+            raise ValueError(
+                f"Layer '{self.name}' cannot load these weights. Expected "
+                f"{len(expected)} variables: {self._describe(expected)}. "
+                f"Found {len(found)}: {self._describe(found, indexed=True)}."
+            )
+        for variable, value in zip(targets, found):
+            variable.assign(value)
+
+    @staticmethod
+    def _matches(variables, values):
+        if len(variables) != len(values):
+            return False
+        for variable, value in zip(variables, values):
+            is_int = np.dtype(value.dtype).kind in "iu"
+            if tuple(value.shape) != tuple(variable.shape):
+                return False
+            if is_int != ("int" in keras.backend.standardize_dtype(variable.dtype)):
+                return False
+        return True
+
+    @staticmethod
+    def _describe(items, indexed=False):
+        parts = []
+        for index, item in enumerate(items):
+            label = str(index) if indexed else item.path.split("/")[-1]
+            dtype = keras.backend.standardize_dtype(item.dtype)
+            parts.append(f"{label} {tuple(item.shape)} {dtype}")
+        return "[" + ", ".join(parts) + "]"
+
+    def get_config(self):
+        config = {
+            **super().get_config(),
+            "input_dim": self.input_dim,
+            "output_dim": self.output_dim,
+            "embeddings_initializer": initializers.serialize(
+                self.embeddings_initializer
+            ),
+            "embeddings_regularizer": regularizers.serialize(
+                self.embeddings_regularizer
+            ),
+            "activity_regularizer": regularizers.serialize(
+                self.activity_regularizer
+            ),
+            "embeddings_constraint": constraints.serialize(
+                self.embeddings_constraint
+            ),
+            "mask_zero": self.mask_zero,
+            "quantization_config": keras.saving.serialize_keras_object(
+                self.quantization_config
+            ),
+        }
+        # Arguments keras.layers.Embedding lacks are written only when set,
+        # so a default configuration stays loadable by keras' own layer.
+        extras = {
+            "dropout": (self.dropout, 0.0),
+            "combiner": (self.combiner, None),
+            "invalid_ids": (self.invalid_ids, "raise"),
+            "input_length": (self.input_length, None),
+            "seed": (self.seed if isinstance(self.seed, int) else None, None),
+        }
+        config.update({k: v for k, (v, default) in extras.items() if v != default})
+        if self.lora_rank:
+            config["lora_rank"] = self.lora_rank
+            config["lora_alpha"] = self.lora_alpha
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["quantization_config"] = keras.saving.deserialize_keras_object(
+            config.get("quantization_config")
+        )
+        return super().from_config(config)

@@ -1,0 +1,205 @@
+"""Storage formats of the table: float, int8 and int4 rows.
+
+Each format owns the layer variables it stores (with the names, shapes, dtypes and
+order of `keras.layers.Embedding` 3.15) and knows three things: how to `build`
+them, how to `encode` a float table into them, and how to `decode` stored rows
+into float32 rows. `gather` decodes only the rows of the ids looked up;
+`dequantize` decodes the whole table, for export, merging and `attend`.
+"""
+
+import math
+
+from keras import ops
+from keras import quantizers
+
+
+class FloatRows:
+    """A trainable float table: `embeddings (V, D)`."""
+
+    mode = None
+
+    def build(self, layer, shape):
+        layer._embeddings = layer.add_weight(
+            shape=shape,
+            initializer=layer.embeddings_initializer,
+            name="embeddings",
+            regularizer=layer.embeddings_regularizer,
+            constraint=layer.embeddings_constraint,
+            trainable=True,
+        )
+
+    def variables(self, layer):
+        return [layer._embeddings]
+
+    def row_variables(self, layer):
+        return [layer._embeddings]
+
+    def decode(self, layer, rows):
+        return rows
+
+    def encode(self, layer, table):
+        layer._embeddings.assign(table)
+
+    def gather(self, layer, ids):
+        stored = [ops.take(v, ids, axis=0) for v in self.row_variables(layer)]
+        return self.decode(layer, *stored)
+
+    def dequantize(self, layer):
+        return self.decode(layer, *self.row_variables(layer))
+
+
+class Int8Rows(FloatRows):
+    """Per-row symmetric int8: `embeddings (V, D)` int8, `embeddings_scale (V,)`.
+
+    A row is `embeddings[i] / embeddings_scale[i]`, with
+    `embeddings_scale[i] = 127 / max|row i|`.
+    """
+
+    mode = "int8"
+
+    def build(self, layer, shape):
+        layer._embeddings = layer.add_weight(
+            name="embeddings",
+            shape=shape,
+            initializer="zeros",
+            dtype="int8",
+            trainable=False,
+        )
+        layer.embeddings_scale = layer.add_weight(
+            name="embeddings_scale",
+            shape=shape[:1],
+            initializer="ones",
+            trainable=False,
+        )
+
+    def variables(self, layer):
+        return [layer._embeddings, layer.embeddings_scale]
+
+    row_variables = variables
+
+    def decode(self, layer, values, scale):
+        values = ops.cast(values, "float32")
+        return values / ops.expand_dims(ops.cast(scale, "float32"), -1)
+
+    def encode(self, layer, table):
+        values, scale = quantizers.abs_max_quantize(
+            table, axis=-1, value_range=(-127, 127), dtype="int8",
+            to_numpy=True,
+        )
+        layer._embeddings.assign(values)
+        layer.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
+
+
+class Int4Rows(FloatRows):
+    """int4 values packed two per byte along D, as keras 3.15 stores them.
+
+    Without a block size (per row, symmetric): `embeddings (V, ceil(D/2))` int8,
+    `embeddings_scale (V,)`; a value is `q / scale`. With a block size `b`
+    (block-wise, asymmetric): `embeddings_scale (V, G)`, `embeddings_zero (V, G)`
+    int8 and `g_idx (D,)` with `G = ceil(D / b)`; a value is
+    `(q - zero[g]) * scale[g]`.
+    """
+
+    mode = "int4"
+
+    def __init__(self, block_size=None):
+        self.block_size = None if block_size in (None, -1) else block_size
+
+    def build(self, layer, shape):
+        input_dim, output_dim = shape
+        layer._embeddings = layer.add_weight(
+            name="embeddings",
+            shape=(input_dim, (output_dim + 1) // 2),
+            initializer="zeros",
+            dtype="int8",
+            trainable=False,
+        )
+        if self.block_size is None:
+            scale_shape = (input_dim,)
+        else:
+            scale_shape = (input_dim, math.ceil(output_dim / self.block_size))
+        layer.embeddings_scale = layer.add_weight(
+            name="embeddings_scale",
+            shape=scale_shape,
+            initializer="ones",
+            trainable=False,
+        )
+        if self.block_size is not None:
+            layer.embeddings_zero = layer.add_weight(
+                name="embeddings_zero",
+                shape=scale_shape,
+                initializer="zeros",
+                dtype="int8",
+                trainable=False,
+            )
+            layer.g_idx = layer.add_weight(
+                name="g_idx",
+                shape=(output_dim,),
+                initializer="zeros",
+                dtype="float32",
+                trainable=False,
+            )
+            layer.g_idx.assign(
+                ops.floor_divide(
+                    ops.arange(output_dim, dtype="float32"), self.block_size
+                )
+            )
+
+    def variables(self, layer):
+        if self.block_size is None:
+            return [layer._embeddings, layer.embeddings_scale]
+        return [
+            layer._embeddings,
+            layer.embeddings_scale,
+            layer.embeddings_zero,
+            layer.g_idx,
+        ]
+
+    def row_variables(self, layer):
+        return self.variables(layer)[:3]
+
+    def decode(self, layer, packed, scale, zero=None):
+        values = quantizers.unpack_int4(packed, layer.output_dim, axis=-1)
+        values = ops.cast(values, "float32")
+        scale = ops.cast(scale, "float32")
+        if zero is None:
+            return values / ops.expand_dims(scale, -1)
+        groups = ops.cast(layer.g_idx, "int32")
+        zero = ops.cast(ops.take(zero, groups, axis=-1), "float32")
+        return (values - zero) * ops.take(scale, groups, axis=-1)
+
+    def encode(self, layer, table):
+        if self.block_size is None:
+            values, scale = quantizers.abs_max_quantize(
+                table, axis=-1, value_range=(-8, 7), dtype="int8",
+                to_numpy=True,
+            )
+            layer.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
+        else:
+            values_t, scale_t, zero_t = (
+                quantizers.abs_max_quantize_grouped_with_zero_point(
+                    ops.transpose(table),
+                    block_size=self.block_size,
+                    value_range=(-8, 7),
+                    dtype="int8",
+                    to_numpy=True,
+                )
+            )
+            values = ops.transpose(values_t)
+            layer.embeddings_scale.assign(ops.transpose(scale_t))
+            layer.embeddings_zero.assign(ops.transpose(zero_t))
+        packed, _, _ = quantizers.pack_int4(values, axis=-1)
+        layer._embeddings.assign(packed)
+
+
+def format_for(mode, block_size=None):
+    """The storage format of a quantization mode (`None`, "int8", "int4")."""
+    if mode is None:
+        return FloatRows()
+    if mode == "int8":
+        return Int8Rows()
+    if mode == "int4":
+        return Int4Rows(block_size)
+    raise ValueError(
+        f"Unknown quantization mode: {mode!r}. Expected 'int8' or 'int4'."
+    )

@@ -1,0 +1,41 @@
+"""Shared helpers: every test runs on the backend named by KERAS_BACKEND."""
+
+import keras
+import numpy as np
+import pytest
+
+BACKEND = keras.backend.backend()
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def traced(fn):
+    """`fn` as each backend compiles it: tf.function, jax.jit, torch.compile."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn)
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import torch
+
+    return torch.compile(fn, backend="eager")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_keras_state():
+    keras.utils.clear_session()
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")
+
+
+def table(input_dim, output_dim, seed=0):
+    """A reproducible float32 table with rows of varied scale."""
+    rng = np.random.default_rng(seed)
+    scale = rng.uniform(0.1, 3.0, size=(input_dim, 1))
+    return (rng.standard_normal((input_dim, output_dim)) * scale).astype("float32")
