@@ -1,0 +1,64 @@
+"""Builds a small model in each storage state, saves it, or loads and runs one.
+
+    python states.py save OUT_DIR     # one .keras file and one output .npy per state
+    python states.py load IN_DIR OUT_DIR
+
+Run under each KERAS_BACKEND by the cross-backend test.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_embed_ext as kee  # noqa: E402
+
+STATES = ("float", "lora", "int8", "int4", "int8_lora", "int4_lora")
+V, D, RANK = 64, 10, 3
+IDS = np.random.default_rng(1).integers(0, V, size=(4, 7)).astype("int32")
+
+
+def build(state):
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((V, D)).astype("float32")
+    inputs = keras.Input((IDS.shape[1],), dtype="int32")
+    layer = kee.Embedding(V, D, weights=table, name="emb")
+    model = keras.Model(inputs, layer(inputs))
+    mode = state.split("_")[0] if state.startswith("int") else None
+    lora_first = state == "int4_lora"  # LoRA before quantizing; int8_lora after
+    if "lora" in state and lora_first:
+        layer.enable_lora(RANK, lora_alpha=6)
+    if mode:
+        layer.quantize(mode)
+    if "lora" in state and not lora_first:
+        layer.enable_lora(RANK, lora_alpha=6)
+    if "lora" in state:
+        layer.lora_embeddings_a.assign(rng.standard_normal((V, RANK)).astype("float32"))
+        layer.lora_embeddings_b.assign(rng.standard_normal((RANK, D)).astype("float32"))
+    return model
+
+
+def run(model):
+    return np.asarray(keras.ops.convert_to_numpy(model(IDS)))
+
+
+def main(command, *dirs):
+    if command == "save":
+        for state in STATES:
+            model = build(state)
+            model.save(os.path.join(dirs[0], f"{state}.keras"))
+            np.save(os.path.join(dirs[0], f"{state}.npy"), run(model))
+    else:
+        for state in STATES:
+            model = keras.saving.load_model(os.path.join(dirs[0], f"{state}.keras"))
+            layer = model.get_layer("emb")
+            assert layer.lora_enabled == ("lora" in state)
+            assert layer.quantization_mode == (state.split("_")[0] if state.startswith("int") else None)
+            np.save(os.path.join(dirs[1], f"{state}.npy"), run(model))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
