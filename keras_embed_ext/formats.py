@@ -26,6 +26,7 @@ class FloatRows:
             regularizer=layer.embeddings_regularizer,
             constraint=layer.embeddings_constraint,
             trainable=True,
+            autocast=False,
         )
 
     def variables(self, layer):
@@ -64,12 +65,14 @@ class Int8Rows(FloatRows):
             initializer="zeros",
             dtype="int8",
             trainable=False,
+            autocast=False,
         )
         layer.embeddings_scale = layer.add_weight(
             name="embeddings_scale",
             shape=shape[:1],
             initializer="ones",
             trainable=False,
+            autocast=False,
         )
 
     def variables(self, layer):
@@ -113,6 +116,7 @@ class Int4Rows(FloatRows):
             initializer="zeros",
             dtype="int8",
             trainable=False,
+            autocast=False,
         )
         if self.block_size is None:
             scale_shape = (input_dim,)
@@ -123,6 +127,7 @@ class Int4Rows(FloatRows):
             shape=scale_shape,
             initializer="ones",
             trainable=False,
+            autocast=False,
         )
         if self.block_size is not None:
             layer.embeddings_zero = layer.add_weight(

@@ -12,6 +12,7 @@ def add_adapter(layer, rank, a_initializer, b_initializer):
         initializer=initializers.get(a_initializer),
         dtype="float32",
         regularizer=layer.embeddings_regularizer,
+        autocast=False,
     )
     layer.lora_embeddings_b = layer.add_weight(
         name="lora_embeddings_b",
@@ -19,6 +20,7 @@ def add_adapter(layer, rank, a_initializer, b_initializer):
         initializer=initializers.get(b_initializer),
         dtype="float32",
         regularizer=layer.embeddings_regularizer,
+        autocast=False,
     )
 
 

@@ -1,0 +1,51 @@
+"""Independent numpy references for the stored formats (keras 3.15's layout)."""
+
+import numpy as np
+
+EPS = 1e-7  # keras.backend.epsilon()
+
+
+def int8_quantize(table):
+    scale = 127.0 / (np.abs(table).max(axis=-1) + EPS)
+    values = np.clip(np.round(table * scale[:, None]), -127, 127).astype("int8")
+    return values, scale.astype("float32")
+
+
+def int8_rows(values, scale, ids):
+    return values[ids].astype("float32") / scale[ids][..., None]
+
+
+def unpack_int4(packed, output_dim):
+    """Low nibble first, then high nibble, sign-extended from 4 bits."""
+    low = (packed.astype(np.int16) & 0x0F)
+    high = (packed.astype(np.int16) >> 4) & 0x0F
+    both = np.stack([low, high], axis=-1).reshape(*packed.shape[:-1], -1)[..., :output_dim]
+    return np.where(both >= 8, both - 16, both).astype("int8")
+
+
+def int4_rows(weights, ids, output_dim):
+    """Decodes the rows `ids` of an int4 state given as `get_weights()` arrays."""
+    values = unpack_int4(weights[0][ids], output_dim).astype("float32")
+    scale = weights[1][ids]
+    if len(weights) == 2:
+        return values / scale[..., None]
+    zero, groups = weights[2][ids].astype("float32"), weights[3].astype("int64")
+    return (values - zero[..., groups]) * scale[..., groups]
+
+
+def int4_grouped_quantize(table, block_size):
+    """Asymmetric per-block quantization of each row to [-8, 7]."""
+    rows, dim = table.shape
+    groups = -(-dim // block_size)
+    padded = np.zeros((rows, groups * block_size), "float32")
+    padded[:, :dim] = table
+    blocks = padded.reshape(rows, groups, block_size)
+    low, high = blocks.min(-1), blocks.max(-1)
+    scale = (high - low + EPS) / 15.0
+    zero = np.clip(np.round(-low / scale) - 8, -8, 7)
+    values = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], -8, 7)
+    return values.reshape(rows, -1)[:, :dim], scale, zero
+
+
+def lora_delta(a, b, ids, alpha, rank):
+    return (alpha / rank) * (a[ids] @ b)
