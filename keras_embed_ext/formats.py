@@ -136,6 +136,7 @@ class Int4Rows(FloatRows):
                 initializer="zeros",
                 dtype="int8",
                 trainable=False,
+                autocast=False,
             )
             layer.g_idx = layer.add_weight(
                 name="g_idx",
@@ -143,6 +144,7 @@ class Int4Rows(FloatRows):
                 initializer="zeros",
                 dtype="float32",
                 trainable=False,
+                autocast=False,
             )
             layer.g_idx.assign(
                 ops.floor_divide(
