@@ -16,6 +16,7 @@ from keras_embed_ext import lora
 from keras_embed_ext import sparse
 from keras_embed_ext.combiners import COMBINERS
 from keras_embed_ext.combiners import combine
+from keras_embed_ext.combiners import combine_segments
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
 from keras_embed_ext.ids import INVALID_ID_POLICIES
@@ -202,23 +203,42 @@ class Embedding(keras.layers.Layer):
 
     # The pipeline: validate ids -> gather stored rows -> add adapter rows ->
     # dropout -> combine -> cast.
-    def call(self, inputs, training=None):
+    def call(self, inputs, weights=None, training=None):
+        """Looks up `inputs`; `weights` are optional per-id weights for a combiner
+        (dense, ragged or sparse like the ids, as TF's `sp_weights` and torch's
+        `per_sample_weights`)."""
         if sparse.is_ragged(inputs):
             if self.combiner:
-                ids, present = sparse.ragged_to_padded(inputs)
-                return self._lookup(ids, training, present)
+                return self._combine_flat(sparse.ragged_bags(inputs, weights), training)
             return sparse.map_ragged_values(
-                lambda ids: self._lookup(ids, training), inputs
+                lambda ids: ops.cast(self._rows(ids, training)[0], self.compute_dtype),
+                inputs,
             )
         if sparse.is_sparse(inputs):
-            ids, present = sparse.sparse_to_padded(inputs)
+            multi_hot = "float" in keras.backend.standardize_dtype(inputs.dtype)
+            if multi_hot and not self.combiner:
+                raise ValueError(
+                    "Sparse ids with float values are read as a multi-hot (..., input_dim) "
+                    "tensor of per-id weights, which needs a combiner. Pass integer ids, "
+                    "or set combiner='sum', 'mean' or 'sqrtn'."
+                )
+            flat = sparse.sparse_ids(inputs, weights, multi_hot)
             if self.combiner:
-                return self._lookup(ids, training, present)
-            rows = self._lookup(ids, training)
-            return rows * ops.cast(ops.expand_dims(present, -1), rows.dtype)
-        return self._lookup(inputs, training)
+                return self._combine_flat(flat, training)
+            rows, _ = self._rows(flat.ids, training)
+            dense = ops.scatter(flat.indices, rows, (*flat.dense_shape, self.output_dim))
+            return ops.cast(dense, self.compute_dtype)
+        sparse.check_supported(inputs)
+        rows, keep = self._rows(inputs, training)
+        if self.combiner:
+            if weights is not None:
+                keep = keep * ops.cast(weights, "float32")
+            rows = combine(rows, keep, self.combiner)
+        return ops.cast(rows, self.compute_dtype)
 
-    def _lookup(self, ids, training, bag_weights=None):
+    def _rows(self, ids, training):
+        """Rows of `ids` before combining, and a per-id 0/1 float: whether the id
+        counts in a bag (in range and, with `mask_zero`, not padding)."""
         ids, valid = validate(
             as_int_ids(ids), self.input_dim, self.invalid_ids, self.name
         )
@@ -228,17 +248,20 @@ class Embedding(keras.layers.Layer):
         if self.dropout and training:
             keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)
+        keep = ops.ones_like(ids, dtype="bool") if valid is None else valid
         if valid is not None:
             rows = ops.where(ops.expand_dims(valid, -1), rows, ops.zeros_like(rows))
-        if self.combiner:
-            weights = ops.ones_like(ids, dtype="float32") if valid is None else valid
-            if self.mask_zero:
-                weights = ops.logical_and(ops.cast(weights, "bool"), ids != 0)
-            weights = ops.cast(weights, "float32")
-            if bag_weights is not None:
-                weights = weights * ops.cast(bag_weights, "float32")
-            rows = combine(rows, weights, self.combiner)
-        return ops.cast(rows, self.compute_dtype)
+        if self.mask_zero and self.combiner:
+            keep = ops.logical_and(keep, ops.not_equal(ids, 0))
+        return rows, ops.cast(keep, "float32")
+
+    def _combine_flat(self, flat, training):
+        rows, keep = self._rows(flat.ids, training)
+        bags = combine_segments(
+            rows, keep * flat.weights, flat.segments, flat.num_segments, self.combiner
+        )
+        bags = ops.reshape(bags, (*flat.bag_shape, self.output_dim))
+        return ops.cast(bags, self.compute_dtype)
 
     def quantized_call(self, *args, **kwargs):
         return self.call(*args, **kwargs)

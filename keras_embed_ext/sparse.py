@@ -1,8 +1,26 @@
-"""Ragged (TensorFlow) and sparse (TensorFlow, JAX) ids, brought to dense ids plus a presence mask."""
+"""Ragged (TensorFlow) and sparse (TensorFlow, JAX) ids as flat ids plus where they go.
+
+A ragged or sparse input becomes `FlatIds`: the present ids, their per-id weights,
+and either the bag (segment) each belongs to, for a combiner, or its coordinates
+in the dense result, for a plain lookup. The layer then works on present ids only.
+"""
 
 import sys
+from typing import Any
+from typing import NamedTuple
 
 import keras
+from keras import ops
+
+
+class FlatIds(NamedTuple):
+    ids: Any  # (n,) present ids
+    weights: Any  # (n,) float weights, 1.0 unless given
+    segments: Any  # (n,) the bag of each id, in [0, num_segments)
+    num_segments: Any
+    bag_shape: tuple  # the output shape without the embedding axis, with a combiner
+    indices: Any = None  # (n, rank) coordinates in the dense ids (sparse only)
+    dense_shape: Any = None  # the dense ids' shape (sparse only)
 
 
 def _tf():
@@ -11,41 +29,86 @@ def _tf():
 
 
 def is_ragged(x) -> bool:
+    """A `tf.RaggedTensor` on the TensorFlow backend."""
     tf = _tf()
-    return tf is not None and isinstance(x, tf.RaggedTensor)
+    return keras.backend.backend() == "tensorflow" and tf is not None and isinstance(x, tf.RaggedTensor)
 
 
 def is_sparse(x) -> bool:
-    tf = _tf()
-    if tf is not None and isinstance(x, tf.SparseTensor):
-        return True
-    if keras.backend.backend() == "jax":
+    """A `tf.SparseTensor` on TensorFlow or a `jax.experimental.sparse.BCOO` on JAX."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return isinstance(x, _tf().SparseTensor)
+    if backend == "jax":
         from jax.experimental import sparse as jax_sparse
 
         return isinstance(x, jax_sparse.BCOO)
     return False
 
 
+def check_supported(x):
+    """A clear error for a ragged or sparse tensor that this backend cannot take."""
+    kind = ("sparse " if getattr(x, "is_sparse", False) else "") + type(x).__name__
+    if kind in ("RaggedTensor", "SparseTensor", "BCOO") or kind.startswith("sparse "):
+        raise ValueError(
+            f"Embedding got a {kind} on the {keras.backend.backend()} backend, which has no such "
+            "tensors in Keras: ragged ids need TensorFlow, sparse ids TensorFlow or JAX. Pad the ids "
+            "with 0 and use mask_zero=True (with a combiner for bags) instead."
+        )
+
+
+def _parts(x):
+    """`(indices, values, dense_shape)` of a tf.SparseTensor or a JAX BCOO."""
+    tf = _tf()
+    if tf is not None and isinstance(x, tf.SparseTensor):
+        return x.indices, x.values, x.dense_shape
+    return x.indices, x.data, x.shape
+
+
+def _flat_positions(indices, shape):
+    """Row-major position of each index row within `shape`."""
+    position = ops.zeros_like(indices[:, 0])
+    for axis in range(len(shape)):
+        position = position * ops.cast(shape[axis], position.dtype) + indices[:, axis]
+    return position
+
+
+def _static_shape(dense_shape, rank):
+    return tuple(dense_shape[axis] for axis in range(rank))
+
+
+def ragged_bags(ragged, weights=None) -> FlatIds:
+    """A 2-D ragged batch of bags: each row's present ids form one bag."""
+    if ragged.ragged_rank != 1 or len(ragged.shape) != 2:
+        raise ValueError(
+            "A combiner takes ragged ids of shape (batch, None). "
+            f"Received a RaggedTensor of shape {ragged.shape}."
+        )
+    values = ragged.values
+    weights = ops.ones_like(values, dtype="float32") if weights is None else weights.values
+    nrows = ragged.nrows()
+    return FlatIds(values, weights, ragged.value_rowids(), nrows, (nrows,))
+
+
+def sparse_ids(x, weights=None, multi_hot=False) -> FlatIds:
+    """Sparse ids (values are ids) or, with `multi_hot`, a `(..., input_dim)` sparse
+    tensor whose last coordinate is the id and whose values are its weight."""
+    indices, values, dense_shape = _parts(x)
+    rank = len(x.shape)
+    shape = _static_shape(dense_shape, rank)
+    if multi_hot:
+        ids, weights = indices[:, -1], ops.cast(values, "float32")
+    else:
+        ids = values
+        weights = ops.ones_like(values, dtype="float32") if weights is None else ops.cast(_parts(weights)[1], "float32")
+    bag_shape = shape[:-1]
+    segments = _flat_positions(indices[:, :-1], bag_shape) if rank > 1 else ops.zeros_like(indices[:, 0])
+    num_segments = 1
+    for size in bag_shape:
+        num_segments = num_segments * size
+    return FlatIds(ids, weights, segments, num_segments, bag_shape, indices, shape)
+
+
 def map_ragged_values(fn, ragged):
     """Applies `fn` to the flat ids of a `tf.RaggedTensor`; ragged rows out."""
     return _tf().ragged.map_flat_values(fn, ragged)
-
-
-def ragged_to_padded(ragged):
-    """`(ids, present)`: a ragged bag padded with 0, and 1.0 where an id is present."""
-    tf = _tf()
-    present = ragged.with_flat_values(tf.ones_like(ragged.flat_values, dtype=tf.float32))
-    return ragged.to_tensor(0), present.to_tensor(0.0)
-
-
-def sparse_to_padded(x):
-    """`(ids, present)`: the sparse ids densified with 0, and 1.0 at present entries."""
-    tf = _tf()
-    if tf is not None and isinstance(x, tf.SparseTensor):
-        ones = tf.SparseTensor(x.indices, tf.ones_like(x.values, tf.float32), x.dense_shape)
-        return tf.sparse.to_dense(x), tf.sparse.to_dense(ones)
-    from jax import numpy as jnp
-    from jax.experimental import sparse as jax_sparse
-
-    ones = jax_sparse.BCOO((jnp.ones_like(x.data, jnp.float32), x.indices), shape=x.shape)
-    return x.todense(), ones.todense()
