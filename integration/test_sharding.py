@@ -1,0 +1,32 @@
+"""Tables sharded by rows over 8 devices give the single-device outputs and gradients."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def report():
+    result = subprocess.run([sys.executable, os.path.join(HERE, "sharded.py")], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("state", ["float", "float_lora", "int8", "int8_lora"])
+def test_rows_sharded_over_eight_devices_with_same_results(report, state):
+    assert report["devices"] == 8
+    entry = report[state]
+    expected = {"embeddings"} | ({"embeddings_scale"} if state.startswith("int8") else set()) | (
+        {"lora_embeddings_a"} if state.endswith("lora") else set())
+    assert set(entry["per_device_bytes"]) == expected
+    for per_device, total, devices in entry["per_device_bytes"].values():
+        assert devices == 8 and per_device * 8 == total
+    assert entry["max_output_diff"] <= 1e-5
+    assert entry["max_grad_diff"] <= 1e-5
+    assert entry["fit_losses"][-1] < entry["fit_losses"][0]
