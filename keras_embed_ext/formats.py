@@ -166,14 +166,19 @@ class Int4Rows(FloatRows):
         return self.variables(layer)[:3]
 
     def decode(self, layer, packed, scale, zero=None):
-        values = quantizers.unpack_int4(packed, layer.output_dim, axis=-1)
-        values = ops.cast(values, "float32")
+        values = ops.cast(unpack_int4(packed, layer.output_dim), "float32")
         scale = ops.cast(scale, "float32")
         if zero is None:
             return values / ops.expand_dims(scale, -1)
+        zero = ops.cast(zero, "float32")
+        if layer.output_dim % self.block_size == 0:
+            # Whole blocks: broadcast each block's scale and zero point.
+            shape = ops.shape(values)
+            blocks = ops.reshape(values, (*shape[:-1], -1, self.block_size))
+            blocks = (blocks - ops.expand_dims(zero, -1)) * ops.expand_dims(scale, -1)
+            return ops.reshape(blocks, shape)
         groups = ops.cast(layer.g_idx, "int32")
-        zero = ops.cast(ops.take(zero, groups, axis=-1), "float32")
-        return (values - zero) * ops.take(scale, groups, axis=-1)
+        return (values - ops.take(zero, groups, axis=-1)) * ops.take(scale, groups, axis=-1)
 
     def encode(self, layer, table):
         if self.block_size is None:
@@ -197,6 +202,20 @@ class Int4Rows(FloatRows):
             layer.embeddings_zero.assign(ops.transpose(zero_t))
         packed, _, _ = quantizers.pack_int4(values, axis=-1)
         layer._embeddings.assign(packed)
+
+
+def unpack_int4(packed, length):
+    """Signed 4-bit values from bytes packed along the last axis, low nibble first.
+
+    Shifts on int32 do the sign extension: three element-wise ops on the
+    gathered rows only.
+    """
+    packed = ops.cast(packed, "int32")
+    low = ops.right_shift(ops.left_shift(packed, 28), 28)
+    high = ops.right_shift(packed, 4)
+    shape = ops.shape(packed)
+    values = ops.reshape(ops.stack([low, high], axis=-1), (*shape[:-1], 2 * shape[-1]))
+    return values[..., :length]
 
 
 def format_for(mode, block_size=None):

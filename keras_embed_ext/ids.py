@@ -43,12 +43,11 @@ def validate(ids, input_dim, policy, layer_name="embedding"):
     a traced call cannot, so it masks like `"zero"`.
     """
     if policy == "raise" and not is_traced(ids):
-        if int(np.prod(ops.shape(ids))) == 0:
+        # One transfer of the ids to the host; the check itself is numpy's.
+        host = ops.convert_to_numpy(ids)
+        if host.size == 0 or (host.min() >= 0 and host.max() < input_dim):
             return ids, None
-        bounds = ops.convert_to_numpy(ops.stack([ops.min(ids), ops.max(ids)]))
-        if bounds[0] >= 0 and bounds[1] < input_dim:
-            return ids, None
-        position, value = first_invalid(ops.convert_to_numpy(ids), input_dim)
+        position, value = first_invalid(host, input_dim)
         raise invalid_id_error(layer_name, input_dim, position, value)
     valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, input_dim))
     return ops.where(valid, ids, ops.zeros_like(ids)), valid

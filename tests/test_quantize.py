@@ -48,21 +48,31 @@ def test_int4_per_row_matches_numpy_and_error_within_half_a_step():
     assert np.all(np.abs(out - weights[IDS]) <= half_step * (1 + 1e-5))
 
 
-@pytest.mark.parametrize("block_size", [None, 4, 3])
-def test_int4_block_wise_matches_numpy(block_size):
-    weights = table(V, D)
+@pytest.mark.parametrize("dim", [7, 10])
+def test_int4_per_row_odd_and_even_dims(dim):
+    weights = table(V, dim)
+    layer = kee.Embedding(V, dim, weights=weights)
+    layer.quantize("int4", config=PER_ROW)
+    out = to_numpy(layer(IDS))
+    np.testing.assert_allclose(out, ref.int4_rows(layer.get_weights(), IDS, dim), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dim,block_size", [(10, None), (10, 4), (10, 3), (12, 4), (12, 6), (9, 3), (16, 16)])
+def test_int4_block_wise_matches_numpy(dim, block_size):
+    weights = table(V, dim)
     config = None if block_size is None else keras.quantizers.Int4QuantizationConfig(block_size=block_size)
-    layer = quantized("int4", config, weights)
+    layer = kee.Embedding(V, dim, weights=weights)
+    layer.quantize("int4", config=config)
     block = block_size or 128
     stored = layer.get_weights()
-    groups = -(-D // block)
-    assert [w.shape for w in stored] == [(V, (D + 1) // 2), (V, groups), (V, groups), (D,)]
+    groups = -(-dim // block)
+    assert [w.shape for w in stored] == [(V, (dim + 1) // 2), (V, groups), (V, groups), (dim,)]
     values, scale, zero = ref.int4_grouped_quantize(weights, block)
-    np.testing.assert_array_equal(ref.unpack_int4(stored[0], D), values)
+    np.testing.assert_array_equal(ref.unpack_int4(stored[0], dim), values)
     np.testing.assert_allclose(stored[1], scale, rtol=1e-6)
     np.testing.assert_array_equal(stored[2], zero)
     out = to_numpy(layer(IDS))
-    np.testing.assert_allclose(out, ref.int4_rows(stored, IDS, D), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out, ref.int4_rows(stored, IDS, dim), rtol=1e-6, atol=1e-6)
     assert layer.dtype_policy.name == f"int4/{block}_from_float32"
 
 
