@@ -19,3 +19,25 @@ def is_traced(x) -> bool:
 
         return torch.compiler.is_compiling() or x.device.type == "meta"
     return False
+
+
+def to_device_of(x, reference):
+    """`x` moved to the device of `reference` (a tensor or variable) when they differ.
+
+    A table built under `keras.device("cpu:0")` stays in host memory: its rows are
+    gathered there and only the rows move. TensorFlow places the gather by itself;
+    under jax.jit the placement is XLA's, so this applies to eager arrays only.
+    """
+    backend = keras.backend.backend()
+    reference = getattr(reference, "value", reference)
+    if backend == "torch":
+        return x if x.device == reference.device else x.to(reference.device)
+    if backend == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer) or isinstance(reference, jax.core.Tracer):
+            return x
+        if x.devices() == reference.devices():
+            return x
+        return jax.device_put(x, next(iter(reference.devices())))
+    return x

@@ -12,6 +12,8 @@ import math
 from keras import ops
 from keras import quantizers
 
+from keras_embed_ext.backends import to_device_of
+
 
 class FloatRows:
     """A trainable float table: `embeddings (V, D)`."""
@@ -42,8 +44,10 @@ class FloatRows:
         layer._embeddings.assign(table)
 
     def gather(self, layer, ids):
-        stored = [ops.take(v, ids, axis=0) for v in self.row_variables(layer)]
-        return self.decode(layer, *stored)
+        variables = self.row_variables(layer)
+        table_ids = to_device_of(ids, variables[0])
+        stored = [ops.take(v, table_ids, axis=0) for v in variables]
+        return to_device_of(self.decode(layer, *stored), ids)
 
     def dequantize(self, layer):
         return self.decode(layer, *self.row_variables(layer))

@@ -3,6 +3,8 @@
 from keras import initializers
 from keras import ops
 
+from keras_embed_ext.backends import to_device_of
+
 
 def add_adapter(layer, rank, a_initializer, b_initializer):
     """Adds float32 `lora_embeddings_a (V, r)` and `lora_embeddings_b (r, D)`."""
@@ -39,8 +41,10 @@ def _scale(layer):
 
 def adapter_rows(layer, ids):
     """`(alpha / r) * A[ids] @ B`: the delta of the looked-up rows only."""
-    rows_a = ops.take(layer.lora_embeddings_a, ids, axis=0)
-    return _scale(layer) * ops.matmul(rows_a, layer.lora_embeddings_b)
+    table_ids = to_device_of(ids, layer.lora_embeddings_a)
+    rows_a = ops.take(layer.lora_embeddings_a, table_ids, axis=0)
+    rows = _scale(layer) * ops.matmul(rows_a, layer.lora_embeddings_b)
+    return to_device_of(rows, ids)
 
 
 def adapter_table(layer):
