@@ -1,0 +1,104 @@
+"""Training-step time and peak memory vs vocabulary size: ours vs keras.layers.Embedding.
+
+Model: ids (256, 16) -> Embedding(V, 256) -> mean over the sequence -> Dense(1), MSE.
+Modes: "lora" (rank-8 adapter, frozen table, Adam) and "float" (trainable table,
+SGD; on TensorFlow the table's gradient stays sparse, `tf.IndexedSlices`).
+Each point runs in its own process, so peak host RSS is that point's alone.
+
+    python benchmarks/bench_train.py                         # all backends, V = 10k, 200k, 1M
+    python benchmarks/bench_train.py --backends torch --vocab 10000 1000000
+"""
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BATCH, LENGTH, DIM, RANK = 256, 16, 256, 8
+
+
+def run_point(vocab, layer_kind, mode):
+    sys.path.insert(0, HERE)
+    import keras
+    import numpy as np
+
+    import keras_embed_ext as kee
+    from common import BACKEND, device_name, median_ms, random_table
+
+    cls = kee.Embedding if layer_kind == "ours" else keras.layers.Embedding
+    embedding = cls(vocab, DIM)
+    embedding.build()
+    embedding.set_weights([random_table(vocab, DIM)])
+    if mode == "lora":
+        embedding.enable_lora(RANK)
+    model = keras.Sequential([keras.Input((LENGTH,), dtype="int32"), embedding,
+                              keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
+    optimizer = keras.optimizers.Adam(1e-3) if mode == "lora" else keras.optimizers.SGD(0.1)
+    model.compile(optimizer, "mse")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, vocab, (BATCH, LENGTH)).astype("int32")
+    y = rng.standard_normal((BATCH, 1)).astype("float32")
+    step_ms = median_ms(lambda: model.train_on_batch(x, y), repeats=10, warmup=2, budget_s=30)
+    point = {"backend": BACKEND, "device": device_name(), "vocab": vocab, "layer": layer_kind, "mode": mode,
+             "step_ms": step_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if BACKEND == "tensorflow" and mode == "float":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(model(x))
+        point["table_gradient"] = type(tape.gradient(loss, model.trainable_variables[0].value)).__name__
+    if BACKEND == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            point["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(point))
+
+
+def markdown(points):
+    lines = ["| backend | mode | V | ours step ms | keras step ms | keras / ours | ours peak RSS MB | keras peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    index = {(p["backend"], p["mode"], p["vocab"], p["layer"]): p for p in points}
+    for backend, mode, vocab in sorted({k[:3] for k in index}, key=lambda k: (k[0], k[1], k[2])):
+        ours, theirs = index.get((backend, mode, vocab, "ours")), index.get((backend, mode, vocab, "keras"))
+        if not (ours and theirs):
+            continue
+        grad = f" ({ours['table_gradient']})" if "table_gradient" in ours else ""
+        lines.append(f"| {backend} | {mode}{grad} | {vocab:,} | {ours['step_ms']:.2f} | {theirs['step_ms']:.2f} | "
+                     f"{theirs['step_ms'] / ours['step_ms']:.1f}x | {ours['peak_rss_mb']:.0f} | {theirs['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--vocab", nargs="+", type=int, default=[10_000, 200_000, 1_000_000])
+    parser.add_argument("--modes", nargs="+", default=["lora", "float"])
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--point", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.point:
+        return run_point(int(args.point[0]), args.point[1], args.point[2])
+    points = []
+    for backend in args.backends:
+        for mode in args.modes:
+            for vocab in args.vocab:
+                for layer_kind in ("ours", "keras"):
+                    result = subprocess.run([sys.executable, __file__, "--point", str(vocab), layer_kind, mode],
+                                            env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True)
+                    if result.returncode:
+                        sys.exit(f"{backend} {mode} {vocab} {layer_kind} failed:\n{result.stderr[-3000:]}")
+                    points.append(json.loads(result.stdout.strip().splitlines()[-1]))
+                    print(json.dumps(points[-1]), file=sys.stderr)
+    os.makedirs(args.out, exist_ok=True)
+    table = markdown(points)
+    with open(os.path.join(args.out, "train.md"), "w") as f:
+        f.write(f"batch {BATCH}x{LENGTH} ids, D={DIM}, LoRA rank {RANK}\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
