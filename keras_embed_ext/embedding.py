@@ -237,8 +237,9 @@ class Embedding(keras.layers.Layer):
         return ops.cast(rows, self.compute_dtype)
 
     def _rows(self, ids, training):
-        """Rows of `ids` before combining, and a per-id 0/1 float: whether the id
-        counts in a bag (in range and, with `mask_zero`, not padding)."""
+        """Rows of `ids` before combining, and a per-id 0/1 float with a combiner:
+        whether the id counts in the bag (in range and, with `mask_zero`, not
+        padding)."""
         ids, valid = validate(
             as_int_ids(ids), self.input_dim, self.invalid_ids, self.name
         )
@@ -248,10 +249,12 @@ class Embedding(keras.layers.Layer):
         if self.dropout and training:
             keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)
-        keep = ops.ones_like(ids, dtype="bool") if valid is None else valid
         if valid is not None:
             rows = ops.where(ops.expand_dims(valid, -1), rows, ops.zeros_like(rows))
-        if self.mask_zero and self.combiner:
+        if not self.combiner:
+            return rows, None
+        keep = ops.ones_like(ids, dtype="bool") if valid is None else valid
+        if self.mask_zero:
             keep = ops.logical_and(keep, ops.not_equal(ids, 0))
         return rows, ops.cast(keep, "float32")
 

@@ -12,6 +12,7 @@ import math
 from keras import ops
 from keras import quantizers
 
+from keras_embed_ext.backends import fused
 from keras_embed_ext.backends import to_device_of
 
 
@@ -53,7 +54,16 @@ class FloatRows:
         return self.decode(layer, *self.row_variables(layer))
 
 
-class Int8Rows(FloatRows):
+class QuantizedRows(FloatRows):
+    """A format whose rows are decoded: the gather and decode run fused."""
+
+    def gather(self, layer, ids):
+        if getattr(self, "_fused_gather", None) is None:
+            self._fused_gather = fused(lambda ids: FloatRows.gather(self, layer, ids))
+        return self._fused_gather(ids)
+
+
+class Int8Rows(QuantizedRows):
     """Per-row symmetric int8: `embeddings (V, D)` int8, `embeddings_scale (V,)`.
 
     A row is `embeddings[i] / embeddings_scale[i]`, with
@@ -97,7 +107,7 @@ class Int8Rows(FloatRows):
         layer.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
 
 
-class Int4Rows(FloatRows):
+class Int4Rows(QuantizedRows):
     """int4 values packed two per byte along D, as keras 3.15 stores them.
 
     Without a block size (per row, symmetric): `embeddings (V, ceil(D/2))` int8,
@@ -209,17 +219,16 @@ class Int4Rows(FloatRows):
 
 
 def unpack_int4(packed, length):
-    """Signed 4-bit values from bytes packed along the last axis, low nibble first.
+    """Signed 4-bit values from int8 bytes packed along the last axis, low nibble first.
 
-    Shifts on int32 do the sign extension: three element-wise ops on the
-    gathered rows only.
+    Arithmetic shifts on int8 sign-extend each nibble (the same on every backend):
+    a few element-wise ops on the gathered bytes only.
     """
-    packed = ops.cast(packed, "int32")
-    low = ops.right_shift(ops.left_shift(packed, 28), 28)
+    low = ops.right_shift(ops.left_shift(packed, 4), 4)
     high = ops.right_shift(packed, 4)
     shape = ops.shape(packed)
     values = ops.reshape(ops.stack([low, high], axis=-1), (*shape[:-1], 2 * shape[-1]))
-    return values[..., :length]
+    return values if 2 * shape[-1] == length else values[..., :length]
 
 
 def format_for(mode, block_size=None):

@@ -35,29 +35,25 @@ def remove_adapter(layer):
     del layer.lora_embeddings_b
 
 
-def _scale(layer):
-    return layer.lora_alpha / layer.lora_rank
+def _scaled_b(layer):
+    """`(alpha / r) * B`: scaling the small factor, not every output row."""
+    return (layer.lora_alpha / layer.lora_rank) * ops.convert_to_tensor(layer.lora_embeddings_b)
 
 
 def adapter_rows(layer, ids):
-    """`(alpha / r) * A[ids] @ B`: the delta of the looked-up rows only."""
+    """`A[ids] @ ((alpha / r) * B)`: the delta of the looked-up rows only."""
     table_ids = to_device_of(ids, layer.lora_embeddings_a)
     rows_a = ops.take(layer.lora_embeddings_a, table_ids, axis=0)
-    rows = _scale(layer) * ops.matmul(rows_a, layer.lora_embeddings_b)
-    return to_device_of(rows, ids)
+    return to_device_of(ops.matmul(rows_a, _scaled_b(layer)), ids)
 
 
 def adapter_table(layer):
     """`(alpha / r) * A @ B`, the delta of the whole table (merge and export)."""
-    return _scale(layer) * ops.matmul(
-        layer.lora_embeddings_a, layer.lora_embeddings_b
-    )
+    return ops.matmul(layer.lora_embeddings_a, _scaled_b(layer))
 
 
 def adapter_logits(layer, x):
     """`x @ ((alpha / r) * A @ B).T` as `(x @ B.T) @ A.T`, never forming `A @ B`."""
     x = ops.cast(x, "float32")
-    projected = ops.matmul(x, ops.transpose(layer.lora_embeddings_b))
-    return _scale(layer) * ops.matmul(
-        projected, ops.transpose(layer.lora_embeddings_a)
-    )
+    projected = ops.matmul(x, ops.transpose(_scaled_b(layer)))
+    return ops.matmul(projected, ops.transpose(layer.lora_embeddings_a))
