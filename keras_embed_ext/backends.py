@@ -21,12 +21,23 @@ def is_traced(x) -> bool:
     return False
 
 
+def on_device_of(variable, ids, gather):
+    """`gather(ids)` run where `variable` lives, the result moved back to where `ids` were.
+
+    A table built under `keras.device("cpu:0")` stays in host memory: its rows are
+    gathered there and only the rows move.
+    """
+    moved = to_device_of(ids, variable)
+    if moved is ids:
+        return gather(ids)
+    return to_device_of(gather(moved), ids)
+
+
 def to_device_of(x, reference):
     """`x` moved to the device of `reference` (a tensor or variable) when they differ.
 
-    A table built under `keras.device("cpu:0")` stays in host memory: its rows are
-    gathered there and only the rows move. TensorFlow places the gather by itself;
-    under jax.jit the placement is XLA's, so this applies to eager arrays only.
+    TensorFlow places ops by itself; under jax.jit the placement is XLA's, so on
+    JAX this applies to eager arrays on one device only.
     """
     backend = keras.backend.backend()
     reference = getattr(reference, "value", reference)
@@ -37,9 +48,10 @@ def to_device_of(x, reference):
 
         if isinstance(x, jax.core.Tracer) or isinstance(reference, jax.core.Tracer):
             return x
-        if x.devices() == reference.devices():
-            return x
-        return jax.device_put(x, next(iter(reference.devices())))
+        devices = reference.devices()
+        if len(devices) != 1 or x.devices() == devices:
+            return x  # same place, or a sharded table: the sharding decides
+        return jax.device_put(x, next(iter(devices)))
     return x
 
 

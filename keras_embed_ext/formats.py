@@ -13,7 +13,7 @@ from keras import ops
 from keras import quantizers
 
 from keras_embed_ext.backends import fused
-from keras_embed_ext.backends import to_device_of
+from keras_embed_ext.backends import on_device_of
 
 
 class FloatRows:
@@ -46,9 +46,11 @@ class FloatRows:
 
     def gather(self, layer, ids):
         variables = self.row_variables(layer)
-        table_ids = to_device_of(ids, variables[0])
-        stored = [ops.take(v, table_ids, axis=0) for v in variables]
-        return to_device_of(self.decode(layer, *stored), ids)
+
+        def gather_and_decode(ids):
+            return self.decode(layer, *[ops.take(v, ids, axis=0) for v in variables])
+
+        return on_device_of(variables[0], ids, gather_and_decode)
 
     def dequantize(self, layer):
         return self.decode(layer, *self.row_variables(layer))

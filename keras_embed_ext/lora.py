@@ -3,7 +3,7 @@
 from keras import initializers
 from keras import ops
 
-from keras_embed_ext.backends import to_device_of
+from keras_embed_ext.backends import on_device_of
 
 
 def add_adapter(layer, rank, a_initializer, b_initializer):
@@ -42,9 +42,11 @@ def _scaled_b(layer):
 
 def adapter_rows(layer, ids):
     """`A[ids] @ ((alpha / r) * B)`: the delta of the looked-up rows only."""
-    table_ids = to_device_of(ids, layer.lora_embeddings_a)
-    rows_a = ops.take(layer.lora_embeddings_a, table_ids, axis=0)
-    return to_device_of(ops.matmul(rows_a, _scaled_b(layer)), ids)
+    def gather(ids):
+        rows_a = ops.take(layer.lora_embeddings_a, ids, axis=0)
+        return ops.matmul(rows_a, _scaled_b(layer))
+
+    return on_device_of(layer.lora_embeddings_a, ids, gather)
 
 
 def adapter_table(layer):
