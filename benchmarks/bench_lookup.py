@@ -40,8 +40,8 @@ def lookup_fn(layer):
         import jax
 
         state = [v.value for v in layer.trainable_variables], [v.value for v in layer.non_trainable_variables]
-        call = jax.jit(lambda t, n, ids: layer.stateless_call(t, n, ids)[0])
-        return lambda ids: call(*state, ids)
+        jitted = jax.jit(lambda t, n, ids: layer.stateless_call(t, n, ids)[0])
+        return lambda ids: jitted(*state, ids)
     if BACKEND == "torch":
         import torch
 
@@ -90,8 +90,6 @@ def run_backend(vocabs, dim, n_ids, states):
             rows.append({"backend": BACKEND, "device": device_name(), "vocab": vocab, "state": state,
                          "ours_ms": median_ms(lambda: ours(ids)), "keras_ms": median_ms(lambda: theirs(ids), repeats=10),
                          "native_ms": native_ms})
-            del ours, theirs
-        del table, device_table
     print(json.dumps(rows))
 
 

@@ -1,11 +1,8 @@
 """`keras_embed_ext.Embedding`: a gather-first embedding layer for Keras 3."""
 
 import warnings
-from numbers import Integral
-from numbers import Real
 
 import keras
-import numpy as np
 from keras import constraints
 from keras import dtype_policies
 from keras import initializers
@@ -13,22 +10,18 @@ from keras import ops
 from keras import regularizers
 
 from keras_embed_ext import lora
+from keras_embed_ext import saving
 from keras_embed_ext import sparse
-from keras_embed_ext.combiners import COMBINERS
+from keras_embed_ext.arguments import check_arguments
+from keras_embed_ext.arguments import reject_unknown_arguments
 from keras_embed_ext.combiners import combine
 from keras_embed_ext.combiners import combine_segments
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
-from keras_embed_ext.ids import INVALID_ID_POLICIES
 from keras_embed_ext.ids import as_int_ids
 from keras_embed_ext.ids import validate
 from keras_embed_ext.legacy import input_shape_from_length
 from keras_embed_ext.legacy import pop_keras1_arguments
-from keras_embed_ext.legacy import reject_unknown_arguments
-
-
-def _is_positive_int(value):
-    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
 
 
 def _int4_block_size(policy, config):
@@ -120,30 +113,7 @@ class Embedding(keras.layers.Layer):
         seed: int | keras.random.SeedGenerator | None = None,
         **kwargs,
     ):
-        for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
-            if not _is_positive_int(value):
-                raise ValueError(
-                    f"`{name}` must be a positive integer. "
-                    f"Received: {name}={value!r} (of type {type(value).__name__})."
-                )
-        if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
-            raise ValueError(
-                f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}"
-            )
-        if combiner not in (None, *COMBINERS):
-            raise ValueError(
-                f"`combiner` must be one of None, {', '.join(map(repr, COMBINERS))}. "
-                f"Received: combiner={combiner!r}"
-            )
-        if invalid_ids not in INVALID_ID_POLICIES:
-            raise ValueError(
-                f"`invalid_ids` must be one of {INVALID_ID_POLICIES}. "
-                f"Received: invalid_ids={invalid_ids!r}"
-            )
-        if lora_rank is not None and not _is_positive_int(lora_rank):
-            raise ValueError(
-                f"`lora_rank` must be a positive integer or None. Received: lora_rank={lora_rank!r}"
-            )
+        check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_rank)
         legacy = pop_keras1_arguments(kwargs)
         self.quantization_config = kwargs.pop("quantization_config", None)
         reject_unknown_arguments(kwargs)
@@ -340,29 +310,7 @@ class Embedding(keras.layers.Layer):
         `lora_embeddings_b (rank, output_dim)`. Works on float and quantized
         tables, before or after `quantize`.
         """
-        if self.embeddings_constraint:
-            raise ValueError(
-                "LoRA is incompatible with embedding constraints. Remove "
-                "the `embeddings_constraint` argument to enable LoRA."
-            )
-        if not self.built:
-            raise ValueError("Cannot enable LoRA on a layer that isn't yet built.")
-        if self.lora_enabled:
-            raise ValueError(
-                "LoRA is already enabled on this layer (rank "
-                f"{self.lora_rank}). It can only be enabled once; call "
-                "`merge_lora()` first to start a new adapter."
-            )
-        if not _is_positive_int(rank):
-            raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
-        self._tracker.unlock()
-        lora.add_adapter(self, rank, a_initializer, b_initializer)
-        if self._format.mode is None:
-            self._embeddings.trainable = False
-        self._tracker.lock()
-        self.lora_enabled = True
-        self.lora_rank = rank
-        self.lora_alpha = lora_alpha if lora_alpha is not None else rank
+        lora.enable(self, rank, lora_alpha, a_initializer, b_initializer)
 
     def merge_lora(self) -> None:
         """Folds the LoRA delta into the table and removes the adapter.
@@ -371,21 +319,7 @@ class Embedding(keras.layers.Layer):
         trainable again; a quantized table is decoded, merged and quantized
         again in its own format.
         """
-        if not self.lora_enabled:
-            raise ValueError(
-                "merge_lora() needs LoRA enabled; this layer has no adapter."
-            )
-        merged = ops.cast(self._format.dequantize(self), "float32")
-        merged = merged + lora.adapter_table(self)
-        self._tracker.unlock()
-        lora.remove_adapter(self)
-        self._tracker.lock()
-        self._format.encode(self, merged)
-        if self._format.mode is None:
-            self._embeddings.trainable = True
-        self.lora_enabled = False
-        self.lora_rank = None
-        self.lora_alpha = None
+        lora.merge(self)
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Stores the table as `"int8"` or `"int4"` rows; LoRA is kept."""
@@ -406,60 +340,11 @@ class Embedding(keras.layers.Layer):
                 f"{name}_from_{self.dtype_policy.name}"
             )
 
-    def _stored_variables(self):
-        variables = self._format.variables(self)
-        if self.lora_enabled:
-            variables = variables + lora.adapter_variables(self)
-        return variables
-
     def save_own_variables(self, store):
-        if not self.built:
-            return
-        for index, variable in enumerate(self._stored_variables()):
-            store[str(index)] = variable
+        saving.save_variables(self, store)
 
     def load_own_variables(self, store):
-        if not self.built:
-            return
-        expected = self._stored_variables()
-        found = [store[str(index)] for index in range(len(store.keys()))]
-        base = self._format.variables(self)
-        if self._matches(expected, found):
-            targets = expected
-        elif self.lora_enabled and self._matches(base, found):
-            # A file whose adapter was merged at save time (keras' own layer):
-            # the table is loaded and the adapter starts from a zero delta.
-            targets = base
-            self.lora_embeddings_b.assign(ops.zeros(self.lora_embeddings_b.shape))
-        else:
-            raise ValueError(
-                f"Layer '{self.name}' cannot load these weights. Expected "
-                f"{len(expected)} variables: {self._describe(expected)}. "
-                f"Found {len(found)}: {self._describe(found, indexed=True)}."
-            )
-        for variable, value in zip(targets, found):
-            variable.assign(value)
-
-    @staticmethod
-    def _matches(variables, values):
-        if len(variables) != len(values):
-            return False
-        for variable, value in zip(variables, values):
-            is_int = np.dtype(value.dtype).kind in "iu"
-            if tuple(value.shape) != tuple(variable.shape):
-                return False
-            if is_int != ("int" in keras.backend.standardize_dtype(variable.dtype)):
-                return False
-        return True
-
-    @staticmethod
-    def _describe(items, indexed=False):
-        parts = []
-        for index, item in enumerate(items):
-            label = str(index) if indexed else item.path.split("/")[-1]
-            dtype = keras.backend.standardize_dtype(item.dtype)
-            parts.append(f"{label} {tuple(item.shape)} {dtype}")
-        return "[" + ", ".join(parts) + "]"
+        saving.load_variables(self, store)
 
     def get_config(self):
         config = {

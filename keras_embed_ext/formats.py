@@ -16,6 +16,18 @@ from keras_embed_ext.backends import fused
 from keras_embed_ext.backends import on_device_of
 
 
+def _stored(layer, name, shape, dtype=None, initializer="zeros"):
+    """A frozen variable of a quantized table (keras' name, shape and dtype)."""
+    return layer.add_weight(
+        name=name,
+        shape=shape,
+        initializer=initializer,
+        dtype=dtype,
+        trainable=False,
+        autocast=False,
+    )
+
+
 class FloatRows:
     """A trainable float table: `embeddings (V, D)`."""
 
@@ -75,21 +87,8 @@ class Int8Rows(QuantizedRows):
     mode = "int8"
 
     def build(self, layer, shape):
-        layer._embeddings = layer.add_weight(
-            name="embeddings",
-            shape=shape,
-            initializer="zeros",
-            dtype="int8",
-            trainable=False,
-            autocast=False,
-        )
-        layer.embeddings_scale = layer.add_weight(
-            name="embeddings_scale",
-            shape=shape[:1],
-            initializer="ones",
-            trainable=False,
-            autocast=False,
-        )
+        layer._embeddings = _stored(layer, "embeddings", shape, "int8")
+        layer.embeddings_scale = _stored(layer, "embeddings_scale", shape[:1], initializer="ones")
 
     def variables(self, layer):
         return [layer._embeddings, layer.embeddings_scale]
@@ -126,42 +125,15 @@ class Int4Rows(QuantizedRows):
 
     def build(self, layer, shape):
         input_dim, output_dim = shape
-        layer._embeddings = layer.add_weight(
-            name="embeddings",
-            shape=(input_dim, (output_dim + 1) // 2),
-            initializer="zeros",
-            dtype="int8",
-            trainable=False,
-            autocast=False,
-        )
+        layer._embeddings = _stored(layer, "embeddings", (input_dim, (output_dim + 1) // 2), "int8")
         if self.block_size is None:
             scale_shape = (input_dim,)
         else:
             scale_shape = (input_dim, math.ceil(output_dim / self.block_size))
-        layer.embeddings_scale = layer.add_weight(
-            name="embeddings_scale",
-            shape=scale_shape,
-            initializer="ones",
-            trainable=False,
-            autocast=False,
-        )
+        layer.embeddings_scale = _stored(layer, "embeddings_scale", scale_shape, initializer="ones")
         if self.block_size is not None:
-            layer.embeddings_zero = layer.add_weight(
-                name="embeddings_zero",
-                shape=scale_shape,
-                initializer="zeros",
-                dtype="int8",
-                trainable=False,
-                autocast=False,
-            )
-            layer.g_idx = layer.add_weight(
-                name="g_idx",
-                shape=(output_dim,),
-                initializer="zeros",
-                dtype="float32",
-                trainable=False,
-                autocast=False,
-            )
+            layer.embeddings_zero = _stored(layer, "embeddings_zero", scale_shape, "int8")
+            layer.g_idx = _stored(layer, "g_idx", (output_dim,), "float32")
             layer.g_idx.assign(
                 ops.floor_divide(
                     ops.arange(output_dim, dtype="float32"), self.block_size

@@ -9,16 +9,6 @@ KERAS1_NAMES = {
 }
 
 
-BASE_LAYER_ARGUMENTS = ("activity_regularizer", "trainable", "dtype", "autocast", "name", "input_shape")
-
-
-def reject_unknown_arguments(kwargs):
-    """A name that is neither Keras 3's nor Keras 1's is a TypeError, as in Python."""
-    for name in kwargs:
-        if name not in BASE_LAYER_ARGUMENTS:
-            raise TypeError(f"Embedding.__init__() got an unexpected keyword argument {name!r}")
-
-
 def pop_keras1_arguments(kwargs):
     """Removes Keras 1 names from `kwargs`; returns them under their Keras 3 names."""
     renamed = {}

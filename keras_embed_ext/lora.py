@@ -3,6 +3,7 @@
 from keras import initializers
 from keras import ops
 
+from keras_embed_ext.arguments import is_positive_int
 from keras_embed_ext.backends import on_device_of
 
 
@@ -30,11 +31,6 @@ def adapter_variables(layer):
     return [layer.lora_embeddings_a, layer.lora_embeddings_b]
 
 
-def remove_adapter(layer):
-    del layer.lora_embeddings_a
-    del layer.lora_embeddings_b
-
-
 def _scaled_b(layer):
     """`(alpha / r) * B`: scaling the small factor, not every output row."""
     return (layer.lora_alpha / layer.lora_rank) * ops.convert_to_tensor(layer.lora_embeddings_b)
@@ -59,3 +55,46 @@ def adapter_logits(layer, x):
     x = ops.cast(x, "float32")
     projected = ops.matmul(x, ops.transpose(_scaled_b(layer)))
     return ops.matmul(projected, ops.transpose(layer.lora_embeddings_a))
+
+
+def enable(layer, rank, lora_alpha, a_initializer, b_initializer):
+    """`Embedding.enable_lora`: checks, then the adapter, then a frozen table."""
+    if layer.embeddings_constraint:
+        raise ValueError(
+            "LoRA is incompatible with embedding constraints. Remove "
+            "the `embeddings_constraint` argument to enable LoRA."
+        )
+    if not layer.built:
+        raise ValueError("Cannot enable LoRA on a layer that isn't yet built.")
+    if layer.lora_enabled:
+        raise ValueError(
+            f"LoRA is already enabled on this layer (rank {layer.lora_rank}). It can only "
+            "be enabled once; call `merge_lora()` first to start a new adapter."
+        )
+    if not is_positive_int(rank):
+        raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
+    layer._tracker.unlock()
+    add_adapter(layer, rank, a_initializer, b_initializer)
+    if layer._format.mode is None:
+        layer._embeddings.trainable = False
+    layer._tracker.lock()
+    layer.lora_enabled = True
+    layer.lora_rank = rank
+    layer.lora_alpha = lora_alpha if lora_alpha is not None else rank
+
+
+def merge(layer):
+    """`Embedding.merge_lora`: the delta folded into the table (re-encoded), adapter gone."""
+    if not layer.lora_enabled:
+        raise ValueError("merge_lora() needs LoRA enabled; this layer has no adapter.")
+    merged = ops.cast(layer._format.dequantize(layer), "float32") + adapter_table(layer)
+    layer._tracker.unlock()
+    del layer.lora_embeddings_a
+    del layer.lora_embeddings_b
+    layer._tracker.lock()
+    layer._format.encode(layer, merged)
+    if layer._format.mode is None:
+        layer._embeddings.trainable = True
+    layer.lora_enabled = False
+    layer.lora_rank = None
+    layer.lora_alpha = None

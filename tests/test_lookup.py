@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 import keras_embed_ext as kee
-from conftest import BACKEND, table, to_numpy
+from conftest import table, to_numpy
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=5)
 

@@ -1,6 +1,5 @@
 """The examples of every generation of the Embedding docs, verbatim, with this layer."""
 
-import warnings
 
 import keras
 import numpy as np

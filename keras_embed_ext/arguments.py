@@ -1,0 +1,42 @@
+"""Checks of the constructor's arguments: each bad value named with what was expected."""
+
+from numbers import Integral
+from numbers import Real
+
+from keras_embed_ext.combiners import COMBINERS
+from keras_embed_ext.ids import INVALID_ID_POLICIES
+
+BASE_LAYER_ARGUMENTS = ("activity_regularizer", "trainable", "dtype", "autocast", "name", "input_shape")
+
+
+def is_positive_int(value) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
+
+
+def check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_rank):
+    for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
+        if not is_positive_int(value):
+            raise ValueError(
+                f"`{name}` must be a positive integer. "
+                f"Received: {name}={value!r} (of type {type(value).__name__})."
+            )
+    if isinstance(dropout, bool) or not isinstance(dropout, Real) or not 0 <= dropout < 1:
+        raise ValueError(f"`dropout` must be a float in [0, 1). Received: dropout={dropout!r}")
+    if combiner not in (None, *COMBINERS):
+        raise ValueError(
+            f"`combiner` must be one of None, {', '.join(map(repr, COMBINERS))}. "
+            f"Received: combiner={combiner!r}"
+        )
+    if invalid_ids not in INVALID_ID_POLICIES:
+        raise ValueError(
+            f"`invalid_ids` must be one of {INVALID_ID_POLICIES}. Received: invalid_ids={invalid_ids!r}"
+        )
+    if lora_rank is not None and not is_positive_int(lora_rank):
+        raise ValueError(f"`lora_rank` must be a positive integer or None. Received: lora_rank={lora_rank!r}")
+
+
+def reject_unknown_arguments(kwargs):
+    """A name that is neither Keras 3's nor Keras 1's is a TypeError, as in Python."""
+    for name in kwargs:
+        if name not in BASE_LAYER_ARGUMENTS:
+            raise TypeError(f"Embedding.__init__() got an unexpected keyword argument {name!r}")
