@@ -21,6 +21,35 @@ def is_traced(x) -> bool:
     return False
 
 
+def take_rows(table, ids):
+    """`table[ids]` along axis 0, for a variable or tensor `table` and ids known to be in range.
+
+    `keras.ops.take` first wraps negative ids, which the validated ids never are,
+    and on TensorFlow reads the whole variable before gathering. A variable that a
+    sparse update (an optimizer step on `IndexedSlices`) has touched is copied in
+    full by every such read; `tf.gather` on the variable reads only the rows.
+    """
+    backend = keras.backend.backend()
+    if isinstance(table, keras.Variable):
+        table = table.value
+    if backend == "torch":
+        import torch
+
+        if table.ndim == 2:
+            return torch.nn.functional.embedding(ids, table)
+        rows = torch.index_select(table, 0, ids.reshape(-1))
+        return rows.reshape(*ids.shape, *table.shape[1:])
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.gather(table, ids)
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.take(table, ids, axis=0, mode="clip")
+    return keras.ops.take(table, ids, axis=0)
+
+
 def on_device_of(variable, ids, gather):
     """`gather(ids)` run where `variable` lives, the result moved back to where `ids` were.
 

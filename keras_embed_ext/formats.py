@@ -14,6 +14,7 @@ from keras import quantizers
 
 from keras_embed_ext.backends import fused
 from keras_embed_ext.backends import on_device_of
+from keras_embed_ext.backends import take_rows
 
 
 def _stored(layer, name, shape, dtype=None, initializer="zeros"):
@@ -60,7 +61,7 @@ class FloatRows:
         variables = self.row_variables(layer)
 
         def gather_and_decode(ids):
-            return self.decode(layer, *[ops.take(v, ids, axis=0) for v in variables])
+            return self.decode(layer, *[take_rows(v, ids) for v in variables])
 
         return on_device_of(variables[0], ids, gather_and_decode)
 

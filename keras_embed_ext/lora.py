@@ -5,6 +5,7 @@ from keras import ops
 
 from keras_embed_ext.arguments import is_positive_int
 from keras_embed_ext.backends import on_device_of
+from keras_embed_ext.backends import take_rows
 
 
 def add_adapter(layer, rank, a_initializer, b_initializer):
@@ -39,7 +40,7 @@ def _scaled_b(layer):
 def adapter_rows(layer, ids):
     """`A[ids] @ ((alpha / r) * B)`: the delta of the looked-up rows only."""
     def gather(ids):
-        rows_a = ops.take(layer.lora_embeddings_a, ids, axis=0)
+        rows_a = take_rows(layer.lora_embeddings_a, ids)
         return ops.matmul(rows_a, _scaled_b(layer))
 
     return on_device_of(layer.lora_embeddings_a, ids, gather)

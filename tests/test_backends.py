@@ -3,9 +3,13 @@
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
 
 import keras_embed_ext as kee
 from conftest import BACKEND, table, to_numpy
+from keras_embed_ext.backends import take_rows
 from keras_embed_ext.formats import FloatRows
 
 IDS = np.random.default_rng(0).integers(0, 50, size=(6, 7)).astype("int32")
@@ -35,3 +39,84 @@ if BACKEND == "jax":
 
         assert jax.jit(lambda x: np.int32(is_traced(x)) + x * 0)(np.int32(1)) == 1
         assert not is_traced(jax.numpy.ones(2))
+
+
+@given(
+    vocab=st.integers(1, 40),
+    ids_shape=st.lists(st.integers(0, 5), max_size=3),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_take_rows_equals_numpy_gather(vocab, ids_shape, seed):
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((vocab, 3)).astype("float32")
+    ids = rng.integers(0, vocab, size=ids_shape).astype("int32")
+    variable = keras.Variable(values)
+    for source in (variable, keras.ops.convert_to_tensor(values)):
+        rows = to_numpy(take_rows(source, keras.ops.convert_to_tensor(ids)))
+        np.testing.assert_array_equal(rows, values[ids])
+
+
+def test_take_rows_gradient_is_a_scatter_add_of_the_row_gradients():
+    layer = kee.Embedding(9, 4, weights=table(9, 4))
+    ids = np.array([[1, 3], [3, 8]], dtype="int32")
+    upstream = np.arange(16, dtype="float32").reshape(2, 2, 4)
+    expected = np.zeros((9, 4), dtype="float32")
+    np.add.at(expected, ids, upstream)
+    gradient = gradient_of_table(layer, ids, upstream)
+    np.testing.assert_array_equal(gradient, expected)
+
+
+def gradient_of_table(layer, ids, upstream):
+    """d sum(layer(ids) * upstream) / d table, densified."""
+    ids = keras.ops.convert_to_tensor(ids)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * upstream)
+        return to_numpy(tf.convert_to_tensor(tape.gradient(loss, layer._embeddings.value)))
+    if BACKEND == "jax":
+        import jax
+
+        def loss(values):
+            return (layer.stateless_call([values], [], ids)[0] * upstream).sum()
+
+        return to_numpy(jax.grad(loss)(layer._embeddings.value))
+    import torch
+
+    loss = (layer(ids) * torch.as_tensor(upstream)).sum()
+    loss.backward()
+    return to_numpy(layer._embeddings.value.grad)
+
+
+if BACKEND == "tensorflow":
+    def test_lookup_reads_only_the_rows_of_the_table_and_adapter():
+        # A dense read (ReadVariableOp) of a variable that a sparse optimizer step
+        # has touched copies the whole table; a ResourceGather reads the rows only.
+        import tensorflow as tf
+
+        layer = kee.Embedding(1000, 8, lora_rank=2)
+        graph = tf.function(layer).get_concrete_function(tf.TensorSpec((4,), "int32")).graph
+        handles = {id(v.value.handle) for v in (layer._embeddings, layer.lora_embeddings_a)}
+        reads = [
+            sorted(op.type for op in placeholder.consumers())
+            for external, placeholder in graph.captures
+            if id(external) in handles
+        ]
+        assert reads == [["ResourceGather"], ["ResourceGather"]]
+
+    def test_sgd_on_the_table_updates_only_the_looked_up_rows():
+        import tensorflow as tf
+
+        layer = kee.Embedding(20, 4, weights=table(20, 4))
+        before = to_numpy(layer._embeddings)
+        ids = tf.constant([[2, 5], [5, 11]])
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids))
+        gradient = tape.gradient(loss, layer._embeddings.value)
+        assert isinstance(gradient, tf.IndexedSlices)
+        keras.optimizers.SGD(0.5).apply([gradient], [layer._embeddings])
+        expected = before.copy()
+        np.add.at(expected, ids.numpy(), -0.5)
+        np.testing.assert_allclose(to_numpy(layer._embeddings), expected, rtol=1e-6)
