@@ -215,7 +215,7 @@ class Embedding(keras.layers.Layer):
         )
         rows = self._format.gather(self, ids)
         if self.lora_enabled:
-            rows = ops.cast(rows, "float32") + lora.adapter_rows(self, ids)
+            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids)
         if self.dropout and training:
             keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)

@@ -13,6 +13,7 @@ from keras import ops
 from keras import quantizers
 
 from keras_embed_ext.backends import fused
+from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import take_rows
 
@@ -97,8 +98,8 @@ class Int8Rows(QuantizedRows):
     row_variables = variables
 
     def decode(self, layer, values, scale):
-        values = ops.cast(values, "float32")
-        return values / ops.expand_dims(ops.cast(scale, "float32"), -1)
+        values = ops.cast(values, "float32")  # int8 values: a new tensor
+        return in_place("divide", values, ops.expand_dims(ops.cast(scale, "float32"), -1))
 
     def encode(self, layer, table):
         values, scale = quantizers.abs_max_quantize(
@@ -158,16 +159,18 @@ class Int4Rows(QuantizedRows):
         values = ops.cast(unpack_int4(packed, layer.output_dim), "float32")
         scale = ops.cast(scale, "float32")
         if zero is None:
-            return values / ops.expand_dims(scale, -1)
+            return in_place("divide", values, ops.expand_dims(scale, -1))
         zero = ops.cast(zero, "float32")
         if layer.output_dim % self.block_size == 0:
             # Whole blocks: broadcast each block's scale and zero point.
             shape = ops.shape(values)
             blocks = ops.reshape(values, (*shape[:-1], -1, self.block_size))
-            blocks = (blocks - ops.expand_dims(zero, -1)) * ops.expand_dims(scale, -1)
+            blocks = in_place("subtract", blocks, ops.expand_dims(zero, -1))
+            blocks = in_place("multiply", blocks, ops.expand_dims(scale, -1))
             return ops.reshape(blocks, shape)
         groups = ops.cast(layer.g_idx, "int32")
-        return (values - ops.take(zero, groups, axis=-1)) * ops.take(scale, groups, axis=-1)
+        values = in_place("subtract", values, ops.take(zero, groups, axis=-1))
+        return in_place("multiply", values, ops.take(scale, groups, axis=-1))
 
     def encode(self, layer, table):
         if self.block_size is None:
@@ -196,11 +199,13 @@ class Int4Rows(QuantizedRows):
 def unpack_int4(packed, length):
     """Signed 4-bit values from int8 bytes packed along the last axis, low nibble first.
 
-    Arithmetic shifts on int8 sign-extend each nibble (the same on every backend):
-    a few element-wise ops on the gathered bytes only.
+    Arithmetic shifts sign-extend each nibble (the same on every backend): a few
+    element-wise ops on the gathered bytes only. They run on int16, which torch
+    interleaves at twice the speed of int8.
     """
-    low = ops.right_shift(ops.left_shift(packed, 4), 4)
-    high = ops.right_shift(packed, 4)
+    wide = ops.cast(packed, "int16")
+    low = ops.right_shift(ops.left_shift(wide, 12), 12)
+    high = ops.right_shift(wide, 4)
     shape = ops.shape(packed)
     values = ops.reshape(ops.stack([low, high], axis=-1), (*shape[:-1], 2 * shape[-1]))
     return values if 2 * shape[-1] == length else values[..., :length]

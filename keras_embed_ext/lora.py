@@ -4,7 +4,9 @@ from keras import initializers
 from keras import ops
 
 from keras_embed_ext.arguments import is_positive_int
+from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import on_device_of
+from keras_embed_ext.backends import to_device_of
 from keras_embed_ext.backends import take_rows
 
 
@@ -37,13 +39,15 @@ def _scaled_b(layer):
     return (layer.lora_alpha / layer.lora_rank) * ops.convert_to_tensor(layer.lora_embeddings_b)
 
 
-def adapter_rows(layer, ids):
-    """`A[ids] @ ((alpha / r) * B)`: the delta of the looked-up rows only."""
-    def gather(ids):
-        rows_a = take_rows(layer.lora_embeddings_a, ids)
-        return ops.matmul(rows_a, _scaled_b(layer))
+def add_adapter_rows(layer, rows, ids):
+    """`rows + A[ids] @ ((alpha / r) * B)`: the delta of the looked-up rows only.
 
-    return on_device_of(layer.lora_embeddings_a, ids, gather)
+    `rows` are float32 rows just gathered for `ids`; only `A[ids]` and `B` move to
+    them when the adapter lives on another device.
+    """
+    a = layer.lora_embeddings_a
+    rows_a = on_device_of(a, ids, lambda ids: take_rows(a, ids))
+    return add_matmul(rows, rows_a, to_device_of(_scaled_b(layer), rows))
 
 
 def adapter_table(layer):

@@ -39,3 +39,30 @@ def table(input_dim, output_dim, seed=0):
     rng = np.random.default_rng(seed)
     scale = rng.uniform(0.1, 3.0, size=(input_dim, 1))
     return (rng.standard_normal((input_dim, output_dim)) * scale).astype("float32")
+
+
+def gradients(layer, ids, upstream):
+    """d sum(layer(ids) * upstream) / d each trainable variable, as dense numpy arrays."""
+    ids = keras.ops.convert_to_tensor(ids)
+    variables = layer.trainable_variables
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * upstream)
+        grads = tape.gradient(loss, [v.value for v in variables])
+        return [to_numpy(tf.convert_to_tensor(g)) for g in grads]
+    if BACKEND == "jax":
+        import jax
+
+        def loss(values):
+            outputs, _ = layer.stateless_call(values, [v.value for v in layer.non_trainable_variables], ids)
+            return (outputs * upstream).sum()
+
+        return [to_numpy(g) for g in jax.grad(loss)([v.value for v in variables])]
+    import torch
+
+    for v in variables:
+        v.value.grad = None
+    (layer(ids) * torch.as_tensor(upstream)).sum().backward()
+    return [to_numpy(v.value.grad) for v in variables]

@@ -8,7 +8,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import keras_embed_ext as kee
-from conftest import BACKEND, table, to_numpy
+from conftest import BACKEND, gradients, table, to_numpy
+from keras_embed_ext.backends import add_matmul
+from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import take_rows
 from keras_embed_ext.formats import FloatRows
 
@@ -63,31 +65,8 @@ def test_take_rows_gradient_is_a_scatter_add_of_the_row_gradients():
     upstream = np.arange(16, dtype="float32").reshape(2, 2, 4)
     expected = np.zeros((9, 4), dtype="float32")
     np.add.at(expected, ids, upstream)
-    gradient = gradient_of_table(layer, ids, upstream)
+    (gradient,) = gradients(layer, ids, upstream)
     np.testing.assert_array_equal(gradient, expected)
-
-
-def gradient_of_table(layer, ids, upstream):
-    """d sum(layer(ids) * upstream) / d table, densified."""
-    ids = keras.ops.convert_to_tensor(ids)
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(ids) * upstream)
-        return to_numpy(tf.convert_to_tensor(tape.gradient(loss, layer._embeddings.value)))
-    if BACKEND == "jax":
-        import jax
-
-        def loss(values):
-            return (layer.stateless_call([values], [], ids)[0] * upstream).sum()
-
-        return to_numpy(jax.grad(loss)(layer._embeddings.value))
-    import torch
-
-    loss = (layer(ids) * torch.as_tensor(upstream)).sum()
-    loss.backward()
-    return to_numpy(layer._embeddings.value.grad)
 
 
 if BACKEND == "tensorflow":
@@ -120,3 +99,34 @@ if BACKEND == "tensorflow":
         expected = before.copy()
         np.add.at(expected, ids.numpy(), -0.5)
         np.testing.assert_allclose(to_numpy(layer._embeddings), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("op, reference", [
+    ("add", np.add), ("subtract", np.subtract), ("multiply", np.multiply), ("divide", np.divide),
+])
+def test_in_place_op_equals_numpy_and_reuses_the_fresh_tensor_on_torch(op, reference):
+    rng = np.random.default_rng(2)
+    fresh_values = rng.standard_normal((4, 3, 5)).astype("float32")
+    other = rng.uniform(0.5, 2.0, size=(4, 3, 1)).astype("float32")
+    fresh = keras.ops.convert_to_tensor(fresh_values)
+    result = in_place(op, fresh, keras.ops.convert_to_tensor(other))
+    np.testing.assert_allclose(to_numpy(result), reference(fresh_values, other), rtol=1e-6)
+    if BACKEND == "torch":
+        assert result.data_ptr() == fresh.data_ptr()
+
+
+def test_in_place_op_broadcasting_to_a_larger_shape_makes_a_new_tensor():
+    fresh = keras.ops.ones((3, 1))
+    result = in_place("add", fresh, keras.ops.ones((1, 4)))
+    np.testing.assert_array_equal(to_numpy(result), np.full((3, 4), 2.0))
+    np.testing.assert_array_equal(to_numpy(fresh), np.ones((3, 1)))
+
+
+def test_add_matmul_equals_numpy():
+    rng = np.random.default_rng(3)
+    rows, a, b = (rng.standard_normal(s).astype("float32") for s in [(2, 3, 6), (2, 3, 4), (4, 6)])
+    fresh = keras.ops.convert_to_tensor(rows)
+    result = add_matmul(fresh, keras.ops.convert_to_tensor(a), keras.ops.convert_to_tensor(b))
+    np.testing.assert_allclose(to_numpy(result), rows + a @ b, rtol=1e-5, atol=1e-6)
+    if BACKEND == "torch":
+        assert result.data_ptr() == fresh.data_ptr()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_embed_ext as kee
-from conftest import table, to_numpy
+from conftest import gradients, table, to_numpy
 import reference as ref
 
 V, D, R = 40, 10, 3
@@ -168,3 +168,17 @@ def test_mixed_precision_with_lora(state):
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     expected = base_rows(layer, IDS) + ref.lora_delta(a, b, IDS, R, R)
     np.testing.assert_allclose(to_numpy(out).astype("float32"), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_adapter_gradients_equal_the_hand_computed_ones(state):
+    layer, a, b = with_adapter(state, alpha=6)
+    upstream = np.random.default_rng(6).standard_normal((*IDS.shape, D)).astype("float32")
+    scale = 6 / R
+    flat_ids, flat_upstream = IDS.reshape(-1), upstream.reshape(-1, D)
+    expected_a = np.zeros_like(a)
+    np.add.at(expected_a, flat_ids, scale * flat_upstream @ b.T)
+    expected_b = scale * a[flat_ids].T @ flat_upstream
+    grad_a, grad_b = gradients(layer, IDS, upstream)
+    np.testing.assert_allclose(grad_a, expected_a, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grad_b, expected_b, rtol=1e-4, atol=1e-4)
