@@ -1,18 +1,21 @@
 """Training-step time and peak memory vs vocabulary size: ours vs keras.layers.Embedding.
 
-Model: ids (256, 16) -> Embedding(V, 256) -> mean over the sequence -> Dense(1), MSE.
-Modes: "lora" (rank-8 adapter, frozen table, Adam) and "float" (trainable table,
-SGD; on TensorFlow the table's gradient stays sparse, `tf.IndexedSlices`).
-Each point runs in its own process, so peak host RSS is that point's alone.
+Model: ids (256, 16) -> Embedding(V, 256) -> mean over the sequence -> Dense(1), MSE,
+trained with `model.train_on_batch` as `model.compile` sets it up by default.
+Modes: "lora" (rank-8 adapter, frozen table, Adam), "lora_sgd" (the same with SGD)
+and "float" (trainable table, SGD; on TensorFlow the table's gradient stays sparse,
+`tf.IndexedSlices`). Each point runs in its own process. Memory is what training
+adds on top of the built model: the peak resident set (or GPU memory) during the
+steps minus what was resident before them.
 
     python benchmarks/bench_train.py                         # all backends, V = 10k, 200k, 1M
     python benchmarks/bench_train.py --backends torch --vocab 10000 1000000
 """
 
 import argparse
+import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 
@@ -32,7 +35,7 @@ def run_point(vocab, layer_kind, mode):
     embedding = cls(vocab, DIM)
     embedding.build()
     embedding.set_weights([random_table(vocab, DIM)])
-    if mode == "lora":
+    if mode.startswith("lora"):
         embedding.enable_lora(RANK)
     model = keras.Sequential([keras.Input((LENGTH,), dtype="int32"), embedding,
                               keras.layers.GlobalAveragePooling1D(), keras.layers.Dense(1)])
@@ -41,34 +44,85 @@ def run_point(vocab, layer_kind, mode):
     rng = np.random.default_rng(0)
     x = rng.integers(0, vocab, (BATCH, LENGTH)).astype("int32")
     y = rng.standard_normal((BATCH, 1)).astype("float32")
-    step_ms = median_ms(lambda: model.train_on_batch(x, y), repeats=10, warmup=2, budget_s=30)
+    gc.collect()
+    resident_mb = reset_peak_memory()
+    step_ms = median_ms(lambda: model.train_on_batch(x, y), repeats=20, warmup=2, budget_s=30)
     point = {"backend": BACKEND, "device": device_name(), "vocab": vocab, "layer": layer_kind, "mode": mode,
-             "step_ms": step_ms, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+             "step_ms": step_ms, "resident_mb": resident_mb, "training_mb": peak_memory() - resident_mb}
     if BACKEND == "tensorflow" and mode == "float":
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(model(x))
         point["table_gradient"] = type(tape.gradient(loss, model.trainable_variables[0].value)).__name__
-    if BACKEND == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            point["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print(json.dumps(point))
 
 
+def _gpu():
+    from common import BACKEND
+
+    if BACKEND == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if BACKEND == "jax":
+        import jax
+
+        return jax.devices()[0].platform == "gpu"
+    return False
+
+
+def reset_peak_memory():
+    """Starts a new peak and returns the memory in use now, in MB (GPU memory on a GPU)."""
+    from common import BACKEND
+
+    if _gpu() and BACKEND == "torch":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    if _gpu():
+        import jax
+
+        return jax.devices()[0].memory_stats()["bytes_in_use"] / 2**20
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the resident set's high-water mark (VmHWM)
+    return _proc_status_mb("VmRSS")
+
+
+def peak_memory():
+    from common import BACKEND
+
+    if _gpu() and BACKEND == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    if _gpu():
+        import jax
+
+        return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
+    return _proc_status_mb("VmHWM")
+
+
+def _proc_status_mb(field):
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
 def markdown(points):
-    lines = ["| backend | mode | V | ours step ms | keras step ms | keras / ours | ours peak RSS MB | keras peak RSS MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| backend | device | mode | V | ours step ms | keras step ms | keras / ours | "
+             "training MB ours | training MB keras | resident MB ours |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     index = {(p["backend"], p["mode"], p["vocab"], p["layer"]): p for p in points}
     for backend, mode, vocab in sorted({k[:3] for k in index}, key=lambda k: (k[0], k[1], k[2])):
         ours, theirs = index.get((backend, mode, vocab, "ours")), index.get((backend, mode, vocab, "keras"))
         if not (ours and theirs):
             continue
         grad = f" ({ours['table_gradient']})" if "table_gradient" in ours else ""
-        lines.append(f"| {backend} | {mode}{grad} | {vocab:,} | {ours['step_ms']:.2f} | {theirs['step_ms']:.2f} | "
-                     f"{theirs['step_ms'] / ours['step_ms']:.1f}x | {ours['peak_rss_mb']:.0f} | {theirs['peak_rss_mb']:.0f} |")
+        lines.append(f"| {backend} | {ours['device']} | {mode}{grad} | {vocab:,} | {ours['step_ms']:.2f} | "
+                     f"{theirs['step_ms']:.2f} | {theirs['step_ms'] / ours['step_ms']:.1f}x | "
+                     f"{ours['training_mb']:.0f} | {theirs['training_mb']:.0f} | {ours['resident_mb']:.0f} |")
     return "\n".join(lines)
 
 
@@ -76,7 +130,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
     parser.add_argument("--vocab", nargs="+", type=int, default=[10_000, 200_000, 1_000_000])
-    parser.add_argument("--modes", nargs="+", default=["lora", "float"])
+    parser.add_argument("--modes", nargs="+", default=["lora", "lora_sgd", "float"])
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--point", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -97,7 +151,31 @@ def main():
     table = markdown(points)
     with open(os.path.join(args.out, "train.md"), "w") as f:
         f.write(f"batch {BATCH}x{LENGTH} ids, D={DIM}, LoRA rank {RANK}\n\n{table}\n")
+    chart(points, os.path.join(args.out, "train.png"))
     print(table)
+
+
+def chart(points, path):
+    """Step time vs vocabulary size: a panel per mode, a line per backend and layer."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = sorted({p["mode"] for p in points})
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.5 * len(modes), 4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        for backend in sorted({p["backend"] for p in points}):
+            for layer_kind, style in (("ours", "-"), ("keras", ":")):
+                line = sorted((p["vocab"], p["step_ms"]) for p in points
+                              if (p["backend"], p["mode"], p["layer"]) == (backend, mode, layer_kind))
+                if line:
+                    ax.plot(*zip(*line), style, marker="o", label=f"{layer_kind} {backend}")
+        ax.set(xscale="log", yscale="log", xlabel="vocabulary size", ylabel="ms per training step", title=mode)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 if __name__ == "__main__":
