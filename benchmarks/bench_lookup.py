@@ -1,8 +1,11 @@
 """Lookup time of keras_embed_ext.Embedding vs keras.layers.Embedding vs the native gather.
 
-For each backend (a subprocess each), each state (float, LoRA, int8, int4, int4+LoRA)
-and each vocabulary size, the median time of one lookup of a fixed batch of ids:
-JAX under jax.jit, TensorFlow and torch eager. Writes a markdown table and a PNG chart.
+For each backend (a subprocess each), each way of running it (JAX: jax.jit; TensorFlow:
+eager and tf.function(jit_compile=True); torch: eager and torch.compile), each state
+(float, LoRA, int8, int4, int4+LoRA) and each vocabulary size, the median time of one
+lookup of a fixed batch of ids, and the bytes a lookup must move (stored rows read,
+float32 rows written) per second against the machine's copy bandwidth.
+Writes lookup.md, lookup.png (time vs vocabulary) and bandwidth.png.
 
     python benchmarks/bench_lookup.py                    # all backends, V = 10k, 200k, 1M
     python benchmarks/bench_lookup.py --backends jax --vocab 10000 200000
@@ -16,9 +19,10 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATES = ("float", "lora", "int8", "int4", "int4_lora")
+RUNS = {"jax": ("jit",), "tensorflow": ("eager", "xla"), "torch": ("eager", "compile")}
 
 
-def make_layers(cls, vocab, dim, state, table):
+def make_layer(cls, vocab, dim, state, table):
     import keras
 
     layer = cls(vocab, dim)
@@ -32,41 +36,73 @@ def make_layers(cls, vocab, dim, state, table):
     return layer
 
 
-def lookup_fn(layer):
-    """One lookup as this backend runs it fastest: jitted on JAX, eager elsewhere."""
+def bytes_per_id(layer):
+    """What one looked-up id must move: its stored row (and adapter row) read, a float32 row written."""
+    import numpy as np
+
+    stored = sum(
+        int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
+        for v in layer.weights
+        if len(v.shape) and v.shape[0] == layer.input_dim
+    )
+    return stored / layer.input_dim + 4 * layer.output_dim + 4
+
+
+def run(fn, how):
+    """`fn(*args)` as `how` runs it on this backend."""
     from common import BACKEND
 
     if BACKEND == "jax":
         import jax
 
-        state = [v.value for v in layer.trainable_variables], [v.value for v in layer.non_trainable_variables]
-        jitted = jax.jit(lambda t, n, ids: layer.stateless_call(t, n, ids)[0])
-        return lambda ids: jitted(*state, ids)
-    if BACKEND == "torch":
+        return jax.jit(fn)
+    if how == "xla":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if how == "compile":
         import torch
 
-        def call(ids):
+        compiled = torch.compile(fn)
+
+        def no_grad(*args):
             with torch.no_grad():
-                return layer(ids)
+                return compiled(*args)
 
-        return call
-    return layer
-
-
-def native_fn():
-    from common import BACKEND
-
-    if BACKEND == "jax":
-        import jax
-
-        return jax.jit(lambda table, ids: table.take(ids, axis=0))
+        return no_grad
     if BACKEND == "torch":
         import torch
 
-        return lambda table, ids: torch.nn.functional.embedding(ids, table)
+        def no_grad(*args):
+            with torch.no_grad():
+                return fn(*args)
+
+        return no_grad
+    return fn
+
+
+def lookup_fn(layer, how):
+    from common import BACKEND
+
+    if BACKEND == "jax":
+        state = [v.value for v in layer.trainable_variables], [v.value for v in layer.non_trainable_variables]
+        jitted = run(lambda t, n, ids: layer.stateless_call(t, n, ids)[0], how)
+        return lambda ids: jitted(*state, ids)
+    return run(layer, how)
+
+
+def native_gather(how):
+    from common import BACKEND
+
+    if BACKEND == "jax":
+        return run(lambda table, ids: table[ids], how)
+    if BACKEND == "torch":
+        import torch
+
+        return run(lambda table, ids: torch.nn.functional.embedding(ids, table), how)
     import tensorflow as tf
 
-    return lambda table, ids: tf.gather(table, ids)
+    return run(lambda table, ids: tf.gather(table, ids), how)
 
 
 def run_backend(vocabs, dim, n_ids, states):
@@ -75,56 +111,89 @@ def run_backend(vocabs, dim, n_ids, states):
     import numpy as np
 
     import keras_embed_ext as kee
-    from common import BACKEND, device_name, median_ms, random_table, to_device
+    from common import BACKEND, copy_bandwidth_gbs, device_name, rounds_median_ms, random_table, to_device
 
     rows = []
-    ids = to_device(np.random.default_rng(1).integers(0, min(vocabs), size=(n_ids,)).astype("int32"))
-    native = native_fn()
+    bandwidth = copy_bandwidth_gbs()
     for vocab in vocabs:
+        ids = to_device(np.random.default_rng(1).integers(0, vocab, size=(n_ids,)).astype("int32"))
         table = random_table(vocab, dim)
         device_table = to_device(table)
-        native_ms = median_ms(lambda: native(device_table, ids))
-        for state in states:
-            ours = lookup_fn(make_layers(kee.Embedding, vocab, dim, state, table))
-            theirs = lookup_fn(make_layers(keras.layers.Embedding, vocab, dim, state, table))
-            rows.append({"backend": BACKEND, "device": device_name(), "vocab": vocab, "state": state,
-                         "ours_ms": median_ms(lambda: ours(ids)), "keras_ms": median_ms(lambda: theirs(ids), repeats=10),
-                         "native_ms": native_ms})
+        for how in RUNS[BACKEND]:
+            native = native_gather(how)
+            for state in states:
+                ours_layer = make_layer(kee.Embedding, vocab, dim, state, table)
+                ours = lookup_fn(ours_layer, how)
+                theirs = lookup_fn(make_layer(keras.layers.Embedding, vocab, dim, state, table), how)
+                native_ms, ours_ms, keras_ms = rounds_median_ms(
+                    [lambda: native(device_table, ids), lambda: ours(ids), lambda: theirs(ids)])
+                rows.append({"backend": BACKEND, "device": device_name(), "run": how, "vocab": vocab, "state": state,
+                             "ours_ms": ours_ms, "keras_ms": keras_ms, "native_ms": native_ms, "copy_gbs": bandwidth,
+                             "ours_gbs": n_ids * bytes_per_id(ours_layer) / ours_ms / 1e6})
     print(json.dumps(rows))
 
 
 def markdown(rows):
-    lines = ["| backend | device | V | state | ours ms | keras ms | native gather ms | ours / our float | keras / ours |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
-    floats = {(r["backend"], r["vocab"]): r["ours_ms"] for r in rows if r["state"] == "float"}
+    lines = ["| backend | device | run | V | state | ours ms | keras ms | native gather ms | ours / native | "
+             "ours / our float | keras / ours | ours GB/s (copy GB/s) |",
+             "|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+    floats = {(r["backend"], r["run"], r["vocab"]): r["ours_ms"] for r in rows if r["state"] == "float"}
     for r in rows:
-        lines.append(f"| {r['backend']} | {r['device']} | {r['vocab']:,} | {r['state']} | {r['ours_ms']:.3f} | "
-                     f"{r['keras_ms']:.3f} | {r['native_ms']:.3f} | {r['ours_ms'] / floats[r['backend'], r['vocab']]:.2f} | "
-                     f"{r['keras_ms'] / r['ours_ms']:.1f}x |")
+        float_ms = floats[r["backend"], r["run"], r["vocab"]]
+        lines.append(f"| {r['backend']} | {r['device']} | {r['run']} | {r['vocab']:,} | {r['state']} | "
+                     f"{r['ours_ms']:.3f} | {r['keras_ms']:.3f} | {r['native_ms']:.3f} | "
+                     f"{r['ours_ms'] / r['native_ms']:.2f} | {r['ours_ms'] / float_ms:.2f} | "
+                     f"{r['keras_ms'] / r['ours_ms']:.1f}x | {r['ours_gbs']:.1f} ({r['copy_gbs']:.1f}) |")
     return "\n".join(lines)
 
 
-def chart(rows, path):
-    import matplotlib
+def _panels(rows):
+    return sorted({(r["backend"], r["run"]) for r in rows})
 
-    matplotlib.use("Agg")
+
+def chart(rows, path):
     import matplotlib.pyplot as plt
 
-    backends = sorted({r["backend"] for r in rows})
-    fig, axes = plt.subplots(1, len(backends), figsize=(5 * len(backends), 4), squeeze=False)
-    for ax, backend in zip(axes[0], backends):
+    panels = _panels(rows)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for ax, (backend, how) in zip(axes[0], panels):
+        mine = [r for r in rows if (r["backend"], r["run"]) == (backend, how)]
         for state in STATES:
             for who, style in (("ours", "-"), ("keras", ":")):
-                points = sorted((r["vocab"], r[f"{who}_ms"]) for r in rows if r["backend"] == backend and r["state"] == state)
+                points = sorted((r["vocab"], r[f"{who}_ms"]) for r in mine if r["state"] == state)
                 if points:
                     ax.plot(*zip(*points), style, marker="o", label=f"{who} {state}")
-        native = sorted({(r["vocab"], r["native_ms"]) for r in rows if r["backend"] == backend})
+        native = sorted((r["vocab"], r["native_ms"]) for r in mine if r["state"] == "float")
         ax.plot(*zip(*native), "k--", label="native gather")
-        ax.set(xscale="log", yscale="log", xlabel="vocabulary size", ylabel="ms per lookup", title=backend)
+        ax.set(xscale="log", yscale="log", xlabel="vocabulary size", ylabel="ms per lookup",
+               title=f"{backend} ({how}, {mine[0]['device']})")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
+
+
+def bandwidth_chart(rows, path):
+    """Effective bandwidth of our lookups at the largest vocabulary, against the copy bandwidth."""
+    import matplotlib.pyplot as plt
+
+    largest = max(r["vocab"] for r in rows)
+    panels = _panels(rows)
+    fig, ax = plt.subplots(figsize=(1.6 * len(panels) * len(STATES) / 3, 4))
+    width = 0.8 / len(STATES)
+    for i, state in enumerate(STATES):
+        values = [next((r["ours_gbs"] for r in rows if (r["backend"], r["run"]) == panel
+                        and r["state"] == state and r["vocab"] == largest), 0) for panel in panels]
+        ax.bar([p + i * width for p in range(len(panels))], values, width, label=state)
+    for p, panel in enumerate(panels):
+        copy = next(r["copy_gbs"] for r in rows if (r["backend"], r["run"]) == panel)
+        ax.hlines(copy, p - width / 2, p + 0.8, colors="k", linestyles="--",
+                  label="copy bandwidth" if p == 0 else None)
+    ax.set_xticks([p + 0.4 - width / 2 for p in range(len(panels))], [f"{b}\n{h}" for b, h in panels])
+    ax.set(ylabel="GB/s (rows read + rows written)", title=f"bytes moved per second, V={largest:,}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 def main():
@@ -151,7 +220,11 @@ def main():
     table = markdown(rows)
     with open(os.path.join(args.out, "lookup.md"), "w") as f:
         f.write(f"D={args.dim}, {args.ids} ids\n\n{table}\n")
+    import matplotlib
+
+    matplotlib.use("Agg")
     chart(rows, os.path.join(args.out, "lookup.png"))
+    bandwidth_chart(rows, os.path.join(args.out, "bandwidth.png"))
     print(table)
 
 

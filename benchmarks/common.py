@@ -49,6 +49,29 @@ def median_ms(fn, repeats=20, warmup=3, budget_s=20.0):
     return statistics.median(times)
 
 
+def rounds_median_ms(fns, rounds=3, repeats=10, budget_s=10.0):
+    """Median wall time of each of `fns` in milliseconds, over `rounds` rounds of them in turn.
+
+    Within a round each function gets its own warmed-up block of calls, so one
+    contender's allocations (keras' whole-table LoRA delta is 1 GB at V = 1M) do not
+    land inside another's timings; the rounds spread drift in the machine's state
+    over all of them alike.
+    """
+    times = [[] for _ in fns]
+    for _ in range(rounds):
+        for fn, spent in zip(fns, times):
+            for _ in range(2):
+                synchronize(fn())
+            start = time.perf_counter()
+            for i in range(repeats):
+                if i >= 2 and time.perf_counter() - start > budget_s / rounds:
+                    break
+                t0 = time.perf_counter()
+                synchronize(fn())
+                spent.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(spent) for spent in times]
+
+
 def to_device(array):
     """A numpy array as a tensor on the default device."""
     return keras.ops.convert_to_tensor(array)
@@ -56,3 +79,22 @@ def to_device(array):
 
 def random_table(vocab, dim, seed=0):
     return np.random.default_rng(seed).standard_normal((vocab, dim), dtype=np.float32)
+
+
+def copy_bandwidth_gbs(megabytes=256):
+    """Bytes read plus bytes written per second by a plain copy: the memory's practical limit."""
+    n = megabytes * 2**20 // 4
+    if BACKEND == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            source = torch.ones(n, device="cuda")
+            return 2 * 4 * n / median_ms(source.clone) / 1e6
+    if BACKEND == "jax":
+        import jax
+
+        if jax.devices()[0].platform == "gpu":
+            source = jax.numpy.ones(n)
+            return 2 * 4 * n / median_ms(lambda: jax.numpy.array(source, copy=True)) / 1e6
+    source, target = np.ones(n, dtype=np.float32), np.empty(n, dtype=np.float32)
+    return 2 * 4 * n / median_ms(lambda: np.copyto(target, source)) / 1e6
