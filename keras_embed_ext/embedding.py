@@ -4,7 +4,6 @@ import warnings
 
 import keras
 from keras import constraints
-from keras import dtype_policies
 from keras import initializers
 from keras import ops
 from keras import regularizers
@@ -18,17 +17,12 @@ from keras_embed_ext.combiners import combine
 from keras_embed_ext.combiners import combine_segments
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
+from keras_embed_ext.formats import int4_block_size
+from keras_embed_ext.formats import requantize
 from keras_embed_ext.ids import as_int_ids
 from keras_embed_ext.ids import validate
 from keras_embed_ext.legacy import input_shape_from_length
 from keras_embed_ext.legacy import pop_keras1_arguments
-
-
-def _int4_block_size(policy, config):
-    """The int4 block size from a quantization config or an `int4/<b>` policy."""
-    if config is not None and hasattr(config, "block_size"):
-        return config.block_size
-    return getattr(policy, "block_size", None)
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
@@ -163,7 +157,7 @@ class Embedding(keras.layers.Layer):
     def build(self, input_shape=None):
         if self.built:
             return
-        block_size = _int4_block_size(self.dtype_policy, self.quantization_config)
+        block_size = int4_block_size(self.dtype_policy, self.quantization_config)
         self._format = format_for(self.quantization_mode, block_size)
         self._format.build(self, (self.input_dim, self.output_dim))
         self._is_quantized = self.quantization_mode is not None
@@ -323,22 +317,7 @@ class Embedding(keras.layers.Layer):
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Stores the table as `"int8"` or `"int4"` rows; LoRA is kept."""
-        block_size = _int4_block_size(None, config) if mode == "int4" else None
-        target = format_for(mode, block_size)
-        table = self._format.dequantize(self)
-        self.quantization_config = config
-        del self._embeddings
-        target.build(self, (self.input_dim, self.output_dim))
-        target.encode(self, table)
-        self._format = target
-        self._is_quantized = True
-        if self.dtype_policy.quantization_mode is None:
-            name = mode
-            if mode == "int4":
-                name = f"int4/{target.block_size or -1}"
-            self.dtype_policy = dtype_policies.get(
-                f"{name}_from_{self.dtype_policy.name}"
-            )
+        requantize(self, mode, config)
 
     def save_own_variables(self, store):
         saving.save_variables(self, store)
@@ -347,46 +326,8 @@ class Embedding(keras.layers.Layer):
         saving.load_variables(self, store)
 
     def get_config(self):
-        config = {
-            **super().get_config(),
-            "input_dim": self.input_dim,
-            "output_dim": self.output_dim,
-            "embeddings_initializer": initializers.serialize(
-                self.embeddings_initializer
-            ),
-            "embeddings_regularizer": regularizers.serialize(
-                self.embeddings_regularizer
-            ),
-            "activity_regularizer": regularizers.serialize(
-                self.activity_regularizer
-            ),
-            "embeddings_constraint": constraints.serialize(
-                self.embeddings_constraint
-            ),
-            "mask_zero": self.mask_zero,
-            "quantization_config": keras.saving.serialize_keras_object(
-                self.quantization_config
-            ),
-        }
-        # Arguments keras.layers.Embedding lacks are written only when set,
-        # so a default configuration stays loadable by keras' own layer.
-        extras = {
-            "dropout": (self.dropout, 0.0),
-            "combiner": (self.combiner, None),
-            "invalid_ids": (self.invalid_ids, "raise"),
-            "input_length": (self.input_length, None),
-            "seed": (self.seed if isinstance(self.seed, int) else None, None),
-        }
-        config.update({k: v for k, (v, default) in extras.items() if v != default})
-        if self.lora_rank:
-            config["lora_rank"] = self.lora_rank
-            config["lora_alpha"] = self.lora_alpha
-        return config
+        return saving.layer_config(self, super().get_config())
 
     @classmethod
     def from_config(cls, config):
-        config = dict(config)
-        config["quantization_config"] = keras.saving.deserialize_keras_object(
-            config.get("quantization_config")
-        )
-        return super().from_config(config)
+        return super().from_config(saving.deserialize_config(config))

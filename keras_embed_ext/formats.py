@@ -9,6 +9,7 @@ into float32 rows. `gather` decodes only the rows of the ids looked up;
 
 import math
 
+from keras import dtype_policies
 from keras import ops
 from keras import quantizers
 
@@ -222,3 +223,26 @@ def format_for(mode, block_size=None):
     raise ValueError(
         f"Unknown quantization mode: {mode!r}. Expected 'int8' or 'int4'."
     )
+
+
+def int4_block_size(policy, config):
+    """The int4 block size from a quantization config or an `int4/<b>` policy."""
+    if config is not None and hasattr(config, "block_size"):
+        return config.block_size
+    return getattr(policy, "block_size", None)
+
+
+def requantize(layer, mode, config):
+    """`Embedding.quantize`: the table moves to `mode`'s format; the dtype policy says so."""
+    block_size = int4_block_size(None, config) if mode == "int4" else None
+    target = format_for(mode, block_size)
+    table = layer._format.dequantize(layer)
+    layer.quantization_config = config
+    del layer._embeddings
+    target.build(layer, (layer.input_dim, layer.output_dim))
+    target.encode(layer, table)
+    layer._format = target
+    layer._is_quantized = True
+    if layer.dtype_policy.quantization_mode is None:
+        name = f"int4/{target.block_size or -1}" if mode == "int4" else mode
+        layer.dtype_policy = dtype_policies.get(f"{name}_from_{layer.dtype_policy.name}")

@@ -1,10 +1,51 @@
-"""The layer's variables in a weights store: keras' order, then the adapter."""
+"""What a saved layer holds: its config, and its variables in keras' order, then the adapter."""
 
 import keras
 import numpy as np
+from keras import constraints
+from keras import initializers
 from keras import ops
+from keras import regularizers
 
 from keras_embed_ext import lora
+
+
+def layer_config(layer, base_config):
+    """`Embedding.get_config`: keras' keys, then this layer's own ones where they are set."""
+    config = {
+        **base_config,
+        "input_dim": layer.input_dim,
+        "output_dim": layer.output_dim,
+        "embeddings_initializer": initializers.serialize(layer.embeddings_initializer),
+        "embeddings_regularizer": regularizers.serialize(layer.embeddings_regularizer),
+        "activity_regularizer": regularizers.serialize(layer.activity_regularizer),
+        "embeddings_constraint": constraints.serialize(layer.embeddings_constraint),
+        "mask_zero": layer.mask_zero,
+        "quantization_config": keras.saving.serialize_keras_object(layer.quantization_config),
+    }
+    # Arguments keras.layers.Embedding lacks are written only when set,
+    # so a default configuration stays loadable by keras' own layer.
+    extras = {
+        "dropout": (layer.dropout, 0.0),
+        "combiner": (layer.combiner, None),
+        "invalid_ids": (layer.invalid_ids, "raise"),
+        "input_length": (layer.input_length, None),
+        "seed": (layer.seed if isinstance(layer.seed, int) else None, None),
+    }
+    config.update({k: v for k, (v, default) in extras.items() if v != default})
+    if layer.lora_rank:
+        config["lora_rank"] = layer.lora_rank
+        config["lora_alpha"] = layer.lora_alpha
+    return config
+
+
+def deserialize_config(config):
+    """A config with its quantization config as an object again."""
+    config = dict(config)
+    config["quantization_config"] = keras.saving.deserialize_keras_object(
+        config.get("quantization_config")
+    )
+    return config
 
 
 def stored_variables(layer):
