@@ -60,22 +60,14 @@ def run(fn, how):
         import tensorflow as tf
 
         return tf.function(fn, jit_compile=True)
-    if how == "compile":
-        import torch
-
-        compiled = torch.compile(fn)
-
-        def no_grad(*args):
-            with torch.no_grad():
-                return compiled(*args)
-
-        return no_grad
     if BACKEND == "torch":
         import torch
 
+        call = torch.compile(fn) if how == "compile" else fn
+
         def no_grad(*args):
             with torch.no_grad():
-                return fn(*args)
+                return call(*args)
 
         return no_grad
     return fn
