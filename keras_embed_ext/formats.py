@@ -15,6 +15,7 @@ from keras import quantizers
 
 from keras_embed_ext.backends import fused
 from keras_embed_ext.backends import in_place
+from keras_embed_ext.backends import interleave_int8
 from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import take_rows
 
@@ -198,18 +199,17 @@ class Int4Rows(QuantizedRows):
 
 
 def unpack_int4(packed, length):
-    """Signed 4-bit values from int8 bytes packed along the last axis, low nibble first.
+    """Signed 4-bit values (int8) from int8 bytes packed along the last axis, low nibble first.
 
     Arithmetic shifts sign-extend each nibble (the same on every backend): a few
     element-wise ops on the gathered bytes only. They run on int16, which torch
-    interleaves at twice the speed of int8.
+    shifts at twice the speed of int8.
     """
     wide = ops.cast(packed, "int16")
     low = ops.right_shift(ops.left_shift(wide, 12), 12)
     high = ops.right_shift(wide, 4)
-    shape = ops.shape(packed)
-    values = ops.reshape(ops.stack([low, high], axis=-1), (*shape[:-1], 2 * shape[-1]))
-    return values if 2 * shape[-1] == length else values[..., :length]
+    values = interleave_int8(low, high)
+    return values if values.shape[-1] == length else values[..., :length]
 
 
 def format_for(mode, block_size=None):

@@ -11,6 +11,7 @@ import keras_embed_ext as kee
 from conftest import BACKEND, gradients, table, to_numpy
 from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import in_place
+from keras_embed_ext.backends import interleave_int8
 from keras_embed_ext.backends import take_rows
 from keras_embed_ext.formats import FloatRows
 
@@ -130,3 +131,27 @@ def test_add_matmul_equals_numpy():
     np.testing.assert_allclose(to_numpy(result), rows + a @ b, rtol=1e-5, atol=1e-6)
     if BACKEND == "torch":
         assert result.data_ptr() == fresh.data_ptr()
+
+
+@given(
+    shape=st.lists(st.integers(0, 5), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_interleave_int8_equals_numpy(shape, seed):
+    rng = np.random.default_rng(seed)
+    even, odd = (rng.integers(-128, 128, size=shape).astype("int16") for _ in range(2))
+    expected = np.stack([even, odd], axis=-1).reshape(*shape[:-1], 2 * shape[-1]).astype("int8")
+    result = interleave_int8(keras.ops.convert_to_tensor(even), keras.ops.convert_to_tensor(odd))
+    assert keras.backend.standardize_dtype(result.dtype) == "int8"
+    np.testing.assert_array_equal(to_numpy(result), expected)
+
+
+if BACKEND == "torch":
+    def test_interleave_int8_under_torch_compile():
+        import torch
+
+        rng = np.random.default_rng(4)
+        even, odd = (torch.as_tensor(rng.integers(-128, 128, size=(6, 5)).astype("int16")) for _ in range(2))
+        expected = np.stack([even.numpy(), odd.numpy()], axis=-1).reshape(6, 10).astype("int8")
+        np.testing.assert_array_equal(torch.compile(interleave_int8)(even, odd).numpy(), expected)
