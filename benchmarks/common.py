@@ -49,26 +49,26 @@ def median_ms(fn, repeats=20, warmup=3, budget_s=20.0):
     return statistics.median(times)
 
 
-def rounds_median_ms(fns, rounds=3, repeats=10, budget_s=10.0):
+def rounds_median_ms(fns, rounds=5, block_s=0.25, max_calls=200):
     """Median wall time of each of `fns` in milliseconds, over `rounds` rounds of them in turn.
 
-    Within a round each function gets its own warmed-up block of calls, so one
-    contender's allocations (keras' whole-table LoRA delta is 1 GB at V = 1M) do not
-    land inside another's timings; the rounds spread drift in the machine's state
-    over all of them alike.
+    Within a round each function gets its own warmed-up block of calls (as many as
+    fit in `block_s`, at least one), so one contender's allocations (keras'
+    whole-table LoRA delta is 1 GB at V = 1M) do not land inside another's timings;
+    the rounds spread drift in the machine's state over all of them alike.
     """
     times = [[] for _ in fns]
-    for _ in range(rounds):
+    for round_index in range(rounds):
         for fn, spent in zip(fns, times):
-            for _ in range(2):
+            for _ in range(2 if round_index == 0 else 1):
                 synchronize(fn())
             start = time.perf_counter()
-            for i in range(repeats):
-                if i >= 2 and time.perf_counter() - start > budget_s / rounds:
-                    break
+            for _ in range(max_calls):
                 t0 = time.perf_counter()
                 synchronize(fn())
                 spent.append((time.perf_counter() - t0) * 1e3)
+                if time.perf_counter() - start > block_s:
+                    break
     return [statistics.median(spent) for spent in times]
 
 
