@@ -1,4 +1,5 @@
-"""The few things `keras.ops` cannot say: is this call traced, and what is ragged or sparse."""
+"""What `keras.ops` cannot say, or says measurably slower: is this call traced, where the
+table lives, and the backends' own gathers and row arithmetic."""
 
 import sys
 
@@ -83,7 +84,7 @@ def interleave_int8(even, odd):
 
     On torch each pair is written as one little-endian int16 and its bytes read as
     int8: elementwise ops only, where stacking on a new last axis is a strided copy
-    (int4 rows: 1.1 ms to 0.7 ms for 4,096 x 256 values on 2 CPU cores).
+    (int4 lookups of 4,096 x 256 values: 1.08 ms to 0.86 ms on 2 CPU cores).
     """
     if keras.backend.backend() == "torch" and sys.byteorder == "little":
         import torch

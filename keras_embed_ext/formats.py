@@ -202,8 +202,8 @@ def unpack_int4(packed, length):
     """Signed 4-bit values (int8) from int8 bytes packed along the last axis, low nibble first.
 
     Arithmetic shifts sign-extend each nibble (the same on every backend): a few
-    element-wise ops on the gathered bytes only. They run on int16, which torch
-    shifts at twice the speed of int8.
+    element-wise ops on the gathered bytes only. They run on int16, the width of
+    one interleaved pair.
     """
     wide = ops.cast(packed, "int16")
     low = ops.right_shift(ops.left_shift(wide, 12), 12)
