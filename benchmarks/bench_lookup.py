@@ -83,6 +83,21 @@ def lookup_fn(layer, how):
     return run(layer, how)
 
 
+def forget_compiled():
+    """Drops torch.compile's compiled code before a row's contenders are built.
+
+    Dynamo keeps up to 8 compiled versions of one function (keras' `Layer.__call__`
+    for every layer alike); past that it runs the function eagerly, so without a
+    reset all but the first rows would time the eager fallback.
+    """
+    from common import BACKEND
+
+    if BACKEND == "torch":
+        import torch
+
+        torch._dynamo.reset()
+
+
 def native_gather(how):
     from common import BACKEND
 
@@ -114,6 +129,7 @@ def run_backend(vocabs, dim, n_ids, states):
         for how in RUNS[BACKEND]:
             native = native_gather(how)
             for state in states:
+                forget_compiled()
                 ours_layer = make_layer(kee.Embedding, vocab, dim, state, table)
                 ours = lookup_fn(ours_layer, how)
                 theirs = lookup_fn(make_layer(keras.layers.Embedding, vocab, dim, state, table), how)
