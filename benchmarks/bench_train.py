@@ -58,30 +58,16 @@ def run_point(vocab, layer_kind, mode):
     print(json.dumps(point))
 
 
-def _gpu():
-    from common import BACKEND
-
-    if BACKEND == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    if BACKEND == "jax":
-        import jax
-
-        return jax.devices()[0].platform == "gpu"
-    return False
-
-
 def reset_peak_memory():
     """Starts a new peak and returns the memory in use now, in MB (GPU memory on a GPU)."""
-    from common import BACKEND
+    from common import BACKEND, on_gpu
 
-    if _gpu() and BACKEND == "torch":
+    if on_gpu() and BACKEND == "torch":
         import torch
 
         torch.cuda.reset_peak_memory_stats()
         return torch.cuda.memory_allocated() / 2**20
-    if _gpu():
+    if on_gpu():
         import jax
 
         return jax.devices()[0].memory_stats()["bytes_in_use"] / 2**20
@@ -91,13 +77,13 @@ def reset_peak_memory():
 
 
 def peak_memory():
-    from common import BACKEND
+    from common import BACKEND, on_gpu
 
-    if _gpu() and BACKEND == "torch":
+    if on_gpu() and BACKEND == "torch":
         import torch
 
         return torch.cuda.max_memory_allocated() / 2**20
-    if _gpu():
+    if on_gpu():
         import jax
 
         return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20

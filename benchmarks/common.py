@@ -12,6 +12,19 @@ import numpy as np  # noqa: E402
 BACKEND = keras.backend.backend()
 
 
+def on_gpu():
+    """Whether this backend computes on a GPU (TensorFlow here is the CPU build)."""
+    if BACKEND == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if BACKEND == "jax":
+        import jax
+
+        return jax.devices()[0].platform == "gpu"
+    return False
+
+
 def device_name():
     if BACKEND == "torch":
         import torch
@@ -84,17 +97,15 @@ def random_table(vocab, dim, seed=0):
 def copy_bandwidth_gbs(megabytes=256):
     """Bytes read plus bytes written per second by a plain copy: the memory's practical limit."""
     n = megabytes * 2**20 // 4
-    if BACKEND == "torch":
+    if on_gpu() and BACKEND == "torch":
         import torch
 
-        if torch.cuda.is_available():
-            source = torch.ones(n, device="cuda")
-            return 2 * 4 * n / median_ms(source.clone) / 1e6
-    if BACKEND == "jax":
+        source = torch.ones(n, device="cuda")
+        return 2 * 4 * n / median_ms(source.clone) / 1e6
+    if on_gpu():
         import jax
 
-        if jax.devices()[0].platform == "gpu":
-            source = jax.numpy.ones(n)
-            return 2 * 4 * n / median_ms(lambda: jax.numpy.array(source, copy=True)) / 1e6
+        source = jax.numpy.ones(n)
+        return 2 * 4 * n / median_ms(lambda: jax.numpy.array(source, copy=True)) / 1e6
     source, target = np.ones(n, dtype=np.float32), np.empty(n, dtype=np.float32)
     return 2 * 4 * n / median_ms(lambda: np.copyto(target, source)) / 1e6
