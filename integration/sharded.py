@@ -27,8 +27,8 @@ def build(state):
     inputs = keras.Input((10,), dtype="int32")
     layer = kee.Embedding(V, D, weights=np.random.default_rng(2).standard_normal((V, D)).astype("float32"), name="emb")
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(layer(inputs))))
-    if state.startswith("int8"):
-        layer.quantize("int8")
+    if state.startswith("int"):
+        layer.quantize(state[:4])
     if state.endswith("lora"):
         layer.enable_lora(RANK)
         layer.lora_embeddings_b.assign(np.ones((RANK, D), "float32") * 0.01)
@@ -53,7 +53,7 @@ def main():
     layout_map[r".*/embeddings$"] = ("model", None)
     layout_map[r".*/embeddings_scale$"] = ("model",)
     layout_map[r".*/lora_embeddings_a$"] = ("model", None)
-    for state in ("float", "float_lora", "int8", "int8_lora"):
+    for state in ("float", "float_lora", "int8", "int8_lora", "int4", "int4_lora"):
         single, _ = build(state)
         expected_out, expected_grads = outputs_and_gradients(single)
         with keras.distribution.ModelParallel(layout_map=layout_map).scope():

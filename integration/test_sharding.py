@@ -18,11 +18,11 @@ def report():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("state", ["float", "float_lora", "int8", "int8_lora"])
+@pytest.mark.parametrize("state", ["float", "float_lora", "int8", "int8_lora", "int4", "int4_lora"])
 def test_rows_sharded_over_eight_devices_with_same_results(report, state):
     assert report["devices"] == 8
     entry = report[state]
-    expected = {"embeddings"} | ({"embeddings_scale"} if state.startswith("int8") else set()) | (
+    expected = {"embeddings"} | ({"embeddings_scale"} if state.startswith("int") else set()) | (
         {"lora_embeddings_a"} if state.endswith("lora") else set())
     assert set(entry["per_device_bytes"]) == expected
     for per_device, total, devices in entry["per_device_bytes"].values():

@@ -79,20 +79,50 @@ def add_matmul(fresh, a, b):
     return fresh + keras.ops.matmul(a, b)
 
 
-def interleave_int8(even, odd):
-    """`[even[..., 0], odd[..., 0], even[..., 1], ...]` as int8, for int16 `even`, `odd` in [-128, 127].
+def take_int4_rows(packed, ids=None):
+    """Signed 4-bit values as int8 of the rows `ids` (all rows for `None`) of a table
+    of bytes packed two per byte along its last axis, low nibble first.
 
-    On torch each pair is written as one little-endian int16 and its bytes read as
-    int8: elementwise ops only, where stacking on a new last axis is a strided copy
-    (int4 lookups of 4,096 x 256 values: 1.08 ms to 0.86 ms on 2 CPU cores).
+    XLA unpacks int4 natively: on JAX the rows are gathered as int32 words and
+    bitcast to int4, 2.5x faster than shifting bytes (0.20 vs 0.51 ms for 4,096 x
+    256 values on 2 CPU cores). Bitcasting the gathered bytes is slower, and XLA
+    rejects two bitcasts in a row, so a whole table takes the generic path.
+    """
+    table = packed.value if isinstance(packed, keras.Variable) else packed
+    width = table.shape[-1]
+    if ids is not None and keras.backend.backend() == "jax" and sys.byteorder == "little" and width % 4 == 0:
+        import jax.numpy as jnp
+        from jax import lax
+
+        words = lax.bitcast_convert_type(table.reshape(*table.shape[:-1], width // 4, 4), jnp.int32)
+        nibbles = lax.bitcast_convert_type(jnp.take(words, ids, axis=0, mode="clip"), jnp.int4)
+        return nibbles.reshape(*ids.shape, 2 * width).astype(jnp.int8)
+    return unpack_int4(table if ids is None else take_rows(table, ids))
+
+
+def unpack_int4(packed):
+    """Signed 4-bit values as int8 from int8 bytes packed along the last axis, low nibble first.
+
+    Arithmetic shifts on int16 sign-extend each nibble. On torch the shifts run in
+    place and each (low, high) pair is written as one little-endian int16 whose
+    bytes are read as int8, where stacking on a new last axis is a strided copy
+    (4,096 x 256 values on 2 CPU cores: 0.52 ms as new tensors and a stack, 0.30 ms).
     """
     if keras.backend.backend() == "torch" and sys.byteorder == "little":
         import torch
 
-        pairs = torch.bitwise_or(torch.bitwise_and(even, 0xFF), torch.bitwise_left_shift(odd, 8))
-        return pairs.view(torch.int8).reshape(*even.shape[:-1], 2 * even.shape[-1])
-    shape = keras.ops.shape(even)
-    pairs = keras.ops.stack([even, odd], axis=-1)
+        shape = (*packed.shape[:-1], 2 * packed.shape[-1])
+        if packed.numel() == 0:  # empty results of scalar shifts can have stride 0
+            return packed.new_empty(shape)
+        wide = packed.to(torch.int16)
+        low = torch.bitwise_left_shift(wide, 12).bitwise_right_shift_(12).bitwise_and_(0xFF)
+        pairs = low.bitwise_or_(wide.bitwise_right_shift_(4).bitwise_left_shift_(8))
+        return pairs.view(torch.int8).reshape(shape)
+    wide = keras.ops.cast(packed, "int16")
+    low = keras.ops.right_shift(keras.ops.left_shift(wide, 12), 12)
+    high = keras.ops.right_shift(wide, 4)
+    shape = keras.ops.shape(packed)
+    pairs = keras.ops.stack([low, high], axis=-1)
     return keras.ops.cast(keras.ops.reshape(pairs, (*shape[:-1], 2 * shape[-1])), "int8")
 
 

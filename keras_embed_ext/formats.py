@@ -1,10 +1,11 @@
 """Storage formats of the table: float, int8 and int4 rows.
 
 Each format owns the layer variables it stores (with the names, shapes, dtypes and
-order of `keras.layers.Embedding` 3.15) and knows three things: how to `build`
-them, how to `encode` a float table into them, and how to `decode` stored rows
-into float32 rows. `gather` decodes only the rows of the ids looked up;
-`dequantize` decodes the whole table, for export, merging and `attend`.
+order of `keras.layers.Embedding` 3.15) and knows how to `build` them, how to
+`encode` a float table into them, how to read them (`stored_rows`) and how to
+`decode` what it read into float32 rows. `gather` decodes only the rows of the
+ids looked up; `dequantize` decodes the whole table, for export, merging and
+`attend`.
 """
 
 import math
@@ -15,8 +16,8 @@ from keras import quantizers
 
 from keras_embed_ext.backends import fused
 from keras_embed_ext.backends import in_place
-from keras_embed_ext.backends import interleave_int8
 from keras_embed_ext.backends import on_device_of
+from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
 
 
@@ -60,16 +61,18 @@ class FloatRows:
     def encode(self, layer, table):
         layer._embeddings.assign(table)
 
+    def stored_rows(self, layer, ids=None):
+        """The stored rows at `ids` (all rows for `None`) of each row variable, as `decode` takes them."""
+        return [v if ids is None else take_rows(v, ids) for v in self.row_variables(layer)]
+
     def gather(self, layer, ids):
-        variables = self.row_variables(layer)
-
         def gather_and_decode(ids):
-            return self.decode(layer, *[take_rows(v, ids) for v in variables])
+            return self.decode(layer, *self.stored_rows(layer, ids))
 
-        return on_device_of(variables[0], ids, gather_and_decode)
+        return on_device_of(self.row_variables(layer)[0], ids, gather_and_decode)
 
     def dequantize(self, layer):
-        return self.decode(layer, *self.row_variables(layer))
+        return self.decode(layer, *self.stored_rows(layer))
 
 
 class QuantizedRows(FloatRows):
@@ -157,8 +160,16 @@ class Int4Rows(QuantizedRows):
     def row_variables(self, layer):
         return self.variables(layer)[:3]
 
-    def decode(self, layer, packed, scale, zero=None):
-        values = ops.cast(unpack_int4(packed, layer.output_dim), "float32")
+    def stored_rows(self, layer, ids=None):
+        """The int4 values unpacked to int8, then the scale (and zero point) rows."""
+        packed, *params = self.row_variables(layer)
+        values = take_int4_rows(packed, ids)
+        if values.shape[-1] != layer.output_dim:
+            values = values[..., : layer.output_dim]
+        return [values, *[p if ids is None else take_rows(p, ids) for p in params]]
+
+    def decode(self, layer, values, scale, zero=None):
+        values = ops.cast(values, "float32")
         scale = ops.cast(scale, "float32")
         if zero is None:
             return in_place("divide", values, ops.expand_dims(scale, -1))
@@ -196,20 +207,6 @@ class Int4Rows(QuantizedRows):
             layer.embeddings_zero.assign(ops.transpose(zero_t))
         packed, _, _ = quantizers.pack_int4(values, axis=-1)
         layer._embeddings.assign(packed)
-
-
-def unpack_int4(packed, length):
-    """Signed 4-bit values (int8) from int8 bytes packed along the last axis, low nibble first.
-
-    Arithmetic shifts sign-extend each nibble (the same on every backend): a few
-    element-wise ops on the gathered bytes only. They run on int16, the width of
-    one interleaved pair.
-    """
-    wide = ops.cast(packed, "int16")
-    low = ops.right_shift(ops.left_shift(wide, 12), 12)
-    high = ops.right_shift(wide, 4)
-    values = interleave_int8(low, high)
-    return values if values.shape[-1] == length else values[..., :length]
 
 
 def format_for(mode, block_size=None):

@@ -8,10 +8,11 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import keras_embed_ext as kee
+import reference as ref
 from conftest import BACKEND, gradients, table, to_numpy
 from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import in_place
-from keras_embed_ext.backends import interleave_int8
+from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
 from keras_embed_ext.formats import FloatRows
 
@@ -134,24 +135,44 @@ def test_add_matmul_equals_numpy():
 
 
 @given(
-    shape=st.lists(st.integers(0, 5), min_size=1, max_size=3),
+    rows=st.integers(1, 9),
+    width=st.integers(1, 9),
+    ids_shape=st.lists(st.integers(0, 4), min_size=1, max_size=2),
     seed=st.integers(0, 2**16),
 )
 @settings(max_examples=30, deadline=None)
-def test_interleave_int8_equals_numpy(shape, seed):
+def test_take_int4_rows_equals_numpy(rows, width, ids_shape, seed):
     rng = np.random.default_rng(seed)
-    even, odd = (rng.integers(-128, 128, size=shape).astype("int16") for _ in range(2))
-    expected = np.stack([even, odd], axis=-1).reshape(*shape[:-1], 2 * shape[-1]).astype("int8")
-    result = interleave_int8(keras.ops.convert_to_tensor(even), keras.ops.convert_to_tensor(odd))
+    packed = rng.integers(-128, 128, size=(rows, width)).astype("int8")
+    ids = rng.integers(0, rows, size=ids_shape).astype("int32")
+    result = take_int4_rows(keras.Variable(packed, dtype="int8", trainable=False), keras.ops.convert_to_tensor(ids))
     assert keras.backend.standardize_dtype(result.dtype) == "int8"
-    np.testing.assert_array_equal(to_numpy(result), expected)
+    np.testing.assert_array_equal(to_numpy(result), ref.unpack_int4(packed, 2 * width)[ids])
+    whole = take_int4_rows(keras.ops.convert_to_tensor(packed))
+    np.testing.assert_array_equal(to_numpy(whole), ref.unpack_int4(packed, 2 * width))
 
 
-if BACKEND == "torch":
-    def test_interleave_int8_under_torch_compile():
+def test_take_int4_rows_in_one_compiled_function_with_the_whole_table():
+    """The gather (JAX: int32 words bitcast to int4) and the whole-table unpack side by side."""
+    packed = np.random.default_rng(5).integers(-128, 128, size=(7, 8)).astype("int8")
+    ids = np.array([[6, 0], [3, 3]], "int32")
+
+    def both(packed, ids):
+        return take_int4_rows(packed, ids), take_int4_rows(packed)
+
+    if BACKEND == "jax":
+        import jax
+
+        compiled = jax.jit(both)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        compiled = tf.function(both, jit_compile=True)
+    else:
         import torch
 
-        rng = np.random.default_rng(4)
-        even, odd = (torch.as_tensor(rng.integers(-128, 128, size=(6, 5)).astype("int16")) for _ in range(2))
-        expected = np.stack([even.numpy(), odd.numpy()], axis=-1).reshape(6, 10).astype("int8")
-        np.testing.assert_array_equal(torch.compile(interleave_int8)(even, odd).numpy(), expected)
+        compiled = torch.compile(both)
+    rows, whole = compiled(keras.ops.convert_to_tensor(packed), keras.ops.convert_to_tensor(ids))
+    expected = ref.unpack_int4(packed, 16)
+    np.testing.assert_array_equal(to_numpy(rows), expected[ids])
+    np.testing.assert_array_equal(to_numpy(whole), expected)
