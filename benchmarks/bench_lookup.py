@@ -216,10 +216,11 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return run_backend(args.vocab, args.dim, args.ids, args.states)
+    states = list(dict.fromkeys(["float", *args.states]))  # the ratios are to our float lookup
     rows = []
     for backend in args.backends:
         command = [sys.executable, __file__, "--worker", "--dim", str(args.dim), "--ids", str(args.ids),
-                   "--vocab", *map(str, args.vocab), "--states", *args.states]
+                   "--vocab", *map(str, args.vocab), "--states", *states]
         result = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True)
         if result.returncode:
             sys.exit(f"{backend} failed:\n{result.stderr[-3000:]}")
