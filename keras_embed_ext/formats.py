@@ -33,6 +33,11 @@ def _stored(layer, name, shape, dtype=None, initializer="zeros"):
     )
 
 
+def _rows_at(variables, ids):
+    """Each variable whole (`ids` is `None`) or its rows at `ids`."""
+    return [v if ids is None else take_rows(v, ids) for v in variables]
+
+
 class FloatRows:
     """A trainable float table: `embeddings (V, D)`."""
 
@@ -63,7 +68,7 @@ class FloatRows:
 
     def stored_rows(self, layer, ids=None):
         """The stored rows at `ids` (all rows for `None`) of each row variable, as `decode` takes them."""
-        return [v if ids is None else take_rows(v, ids) for v in self.row_variables(layer)]
+        return _rows_at(self.row_variables(layer), ids)
 
     def gather(self, layer, ids):
         def gather_and_decode(ids):
@@ -166,7 +171,7 @@ class Int4Rows(QuantizedRows):
         values = take_int4_rows(packed, ids)
         if values.shape[-1] != layer.output_dim:
             values = values[..., : layer.output_dim]
-        return [values, *[p if ids is None else take_rows(p, ids) for p in params]]
+        return [values, *_rows_at(params, ids)]
 
     def decode(self, layer, values, scale, zero=None):
         values = ops.cast(values, "float32")
