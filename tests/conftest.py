@@ -11,19 +11,23 @@ def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-def traced(fn):
-    """`fn` as each backend compiles it: tf.function, jax.jit, torch.compile."""
+def traced(fn, compiled=False):
+    """`fn` as each backend compiles it: tf.function, jax.jit, torch.compile.
+
+    With `compiled`, down to machine code on every backend: XLA on TensorFlow and
+    inductor on torch (otherwise a traced graph run op by op).
+    """
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn)
+        return tf.function(fn, jit_compile=compiled)
     if BACKEND == "jax":
         import jax
 
         return jax.jit(fn)
     import torch
 
-    return torch.compile(fn, backend="eager")
+    return torch.compile(fn, backend="inductor" if compiled else "eager")
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import keras_embed_ext as kee
 import reference as ref
-from conftest import BACKEND, gradients, table, to_numpy
+from conftest import BACKEND, gradients, table, to_numpy, traced
 from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import take_int4_rows
@@ -160,19 +160,7 @@ def test_take_int4_rows_in_one_compiled_function_with_the_whole_table():
     def both(packed, ids):
         return take_int4_rows(packed, ids), take_int4_rows(packed)
 
-    if BACKEND == "jax":
-        import jax
-
-        compiled = jax.jit(both)
-    elif BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        compiled = tf.function(both, jit_compile=True)
-    else:
-        import torch
-
-        compiled = torch.compile(both)
-    rows, whole = compiled(keras.ops.convert_to_tensor(packed), keras.ops.convert_to_tensor(ids))
+    rows, whole = traced(both, compiled=True)(keras.ops.convert_to_tensor(packed), keras.ops.convert_to_tensor(ids))
     expected = ref.unpack_int4(packed, 16)
     np.testing.assert_array_equal(to_numpy(rows), expected[ids])
     np.testing.assert_array_equal(to_numpy(whole), expected)
