@@ -21,6 +21,7 @@ from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import requantize
 from keras_embed_ext.ids import as_int_ids
 from keras_embed_ext.ids import validate
+from keras_embed_ext.ids import zero_invalid
 from keras_embed_ext.legacy import input_shape_from_length
 from keras_embed_ext.legacy import pop_keras1_arguments
 
@@ -207,14 +208,14 @@ class Embedding(keras.layers.Layer):
         ids, valid = validate(
             as_int_ids(ids), self.input_dim, self.invalid_ids, self.name
         )
-        rows = self._format.gather(self, ids)
+        # Invalid ids get zero rows: their stored and adapter rows are zeroed as
+        # they are gathered, where a compiler fuses it, not in a later pass.
+        rows = zero_invalid(self._format.gather(self, ids), valid)
         if self.lora_enabled:
-            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids)
+            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid)
         if self.dropout and training:
             keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)
-        if valid is not None:
-            rows = ops.where(ops.expand_dims(valid, -1), rows, ops.zeros_like(rows))
         if not self.combiner:
             return rows, None
         keep = ops.ones_like(ids, dtype="bool") if valid is None else valid

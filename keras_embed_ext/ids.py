@@ -51,3 +51,10 @@ def validate(ids, input_dim, policy, layer_name="embedding"):
         raise invalid_id_error(layer_name, input_dim, position, value)
     valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, input_dim))
     return ops.where(valid, ids, ops.zeros_like(ids)), valid
+
+
+def zero_invalid(rows, valid):
+    """`rows (..., n)` with the rows of invalid ids zeroed (`valid` from `validate`)."""
+    if valid is None:
+        return rows
+    return ops.where(ops.expand_dims(valid, -1), rows, ops.zeros_like(rows))

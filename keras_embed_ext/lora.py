@@ -8,6 +8,7 @@ from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import to_device_of
 from keras_embed_ext.backends import take_rows
+from keras_embed_ext.ids import zero_invalid
 
 
 def add_adapter(layer, rank, a_initializer, b_initializer):
@@ -39,14 +40,15 @@ def _scaled_b(layer):
     return (layer.lora_alpha / layer.lora_rank) * ops.convert_to_tensor(layer.lora_embeddings_b)
 
 
-def add_adapter_rows(layer, rows, ids):
-    """`rows + A[ids] @ ((alpha / r) * B)`: the delta of the looked-up rows only.
+def add_adapter_rows(layer, rows, ids, valid=None):
+    """`rows + A[ids] @ ((alpha / r) * B)`: the delta of the looked-up rows only,
+    zero for the ids that `valid` marks invalid.
 
     `rows` are float32 rows just gathered for `ids`; only `A[ids]` and `B` move to
     them when the adapter lives on another device.
     """
     a = layer.lora_embeddings_a
-    rows_a = on_device_of(a, ids, lambda ids: take_rows(a, ids))
+    rows_a = zero_invalid(on_device_of(a, ids, lambda ids: take_rows(a, ids)), valid)
     return add_matmul(rows, rows_a, to_device_of(_scaled_b(layer), rows))
 
 

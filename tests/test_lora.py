@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import keras_embed_ext as kee
-from conftest import gradients, table, to_numpy
+from conftest import gradients, table, to_numpy, traced
 import reference as ref
 
 V, D, R = 40, 10, 3
@@ -46,6 +46,20 @@ def test_rows_are_base_plus_scaled_low_rank_delta(state, lora_first):
     expected = base_rows(layer, IDS) + ref.lora_delta(a, b, IDS, 6, R)
     np.testing.assert_allclose(to_numpy(layer(IDS)), expected, rtol=1e-5, atol=1e-5)
     assert layer.lora_enabled and layer.lora_rank == R and layer.lora_alpha == 6
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("state", STATES)
+def test_invalid_ids_get_zero_rows_adapter_included(state, compiled):
+    layer, a, b = with_adapter(state, invalid_ids="raise" if compiled else "zero")
+    ids = np.array([[-1, 4, V, 0], [7, V + 3, 2, -5]], dtype="int32")
+    valid = (ids >= 0) & (ids < V)
+    safe = np.where(valid, ids, 0)
+    expected = np.where(valid[..., None], base_rows(layer, safe) + ref.lora_delta(a, b, safe, R, R), 0.0)
+    call = traced(lambda ids: layer(ids), compiled=True) if compiled else layer
+    out = to_numpy(call(keras.ops.convert_to_tensor(ids)))
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert np.all(out[~valid] == 0)
 
 
 def test_alpha_defaults_to_rank_and_adapter_starts_at_zero_delta():
