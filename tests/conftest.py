@@ -45,28 +45,36 @@ def table(input_dim, output_dim, seed=0):
     return (rng.standard_normal((input_dim, output_dim)) * scale).astype("float32")
 
 
-def gradients(layer, ids, upstream):
-    """d sum(layer(ids) * upstream) / d each trainable variable, as dense numpy arrays."""
+def gradients(layer, ids, upstream, compiled=False):
+    """d sum(layer(ids) * upstream) / d each trainable variable, as dense numpy arrays;
+    with `compiled`, computed by a function compiled as `traced(..., compiled=True)` does."""
     ids = keras.ops.convert_to_tensor(ids)
     variables = layer.trainable_variables
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(layer(ids) * upstream)
-        grads = tape.gradient(loss, [v.value for v in variables])
+        def tape_gradients(ids):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(layer(ids) * upstream)
+            return tape.gradient(loss, [v.value for v in variables])
+
+        grads = (tf.function(tape_gradients, jit_compile=True) if compiled else tape_gradients)(ids)
         return [to_numpy(tf.convert_to_tensor(g)) for g in grads]
     if BACKEND == "jax":
         import jax
 
-        def loss(values):
+        def loss(values, ids):
             outputs, _ = layer.stateless_call(values, [v.value for v in layer.non_trainable_variables], ids)
             return (outputs * upstream).sum()
 
-        return [to_numpy(g) for g in jax.grad(loss)([v.value for v in variables])]
+        grad = jax.jit(jax.grad(loss)) if compiled else jax.grad(loss)
+        return [to_numpy(g) for g in grad([v.value for v in variables], ids)]
     import torch
+
+    def loss(ids):
+        return (layer(ids) * torch.as_tensor(upstream)).sum()
 
     for v in variables:
         v.value.grad = None
-    (layer(ids) * torch.as_tensor(upstream)).sum().backward()
+    (torch.compile(loss) if compiled else loss)(ids).backward()
     return [to_numpy(v.value.grad) for v in variables]

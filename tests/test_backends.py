@@ -134,6 +134,14 @@ def test_add_matmul_equals_numpy():
         assert result.data_ptr() == fresh.data_ptr()
 
 
+@pytest.mark.parametrize("rank", [3, 20])  # multiply-adds and a matmul under torch.compile
+def test_compiled_add_matmul_equals_numpy(rank):
+    rng = np.random.default_rng(rank)
+    rows, a, b = (rng.standard_normal(s).astype("float32") for s in [(5, 7), (5, rank), (rank, 7)])
+    result = traced(add_matmul, compiled=True)(*map(keras.ops.convert_to_tensor, (rows, a, b)))
+    np.testing.assert_allclose(to_numpy(result), rows + a @ b, rtol=1e-5, atol=1e-5)
+
+
 @given(
     rows=st.integers(1, 9),
     width=st.integers(1, 9),

@@ -48,6 +48,14 @@ def test_rows_are_base_plus_scaled_low_rank_delta(state, lora_first):
     assert layer.lora_enabled and layer.lora_rank == R and layer.lora_alpha == 6
 
 
+@pytest.mark.parametrize("state", STATES)
+def test_compiled_rows_are_base_plus_scaled_low_rank_delta(state):
+    layer, a, b = with_adapter(state, alpha=6)
+    expected = base_rows(layer, IDS) + ref.lora_delta(a, b, IDS, 6, R)
+    out = traced(lambda ids: layer(ids), compiled=True)(keras.ops.convert_to_tensor(IDS))
+    np.testing.assert_allclose(to_numpy(out), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("state", STATES)
 def test_invalid_ids_get_zero_rows_adapter_included(state, compiled):
@@ -184,8 +192,9 @@ def test_mixed_precision_with_lora(state):
     np.testing.assert_allclose(to_numpy(out).astype("float32"), expected, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.parametrize("compiled", [False, True])
 @pytest.mark.parametrize("state", STATES)
-def test_adapter_gradients_equal_the_hand_computed_ones(state):
+def test_adapter_gradients_equal_the_hand_computed_ones(state, compiled):
     layer, a, b = with_adapter(state, alpha=6)
     upstream = np.random.default_rng(6).standard_normal((*IDS.shape, D)).astype("float32")
     scale = 6 / R
@@ -193,6 +202,6 @@ def test_adapter_gradients_equal_the_hand_computed_ones(state):
     expected_a = np.zeros_like(a)
     np.add.at(expected_a, flat_ids, scale * flat_upstream @ b.T)
     expected_b = scale * a[flat_ids].T @ flat_upstream
-    grad_a, grad_b = gradients(layer, IDS, upstream)
+    grad_a, grad_b = gradients(layer, IDS, upstream, compiled)
     np.testing.assert_allclose(grad_a, expected_a, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(grad_b, expected_b, rtol=1e-4, atol=1e-4)
