@@ -47,8 +47,9 @@ def table(input_dim, output_dim, seed=0):
 
 def gradients(layer, ids, upstream, compiled=False):
     """d sum(layer(ids) * upstream) / d each trainable variable, as dense numpy arrays;
-    with `compiled`, computed by a function compiled as `traced(..., compiled=True)` does."""
+    with `compiled`, computed by a function that `traced(..., compiled=True)` compiles."""
     ids = keras.ops.convert_to_tensor(ids)
+    run = (lambda fn: traced(fn, compiled=True)) if compiled else (lambda fn: fn)
     variables = layer.trainable_variables
     if BACKEND == "tensorflow":
         import tensorflow as tf
@@ -58,7 +59,7 @@ def gradients(layer, ids, upstream, compiled=False):
                 loss = tf.reduce_sum(layer(ids) * upstream)
             return tape.gradient(loss, [v.value for v in variables])
 
-        grads = (tf.function(tape_gradients, jit_compile=True) if compiled else tape_gradients)(ids)
+        grads = run(tape_gradients)(ids)
         return [to_numpy(tf.convert_to_tensor(g)) for g in grads]
     if BACKEND == "jax":
         import jax
@@ -67,8 +68,7 @@ def gradients(layer, ids, upstream, compiled=False):
             outputs, _ = layer.stateless_call(values, [v.value for v in layer.non_trainable_variables], ids)
             return (outputs * upstream).sum()
 
-        grad = jax.jit(jax.grad(loss)) if compiled else jax.grad(loss)
-        return [to_numpy(g) for g in grad([v.value for v in variables], ids)]
+        return [to_numpy(g) for g in run(jax.grad(loss))([v.value for v in variables], ids)]
     import torch
 
     def loss(ids):
@@ -76,5 +76,5 @@ def gradients(layer, ids, upstream, compiled=False):
 
     for v in variables:
         v.value.grad = None
-    (torch.compile(loss) if compiled else loss)(ids).backward()
+    run(loss)(ids).backward()
     return [to_numpy(v.value.grad) for v in variables]
