@@ -30,7 +30,8 @@ def take_rows(table, ids):
     `keras.ops.take` first wraps negative ids, which the validated ids never are,
     and on TensorFlow reads the whole variable before gathering. A variable that a
     sparse update (an optimizer step on `IndexedSlices`) has touched is copied in
-    full by every such read; `tf.gather` on the variable reads only the rows.
+    full by every such read; `sparse_read` reads only the rows. It is what
+    `tf.gather` calls on axis 0, without the 20 µs of Python checks per eager call.
     """
     backend = keras.backend.backend()
     if isinstance(table, keras.Variable):
@@ -45,7 +46,9 @@ def take_rows(table, ids):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.gather(table, ids)
+        if isinstance(table, tf.Variable):
+            return table.sparse_read(ids)
+        return tf.raw_ops.GatherV2(params=table, indices=ids, axis=0)
     if backend == "jax":
         import jax.numpy as jnp
 

@@ -102,6 +102,29 @@ if BACKEND == "tensorflow":
         np.add.at(expected, ids.numpy(), -0.5)
         np.testing.assert_allclose(to_numpy(layer._embeddings), expected, rtol=1e-6)
 
+    @pytest.mark.parametrize("compiled", [False, True])
+    def test_gradient_of_rows_taken_from_a_tensor_is_sparse_and_a_scatter_add(compiled):
+        # A tensor table (an autocast read, a decoded table) goes through GatherV2.
+        import tensorflow as tf
+
+        values = tf.constant(table(9, 4))
+        ids = tf.constant([[1, 3], [3, 8]])
+        upstream = tf.reshape(tf.range(16, dtype="float32"), (2, 2, 4))
+
+        def rows_gradient(values, ids):
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                rows = take_rows(values, ids)
+            return rows, tape.gradient(rows, values, output_gradients=upstream)
+
+        rows, gradient = (traced(rows_gradient, compiled=True) if compiled else rows_gradient)(values, ids)
+        np.testing.assert_array_equal(rows.numpy(), values.numpy()[ids.numpy()])
+        if not compiled:
+            assert isinstance(gradient, tf.IndexedSlices)
+        expected = np.zeros((9, 4), dtype="float32")
+        np.add.at(expected, ids.numpy(), upstream.numpy())
+        np.testing.assert_array_equal(tf.convert_to_tensor(gradient).numpy(), expected)
+
 
 @pytest.mark.parametrize("op, reference", [
     ("add", np.add), ("subtract", np.subtract), ("multiply", np.multiply), ("divide", np.divide),
