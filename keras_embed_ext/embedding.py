@@ -13,6 +13,7 @@ from keras_embed_ext import saving
 from keras_embed_ext import sparse
 from keras_embed_ext.arguments import check_arguments
 from keras_embed_ext.arguments import reject_unknown_arguments
+from keras_embed_ext.backends import Fused
 from keras_embed_ext.combiners import combine
 from keras_embed_ext.combiners import combine_segments
 from keras_embed_ext.dropout import row_keep_scale
@@ -117,6 +118,7 @@ class Embedding(keras.layers.Layer):
             # shape; Keras 3's advice against `input_shape` does not apply.
             warnings.filterwarnings("ignore", message="Do not pass an `input_shape`")
             super().__init__(**input_shape_from_length(input_length, kwargs))
+        self._fused_lookup = Fused(self._lookup)
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
         self.embeddings_initializer = initializers.get(
@@ -208,11 +210,11 @@ class Embedding(keras.layers.Layer):
         ids, valid = validate(
             as_int_ids(ids), self.input_dim, self.invalid_ids, self.name
         )
-        # Invalid ids get zero rows: their stored and adapter rows are zeroed as
-        # they are gathered, where a compiler fuses it, not in a later pass.
-        rows = zero_invalid(self._format.gather(self, ids), valid)
-        if self.lora_enabled:
-            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid)
+        if self._is_quantized or self.lora_enabled:
+            adapter = lora.adapter_variables(self) if self.lora_enabled else []
+            rows = self._fused_lookup((self._format, *adapter), ids, valid)
+        else:
+            rows = self._lookup(ids, valid)
         if self.dropout and training:
             keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)
@@ -222,6 +224,17 @@ class Embedding(keras.layers.Layer):
         if self.mask_zero:
             keep = ops.logical_and(keep, ops.not_equal(ids, 0))
         return rows, ops.cast(keep, "float32")
+
+    def _lookup(self, ids, valid):
+        """Stored rows, decoded, plus adapter rows of in-range `ids`.
+
+        Invalid ids get zero rows: their stored and adapter rows are zeroed as
+        they are gathered, where a compiler fuses it, not in a later pass.
+        """
+        rows = zero_invalid(self._format.gather(self, ids), valid)
+        if self.lora_enabled:
+            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid)
+        return rows
 
     def _combine_flat(self, flat, training):
         rows, keep = self._rows(flat.ids, training)

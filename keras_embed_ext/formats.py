@@ -14,7 +14,6 @@ from keras import dtype_policies
 from keras import ops
 from keras import quantizers
 
-from keras_embed_ext.backends import fused
 from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import take_int4_rows
@@ -80,16 +79,7 @@ class FloatRows:
         return self.decode(layer, *self.stored_rows(layer))
 
 
-class QuantizedRows(FloatRows):
-    """A format whose rows are decoded: the gather and decode run fused."""
-
-    def gather(self, layer, ids):
-        if getattr(self, "_fused_gather", None) is None:
-            self._fused_gather = fused(lambda ids: FloatRows.gather(self, layer, ids))
-        return self._fused_gather(ids)
-
-
-class Int8Rows(QuantizedRows):
+class Int8Rows(FloatRows):
     """Per-row symmetric int8: `embeddings (V, D)` int8, `embeddings_scale (V,)`.
 
     A row is `embeddings[i] / embeddings_scale[i]`, with
@@ -120,7 +110,7 @@ class Int8Rows(QuantizedRows):
         layer.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
 
 
-class Int4Rows(QuantizedRows):
+class Int4Rows(FloatRows):
     """int4 values packed two per byte along D, as keras 3.15 stores them.
 
     Without a block size (per row, symmetric): `embeddings (V, ceil(D/2))` int8,

@@ -14,25 +14,45 @@ from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
-from keras_embed_ext.formats import FloatRows
 
 IDS = np.random.default_rng(0).integers(0, 50, size=(6, 7)).astype("int32")
 
 
-@pytest.mark.parametrize("mode", ["int8", "int4"])
-def test_fused_quantized_gather_equals_op_by_op_decode(mode):
-    layer = kee.Embedding(50, 12, weights=table(50, 12))
-    layer.quantize(mode)
-    fused = to_numpy(layer._format.gather(layer, keras.ops.convert_to_tensor(IDS)))
-    op_by_op = to_numpy(FloatRows.gather(layer._format, layer, keras.ops.convert_to_tensor(IDS)))
-    np.testing.assert_allclose(fused, op_by_op, rtol=1e-6, atol=1e-7)
-    compiled = layer._format._fused_gather
+def _adapter_delta(layer, ids):
+    a, b = to_numpy(layer.lora_embeddings_a), to_numpy(layer.lora_embeddings_b)
+    return ref.lora_delta(a, b, ids, layer.lora_alpha, layer.lora_rank)
+
+
+def test_fused_lookup_is_compiled_again_for_new_variables():
+    # A compiled lookup that kept the variables of its first trace would read the
+    # removed adapter after merge_lora and the float table after quantize.
+    values = table(30, 8)
+    layer = kee.Embedding(30, 8, weights=values, lora_rank=2)
+    rng = np.random.default_rng(4)
+    layer.lora_embeddings_b.assign(rng.standard_normal((2, 8)).astype("float32"))
+    ids = keras.ops.convert_to_tensor(IDS % 30)
+    expected = values[IDS % 30] + _adapter_delta(layer, IDS % 30)
+    np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-6)
+    first = layer._fused_lookup.compiled
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        assert isinstance(compiled, tf.types.experimental.PolymorphicFunction)
+        assert isinstance(first, tf.types.experimental.PolymorphicFunction)
     else:
-        assert not hasattr(compiled, "get_concrete_function")
+        assert first is None
+
+    layer.merge_lora()
+    layer.enable_lora(3, lora_alpha=6.0, b_initializer="ones")
+    merged = to_numpy(layer._embeddings)
+    expected = merged[IDS % 30] + _adapter_delta(layer, IDS % 30)
+    np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-5)
+
+    layer.quantize("int8")
+    stored = ref.int8_rows(to_numpy(layer._embeddings), to_numpy(layer.embeddings_scale), IDS % 30)
+    expected = stored + _adapter_delta(layer, IDS % 30)
+    np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-5)
+    if BACKEND == "tensorflow":
+        assert layer._fused_lookup.compiled is not first
 
 
 if BACKEND == "jax":
@@ -72,16 +92,39 @@ def test_take_rows_gradient_is_a_scatter_add_of_the_row_gradients():
 
 
 if BACKEND == "tensorflow":
-    def test_lookup_reads_only_the_rows_of_the_table_and_adapter():
+    CALLS = ("PartitionedCall", "StatefulPartitionedCall")
+
+    def _ops_reading(library, nodes, name):
+        """Types of the ops that read tensor `name` among `nodes`, followed into called functions."""
+        found = []
+        for node in nodes:
+            inputs = [i.split(":")[0] for i in node.input]
+            if name not in inputs:
+                continue
+            if node.op not in CALLS:
+                found.append(node.op)
+                continue
+            called = library[node.attr["f"].func.name]
+            argument = called.signature.input_arg[inputs.index(name)].name
+            found += _ops_reading(library, called.node_def, argument)
+        return sorted(found)
+
+    @pytest.mark.parametrize("state", ["lora", "int8_lora"])
+    def test_lookup_reads_only_the_rows_of_the_table_and_adapter(state):
         # A dense read (ReadVariableOp) of a variable that a sparse optimizer step
         # has touched copies the whole table; a ResourceGather reads the rows only.
         import tensorflow as tf
 
         layer = kee.Embedding(1000, 8, lora_rank=2)
+        layer.build()
+        if state == "int8_lora":
+            layer.quantize("int8")
         graph = tf.function(layer).get_concrete_function(tf.TensorSpec((4,), "int32")).graph
+        graph_def = graph.as_graph_def()
+        library = {f.signature.name: f for f in graph_def.library.function}
         handles = {id(v.value.handle) for v in (layer._embeddings, layer.lora_embeddings_a)}
         reads = [
-            sorted(op.type for op in placeholder.consumers())
+            _ops_reading(library, graph_def.node, placeholder.op.name)
             for external, placeholder in graph.captures
             if id(external) in handles
         ]
