@@ -210,6 +210,8 @@ class Embedding(keras.layers.Layer):
         ids, valid = validate(
             as_int_ids(ids), self.input_dim, self.invalid_ids, self.name
         )
+        # A float table's lookup is one gather; a decode and the adapter are passes
+        # of their own, which TensorFlow fuses only when compiled.
         if self._is_quantized or self.lora_enabled:
             adapter = lora.adapter_variables(self) if self.lora_enabled else []
             rows = self._fused_lookup((self._format, *adapter), ids, valid)
