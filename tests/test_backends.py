@@ -18,43 +18,6 @@ from keras_embed_ext.backends import take_rows
 IDS = np.random.default_rng(0).integers(0, 50, size=(6, 7)).astype("int32")
 
 
-def _adapter_delta(layer, ids):
-    a, b = to_numpy(layer.lora_embeddings_a), to_numpy(layer.lora_embeddings_b)
-    return ref.lora_delta(a, b, ids, layer.lora_alpha, layer.lora_rank)
-
-
-def test_fused_lookup_is_compiled_again_for_new_variables():
-    # A compiled lookup that kept the variables of its first trace would read the
-    # removed adapter after merge_lora and the float table after quantize.
-    values = table(30, 8)
-    layer = kee.Embedding(30, 8, weights=values, lora_rank=2)
-    rng = np.random.default_rng(4)
-    layer.lora_embeddings_b.assign(rng.standard_normal((2, 8)).astype("float32"))
-    ids = keras.ops.convert_to_tensor(IDS % 30)
-    expected = values[IDS % 30] + _adapter_delta(layer, IDS % 30)
-    np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-6)
-    first = layer._fused_lookup.compiled
-    if BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        assert isinstance(first, tf.types.experimental.PolymorphicFunction)
-    else:
-        assert first is None
-
-    layer.merge_lora()
-    layer.enable_lora(3, lora_alpha=6.0, b_initializer="ones")
-    merged = to_numpy(layer._embeddings)
-    expected = merged[IDS % 30] + _adapter_delta(layer, IDS % 30)
-    np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-5)
-
-    layer.quantize("int8")
-    stored = ref.int8_rows(to_numpy(layer._embeddings), to_numpy(layer.embeddings_scale), IDS % 30)
-    expected = stored + _adapter_delta(layer, IDS % 30)
-    np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-5)
-    if BACKEND == "tensorflow":
-        assert layer._fused_lookup.compiled is not first
-
-
 if BACKEND == "jax":
     def test_traced_ids_are_recognised_under_jit():
         import jax

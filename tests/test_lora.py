@@ -39,6 +39,32 @@ def base_rows(layer, ids):
     return ref.int4_rows(stored, ids, D)
 
 
+def test_lookup_compiled_once_sees_the_variables_of_later_states():
+    # On TensorFlow the lookup is compiled by XLA; a compiled function that kept the
+    # variables of its first trace would read the removed adapter after merge_lora
+    # and the float table after quantize.
+    layer, a, b = with_adapter("float")
+    ids = keras.ops.convert_to_tensor(IDS)
+    np.testing.assert_allclose(
+        to_numpy(layer(ids)), base_rows(layer, IDS) + ref.lora_delta(a, b, IDS, R, R), rtol=1e-5, atol=1e-6
+    )
+    first = layer._fused_lookup.compiled
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        assert isinstance(first, tf.types.experimental.PolymorphicFunction)
+    else:
+        assert first is None
+    for change in (lambda: layer.merge_lora(), lambda: layer.enable_lora(2, 4.0, b_initializer="ones"),
+                   lambda: layer.quantize("int8")):
+        change()
+        expected = base_rows(layer, IDS)
+        if layer.lora_enabled:
+            a, b = to_numpy(layer.lora_embeddings_a), to_numpy(layer.lora_embeddings_b)
+            expected = expected + ref.lora_delta(a, b, IDS, 4.0, 2)
+        np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("lora_first", [False, True])
 @pytest.mark.parametrize("state", STATES)
 def test_rows_are_base_plus_scaled_low_rank_delta(state, lora_first):
