@@ -93,6 +93,29 @@ if BACKEND == "tensorflow":
         ]
         assert reads == [["ResourceGather"], ["ResourceGather"]]
 
+    @pytest.mark.parametrize("state", ["int4", "int4_lora"])
+    def test_compiled_int4_lookup_writes_no_buffer_of_the_table_size(state):
+        # The lookup shifts the whole packed table and gathers; XLA must fuse the
+        # shifts into the gather, unpacking only the looked-up rows.
+        import re
+
+        import tensorflow as tf
+
+        vocab = 5003
+        layer = kee.Embedding(vocab, 12)
+        layer.build()
+        layer.quantize("int4")
+        if state == "int4_lora":
+            layer.enable_lora(2)
+        ids = tf.constant([[1, 7, vocab - 1]])
+        layer(ids)
+        compiled = layer._fused_lookup.compiled
+        hlo = compiled.experimental_get_compiler_ir(ids, None)(stage="optimized_hlo")
+        entry = hlo.split("\nENTRY ")[1].splitlines()[1:]
+        written = [re.match(r"\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]", line) for line in entry]
+        shapes = [m.group(1) for m, line in zip(written, entry) if m and " parameter(" not in line]
+        assert shapes and not [shape for shape in shapes if shape.startswith(f"{vocab},")]
+
     def test_sgd_on_the_table_updates_only_the_looked_up_rows():
         import tensorflow as tf
 
