@@ -127,10 +127,10 @@ def unpack_int4(packed):
     """Signed 4-bit values as int8 from int8 bytes packed along the last axis, low nibble first.
 
     Arithmetic shifts sign-extend each nibble (`(b << 4) >> 4` and `b >> 4` on the
-    int8 bytes). On torch they run on int16 in place and each (low, high) pair is written as one little-endian int16 whose
-    bytes are read as int8, where stacking on a new last axis is a strided copy
-    (4,096 x 256 values, with the decode, on 2 CPU cores: 0.52 ms with a new tensor
-    for each op, 0.30 ms in place).
+    int8 bytes). On torch they run on int16 in place and each (low, high) pair is
+    written as one little-endian int16 whose bytes are read as int8, where stacking
+    on a new last axis is a strided copy (4,096 x 256 values, with the decode, on 2
+    CPU cores: 0.52 ms with a new tensor for each op, 0.30 ms in place).
     """
     if keras.backend.backend() == "torch" and sys.byteorder == "little":
         import torch
