@@ -56,6 +56,14 @@ def take_rows(table, ids):
     return keras.ops.take(table, ids, axis=0)
 
 
+def reshape(x, shape):
+    """`keras.ops.reshape(x, shape)`; on torch the tensor's own, without the 20 µs per
+    eager call that keras spends flattening `shape` to look for symbolic tensors."""
+    if keras.backend.backend() == "torch":
+        return x.reshape(shape)
+    return keras.ops.reshape(x, shape)
+
+
 _TORCH_IN_PLACE = {"add": "add_", "subtract": "sub_", "multiply": "mul_", "divide": "div_"}
 
 
@@ -69,9 +77,17 @@ def in_place(op, fresh, other):
     if keras.backend.backend() == "torch" and fresh.dtype == other.dtype:
         import torch
 
-        if torch.broadcast_shapes(fresh.shape, other.shape) == fresh.shape:
+        if _broadcasts_into(other.shape, fresh.shape):
             return getattr(fresh, _TORCH_IN_PLACE[op])(other)
     return getattr(keras.ops, op)(fresh, other)
+
+
+def _broadcasts_into(shape, target):
+    """Whether `shape` broadcasts to `target` unchanged; `torch.broadcast_shapes` takes
+    30 µs to say so."""
+    return len(shape) <= len(target) and all(
+        size in (1, target_size) for size, target_size in zip(reversed(shape), reversed(target))
+    )
 
 
 def add_matmul(fresh, a, b):

@@ -16,6 +16,7 @@ from keras import quantizers
 
 from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import on_device_of
+from keras_embed_ext.backends import reshape
 from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
 
@@ -172,10 +173,10 @@ class Int4Rows(FloatRows):
         if layer.output_dim % self.block_size == 0:
             # Whole blocks: broadcast each block's scale and zero point.
             shape = ops.shape(values)
-            blocks = ops.reshape(values, (*shape[:-1], -1, self.block_size))
+            blocks = reshape(values, (*shape[:-1], -1, self.block_size))
             blocks = in_place("subtract", blocks, ops.expand_dims(zero, -1))
             blocks = in_place("multiply", blocks, ops.expand_dims(scale, -1))
-            return ops.reshape(blocks, shape)
+            return reshape(blocks, shape)
         groups = ops.cast(layer.g_idx, "int32")
         values = in_place("subtract", values, ops.take(zero, groups, axis=-1))
         return in_place("multiply", values, ops.take(scale, groups, axis=-1))

@@ -169,11 +169,17 @@ def test_in_place_op_equals_numpy_and_reuses_the_fresh_tensor_on_torch(op, refer
         assert result.data_ptr() == fresh.data_ptr()
 
 
-def test_in_place_op_broadcasting_to_a_larger_shape_makes_a_new_tensor():
-    fresh = keras.ops.ones((3, 1))
-    result = in_place("add", fresh, keras.ops.ones((1, 4)))
-    np.testing.assert_array_equal(to_numpy(result), np.full((3, 4), 2.0))
-    np.testing.assert_array_equal(to_numpy(fresh), np.ones((3, 1)))
+@pytest.mark.parametrize("fresh_shape, other_shape, result_shape", [
+    ((3, 1), (1, 4), (3, 4)),
+    ((3,), (2, 3), (2, 3)),
+])
+def test_in_place_op_broadcasting_to_a_larger_shape_makes_a_new_tensor(
+    fresh_shape, other_shape, result_shape
+):
+    fresh = keras.ops.ones(fresh_shape)
+    result = in_place("add", fresh, keras.ops.ones(other_shape))
+    np.testing.assert_array_equal(to_numpy(result), np.full(result_shape, 2.0))
+    np.testing.assert_array_equal(to_numpy(fresh), np.ones(fresh_shape))
 
 
 def test_add_matmul_equals_numpy():
