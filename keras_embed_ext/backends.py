@@ -75,8 +75,6 @@ def in_place(op, fresh, other):
     the divide in place. `fresh` keeps its shape and dtype.
     """
     if keras.backend.backend() == "torch" and fresh.dtype == other.dtype:
-        import torch
-
         if _broadcasts_into(other.shape, fresh.shape):
             return getattr(fresh, _TORCH_IN_PLACE[op])(other)
     return getattr(keras.ops, op)(fresh, other)
