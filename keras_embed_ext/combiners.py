@@ -1,4 +1,5 @@
-"""Bag reductions: sum, mean and sqrtn, over a padded axis or over segments.
+"""Bags of ids, each reduced to one row: sum, mean and sqrtn, over a padded axis or
+over segments.
 
 `"sum"` is the sum of `w * row`; `"mean"` divides it by the sum of `w`;
 `"sqrtn"` by the square root of the sum of `w**2`, as TensorFlow's
@@ -7,12 +8,29 @@
 
 from keras import ops
 
+from keras_embed_ext.backends import on_device_of
+from keras_embed_ext.backends import to_device_of
+from keras_embed_ext.backends import weighted_bag_sum
+from keras_embed_ext.dropout import row_keep_scale
+from keras_embed_ext.ids import as_int_ids
+from keras_embed_ext.ids import validate
+
 COMBINERS = ("sum", "mean", "sqrtn")
+
+
+def with_bag_weights(counted, weights=None):
+    """The per-id weights of the bags: 1.0 or 0.0 for whether an id counts, times the
+    weights given in the call."""
+    return counted if weights is None else counted * ops.cast(weights, "float32")
 
 
 def _reduce(rows, weights, combiner, reduce_sum):
     weights = ops.cast(weights, rows.dtype)
-    total = reduce_sum(rows * ops.expand_dims(weights, -1))
+    return _normalize(reduce_sum(rows * ops.expand_dims(weights, -1)), weights, combiner, reduce_sum)
+
+
+def _normalize(total, weights, combiner, reduce_sum):
+    """`total`, the weighted sums of the bags' rows, divided as `combiner` says."""
     if combiner == "sum":
         return total
     norm = reduce_sum(weights if combiner == "mean" else ops.square(weights))
@@ -33,3 +51,48 @@ def combine_segments(rows, weights, segments, num_segments, combiner):
     return _reduce(
         rows, weights, combiner, lambda x: ops.segment_sum(x, segments, num_segments)
     )
+
+
+def combine_sums(total, weights, combiner):
+    """Bags from `total (..., D)`, their rows already summed with `weights (..., L)`."""
+    weights = ops.cast(weights, total.dtype)
+    return _normalize(total, weights, combiner, lambda x: ops.sum(x, axis=-1))
+
+
+def counted(layer, ids, valid):
+    """1.0 for each id that counts in its bag (in range and, with `mask_zero`, not
+    padding), else 0.0; `valid` from `ids.validate`."""
+    keep = ops.ones_like(ids, dtype="bool") if valid is None else valid
+    if layer.mask_zero:
+        keep = ops.logical_and(keep, ops.not_equal(ids, 0))
+    return ops.cast(keep, "float32")
+
+
+def dense_bags(layer, ids, weights, training):
+    """The bags of `layer` for dense `ids (..., L)`: `(..., D)`.
+
+    A float table's bags are weighted sums of its rows, taken without writing the
+    `(..., L, D)` rows where the backend can (`backends.weighted_bag_sum`).
+    """
+    if layer._is_quantized or layer.lora_enabled:
+        rows, keep = layer._rows(ids, training)
+        return combine(rows, with_bag_weights(keep, weights), layer.combiner)
+    ids, valid = validate(as_int_ids(ids), layer.input_dim, layer.invalid_ids, layer.name)
+    bag_weights = with_bag_weights(counted(layer, ids, valid), weights)
+    row_weights = bag_weights
+    if layer.dropout and training:
+        row_weights = bag_weights * row_keep_scale(ids, layer.dropout, layer.seed_generator)
+    table = layer._embeddings
+    sums = on_device_of(
+        table, ids, lambda ids: weighted_bag_sum(table, ids, to_device_of(row_weights, table))
+    )
+    return combine_sums(sums, bag_weights, layer.combiner)
+
+
+def flat_bags(layer, flat, training):
+    """The bags of `layer` for ragged or sparse ids (`sparse.FlatIds`)."""
+    rows, keep = layer._rows(flat.ids, training)
+    bags = combine_segments(
+        rows, keep * flat.weights, flat.segments, flat.num_segments, layer.combiner
+    )
+    return ops.reshape(bags, (*flat.bag_shape, layer.output_dim))

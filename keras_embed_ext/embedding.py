@@ -8,14 +8,13 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
+from keras_embed_ext import combiners
 from keras_embed_ext import lora
 from keras_embed_ext import saving
 from keras_embed_ext import sparse
 from keras_embed_ext.arguments import check_arguments
 from keras_embed_ext.arguments import reject_unknown_arguments
 from keras_embed_ext.backends import Fused
-from keras_embed_ext.combiners import combine
-from keras_embed_ext.combiners import combine_segments
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
 from keras_embed_ext.formats import int4_block_size
@@ -169,14 +168,15 @@ class Embedding(keras.layers.Layer):
             self.enable_lora(self.lora_rank, self.lora_alpha)
 
     # The pipeline: validate ids -> gather stored rows -> add adapter rows ->
-    # dropout -> combine -> cast.
+    # dropout -> combine -> cast. A float table's dense bags skip the rows.
     def call(self, inputs, weights=None, training=None):
         """Looks up `inputs`; `weights` are optional per-id weights for a combiner
         (dense, ragged or sparse like the ids, as TF's `sp_weights` and torch's
         `per_sample_weights`)."""
         if sparse.is_ragged(inputs):
             if self.combiner:
-                return self._combine_flat(sparse.ragged_bags(inputs, weights), training)
+                bags = combiners.flat_bags(self, sparse.ragged_bags(inputs, weights), training)
+                return ops.cast(bags, self.compute_dtype)
             return sparse.map_ragged_values(
                 lambda ids: ops.cast(self._rows(ids, training)[0], self.compute_dtype),
                 inputs,
@@ -191,16 +191,15 @@ class Embedding(keras.layers.Layer):
                 )
             flat = sparse.sparse_ids(inputs, weights, multi_hot)
             if self.combiner:
-                return self._combine_flat(flat, training)
+                return ops.cast(combiners.flat_bags(self, flat, training), self.compute_dtype)
             rows, _ = self._rows(flat.ids, training)
             dense = ops.scatter(flat.indices, rows, (*flat.dense_shape, self.output_dim))
             return ops.cast(dense, self.compute_dtype)
         sparse.check_supported(inputs)
-        rows, keep = self._rows(inputs, training)
         if self.combiner:
-            if weights is not None:
-                keep = keep * ops.cast(weights, "float32")
-            rows = combine(rows, keep, self.combiner)
+            bags = combiners.dense_bags(self, inputs, weights, training)
+            return ops.cast(bags, self.compute_dtype)
+        rows, _ = self._rows(inputs, training)
         return ops.cast(rows, self.compute_dtype)
 
     def _rows(self, ids, training):
@@ -222,10 +221,7 @@ class Embedding(keras.layers.Layer):
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)
         if not self.combiner:
             return rows, None
-        keep = ops.ones_like(ids, dtype="bool") if valid is None else valid
-        if self.mask_zero:
-            keep = ops.logical_and(keep, ops.not_equal(ids, 0))
-        return rows, ops.cast(keep, "float32")
+        return rows, combiners.counted(self, ids, valid)
 
     def _lookup(self, ids, valid):
         """Stored rows, decoded, plus adapter rows of in-range `ids`.
@@ -237,14 +233,6 @@ class Embedding(keras.layers.Layer):
         if self.lora_enabled:
             rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid)
         return rows
-
-    def _combine_flat(self, flat, training):
-        rows, keep = self._rows(flat.ids, training)
-        bags = combine_segments(
-            rows, keep * flat.weights, flat.segments, flat.num_segments, self.combiner
-        )
-        bags = ops.reshape(bags, (*flat.bag_shape, self.output_dim))
-        return ops.cast(bags, self.compute_dtype)
 
     @property
     def input_dtype(self):

@@ -45,9 +45,10 @@ def table(input_dim, output_dim, seed=0):
     return (rng.standard_normal((input_dim, output_dim)) * scale).astype("float32")
 
 
-def gradients(layer, ids, upstream, compiled=False):
-    """d sum(layer(ids) * upstream) / d each trainable variable, as dense numpy arrays;
-    with `compiled`, computed by a function that `traced(..., compiled=True)` compiles."""
+def gradients(layer, ids, upstream, compiled=False, **call_kwargs):
+    """d sum(layer(ids, **call_kwargs) * upstream) / d each trainable variable, as dense
+    numpy arrays; with `compiled`, computed by a function that `traced(..., compiled=True)`
+    compiles."""
     ids = keras.ops.convert_to_tensor(ids)
     run = (lambda fn: traced(fn, compiled=True)) if compiled else (lambda fn: fn)
     variables = layer.trainable_variables
@@ -56,7 +57,7 @@ def gradients(layer, ids, upstream, compiled=False):
 
         def tape_gradients(ids):
             with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(layer(ids) * upstream)
+                loss = tf.reduce_sum(layer(ids, **call_kwargs) * upstream)
             return tape.gradient(loss, [v.value for v in variables])
 
         grads = run(tape_gradients)(ids)
@@ -65,14 +66,15 @@ def gradients(layer, ids, upstream, compiled=False):
         import jax
 
         def loss(values, ids):
-            outputs, _ = layer.stateless_call(values, [v.value for v in layer.non_trainable_variables], ids)
+            frozen = [v.value for v in layer.non_trainable_variables]
+            outputs, _ = layer.stateless_call(values, frozen, ids, **call_kwargs)
             return (outputs * upstream).sum()
 
         return [to_numpy(g) for g in run(jax.grad(loss))([v.value for v in variables], ids)]
     import torch
 
     def loss(ids):
-        return (layer(ids) * torch.as_tensor(upstream)).sum()
+        return (layer(ids, **call_kwargs) * torch.as_tensor(upstream)).sum()
 
     for v in variables:
         v.value.grad = None

@@ -14,6 +14,7 @@ from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
+from keras_embed_ext.backends import weighted_bag_sum
 
 IDS = np.random.default_rng(0).integers(0, 50, size=(6, 7)).astype("int32")
 
@@ -42,6 +43,34 @@ def test_take_rows_equals_numpy_gather(vocab, ids_shape, seed):
     for source in (variable, keras.ops.convert_to_tensor(values)):
         rows = to_numpy(take_rows(source, keras.ops.convert_to_tensor(ids)))
         np.testing.assert_array_equal(rows, values[ids])
+
+
+@given(
+    vocab=st.integers(1, 40),
+    ids_shape=st.lists(st.integers(0, 5), min_size=1, max_size=3),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_weighted_bag_sum_equals_numpy(vocab, ids_shape, seed):
+    rng = np.random.default_rng(seed)
+    values = rng.standard_normal((vocab, 3)).astype("float32")
+    ids = rng.integers(0, vocab, size=ids_shape).astype("int32")
+    weights = rng.uniform(-2, 2, size=ids_shape).astype("float32")
+    expected = (values[ids] * weights[..., None]).sum(-2)
+    for source in (keras.Variable(values), keras.ops.convert_to_tensor(values)):
+        sums = to_numpy(weighted_bag_sum(source, *map(keras.ops.convert_to_tensor, (ids, weights))))
+        assert sums.shape == expected.shape
+        np.testing.assert_allclose(sums, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bag_size", [1, 64, 65])  # on JAX, traced: a sum of gathers up to 64
+def test_traced_weighted_bag_sum_equals_numpy(bag_size):
+    rng = np.random.default_rng(bag_size)
+    values = rng.standard_normal((50, 3)).astype("float32")
+    ids = rng.integers(0, 50, size=(2, 3, bag_size)).astype("int32")
+    weights = rng.uniform(-2, 2, size=ids.shape).astype("float32")
+    sums = traced(weighted_bag_sum)(*map(keras.ops.convert_to_tensor, (values, ids, weights)))
+    np.testing.assert_allclose(to_numpy(sums), (values[ids] * weights[..., None]).sum(-2), rtol=1e-5, atol=1e-5)
 
 
 def test_take_rows_gradient_is_a_scatter_add_of_the_row_gradients():
