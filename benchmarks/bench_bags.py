@@ -13,8 +13,9 @@ running each backend are those of bench_lookup.py. Writes bags.md.
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+from workers import rows_from_workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = {"jax": ("jit",), "tensorflow": ("eager", "xla"), "torch": ("eager", "compile")}
@@ -121,14 +122,8 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return run_backend(args.vocab, args.dims, args.bags, args.bag_size)
-    rows = []
-    for backend in args.backends:
-        command = [sys.executable, __file__, "--worker", "--vocab", str(args.vocab), "--bags", str(args.bags),
-                   "--bag-size", str(args.bag_size), "--dims", *map(str, args.dims)]
-        result = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True)
-        if result.returncode:
-            sys.exit(f"{backend} failed:\n{result.stderr[-3000:]}")
-        rows += json.loads(result.stdout.strip().splitlines()[-1])
+    rows = rows_from_workers(__file__, args.backends, ["--vocab", str(args.vocab), "--bags", str(args.bags),
+                                                       "--bag-size", str(args.bag_size), "--dims", *map(str, args.dims)])
     os.makedirs(args.out, exist_ok=True)
     table = markdown(rows)
     with open(os.path.join(args.out, "bags.md"), "w") as f:

@@ -14,8 +14,9 @@ Writes lookup.md, lookup.png (time vs vocabulary) and bandwidth.png.
 import argparse
 import json
 import os
-import subprocess
 import sys
+
+from workers import rows_from_workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATES = ("float", "lora", "int8", "int4", "int4_lora")
@@ -217,14 +218,8 @@ def main():
     if args.worker:
         return run_backend(args.vocab, args.dim, args.ids, args.states)
     states = list(dict.fromkeys(["float", *args.states]))  # the ratios are to our float lookup
-    rows = []
-    for backend in args.backends:
-        command = [sys.executable, __file__, "--worker", "--dim", str(args.dim), "--ids", str(args.ids),
-                   "--vocab", *map(str, args.vocab), "--states", *states]
-        result = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True, text=True)
-        if result.returncode:
-            sys.exit(f"{backend} failed:\n{result.stderr[-3000:]}")
-        rows += json.loads(result.stdout.strip().splitlines()[-1])
+    rows = rows_from_workers(__file__, args.backends, ["--dim", str(args.dim), "--ids", str(args.ids),
+                                                       "--vocab", *map(str, args.vocab), "--states", *states])
     os.makedirs(args.out, exist_ok=True)
     table = markdown(rows)
     with open(os.path.join(args.out, "lookup.md"), "w") as f:

@@ -61,7 +61,7 @@ def combine_sums(total, weights, combiner):
 
 def counted(layer, ids, valid):
     """1.0 for each id that counts in its bag (in range and, with `mask_zero`, not
-    padding), else 0.0; `valid` from `ids.validate`."""
+    padding), else 0.0; `valid` as `ids.validate` returns it."""
     keep = ops.ones_like(ids, dtype="bool") if valid is None else valid
     if layer.mask_zero:
         keep = ops.logical_and(keep, ops.not_equal(ids, 0))
