@@ -12,8 +12,6 @@ from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import to_device_of
 from keras_embed_ext.backends import weighted_bag_sum
 from keras_embed_ext.dropout import row_keep_scale
-from keras_embed_ext.ids import as_int_ids
-from keras_embed_ext.ids import validate
 
 COMBINERS = ("sum", "mean", "sqrtn")
 
@@ -77,7 +75,7 @@ def dense_bags(layer, ids, weights, training):
     if layer._is_quantized or layer.lora_enabled:
         rows, keep = layer._rows(ids, training)
         return combine(rows, with_bag_weights(keep, weights), layer.combiner)
-    ids, valid = validate(as_int_ids(ids), layer.input_dim, layer.invalid_ids, layer.name)
+    ids, valid = layer._checked_ids(ids)
     bag_weights = with_bag_weights(counted(layer, ids, valid), weights)
     row_weights = bag_weights
     if layer.dropout and training:

@@ -206,9 +206,7 @@ class Embedding(keras.layers.Layer):
         """Rows of `ids` before combining, and a per-id 0/1 float with a combiner:
         whether the id counts in the bag (in range and, with `mask_zero`, not
         padding)."""
-        ids, valid = validate(
-            as_int_ids(ids), self.input_dim, self.invalid_ids, self.name
-        )
+        ids, valid = self._checked_ids(ids)
         # A float table's lookup is one gather; a decode and the adapter are passes
         # of their own, which TensorFlow fuses only when compiled.
         if self._is_quantized or self.lora_enabled:
@@ -222,6 +220,10 @@ class Embedding(keras.layers.Layer):
         if not self.combiner:
             return rows, None
         return rows, combiners.counted(self, ids, valid)
+
+    def _checked_ids(self, ids):
+        """`ids` as in-range integers and which were valid (`ids.validate`)."""
+        return validate(as_int_ids(ids), self.input_dim, self.invalid_ids, self.name)
 
     def _lookup(self, ids, valid):
         """Stored rows, decoded, plus adapter rows of in-range `ids`.
