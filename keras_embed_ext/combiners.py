@@ -67,19 +67,30 @@ def counted(layer, ids, valid):
 
 
 def dense_bags(layer, ids, weights, training):
-    """The bags of `layer` for dense `ids (..., L)`: `(..., D)`.
-
-    A float table's bags are weighted sums of its rows, taken without writing the
-    `(..., L, D)` rows where the backend can (`backends.weighted_bag_sum`).
-    """
+    """The bags of `layer` for dense `ids (..., L)`: `(..., D)`."""
     if layer._is_quantized or layer.lora_enabled:
         rows, keep = layer._rows(ids, training)
         return combine(rows, with_bag_weights(keep, weights), layer.combiner)
     ids, valid = layer._checked_ids(ids)
-    bag_weights = with_bag_weights(counted(layer, ids, valid), weights)
-    row_weights = bag_weights
+    keep_scale = None
     if layer.dropout and training:
-        row_weights = bag_weights * row_keep_scale(ids, layer.dropout, layer.seed_generator)
+        keep_scale = row_keep_scale(ids, layer.dropout, layer.seed_generator)
+    if weights is not None:
+        weights = ops.convert_to_tensor(weights)
+    return layer._fused_float_bags((layer._embeddings,), ids, valid, weights, keep_scale)
+
+
+def float_bags(layer, ids, valid, weights, keep_scale):
+    """The bags of `layer`'s float table for in-range `ids (..., L)`; `keep_scale` is
+    word dropout's per-id scale, or None.
+
+    The bags are weighted sums of the table's rows, taken without writing the
+    `(..., L, D)` rows where the backend can (`backends.weighted_bag_sum`). On
+    TensorFlow the layer runs this compiled by XLA (`backends.Fused`), which fuses
+    the gather into the sum and the mask and division into a few small passes.
+    """
+    bag_weights = with_bag_weights(counted(layer, ids, valid), weights)
+    row_weights = bag_weights if keep_scale is None else bag_weights * keep_scale
     table = layer._embeddings
     sums = on_device_of(
         table, ids, lambda ids: weighted_bag_sum(table, ids, to_device_of(row_weights, table))

@@ -1,5 +1,6 @@
 """`keras_embed_ext.Embedding`: a gather-first embedding layer for Keras 3."""
 
+import functools
 import warnings
 
 import keras
@@ -118,6 +119,7 @@ class Embedding(keras.layers.Layer):
             warnings.filterwarnings("ignore", message="Do not pass an `input_shape`")
             super().__init__(**input_shape_from_length(input_length, kwargs))
         self._fused_lookup = Fused(self._lookup)
+        self._fused_float_bags = Fused(functools.partial(combiners.float_bags, self))
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
         self.embeddings_initializer = initializers.get(

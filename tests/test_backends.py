@@ -101,6 +101,15 @@ if BACKEND == "tensorflow":
             found += _ops_reading(library, called.node_def, argument)
         return sorted(found)
 
+    def _written_shapes(compiled, *args):
+        """Shapes of the buffers that XLA's optimized HLO of `compiled(*args)` writes."""
+        import re
+
+        hlo = compiled.experimental_get_compiler_ir(*args)(stage="optimized_hlo")
+        entry = hlo.split("\nENTRY ")[1].splitlines()[1:]
+        written = [re.match(r"\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]", line) for line in entry]
+        return [m.group(1) for m, line in zip(written, entry) if m and " parameter(" not in line]
+
     @pytest.mark.parametrize("state", ["lora", "int8_lora"])
     def test_lookup_reads_only_the_rows_of_the_table_and_adapter(state):
         # A dense read (ReadVariableOp) of a variable that a sparse optimizer step
@@ -126,8 +135,6 @@ if BACKEND == "tensorflow":
     def test_compiled_int4_lookup_writes_no_buffer_of_the_table_size(state):
         # The lookup shifts the whole packed table and gathers; XLA must fuse the
         # shifts into the gather, unpacking only the looked-up rows.
-        import re
-
         import tensorflow as tf
 
         vocab = 5003
@@ -138,12 +145,22 @@ if BACKEND == "tensorflow":
             layer.enable_lora(2)
         ids = tf.constant([[1, 7, vocab - 1]])
         layer(ids)
-        compiled = layer._fused_lookup.compiled
-        hlo = compiled.experimental_get_compiler_ir(ids, None)(stage="optimized_hlo")
-        entry = hlo.split("\nENTRY ")[1].splitlines()[1:]
-        written = [re.match(r"\s*(?:ROOT )?%\S+ = \w+\[([\d,]*)\]", line) for line in entry]
-        shapes = [m.group(1) for m, line in zip(written, entry) if m and " parameter(" not in line]
+        shapes = _written_shapes(layer._fused_lookup.compiled, ids, None)
         assert shapes and not [shape for shape in shapes if shape.startswith(f"{vocab},")]
+
+    def test_eager_bags_of_a_float_table_are_compiled_by_xla_and_write_no_rows():
+        # Eagerly, gather, multiply and sum each write their result: the (bags, L, D)
+        # rows twice. Compiled by XLA, the gather is fused into the sum.
+        import tensorflow as tf
+
+        values = table(1000, 8)
+        layer = kee.Embedding(1000, 8, weights=values, combiner="mean", mask_zero=True)
+        ids = np.random.default_rng(0).integers(0, 1000, (6, 5)).astype("int32")
+        ids[:, 3:] = 0
+        expected = values[ids[:, :3]].mean(axis=1)
+        np.testing.assert_allclose(to_numpy(layer(tf.constant(ids))), expected, rtol=1e-6)
+        shapes = _written_shapes(layer._fused_float_bags.compiled, tf.constant(ids), None, None, None)
+        assert shapes and "6,5,8" not in shapes
 
     def test_sgd_on_the_table_updates_only_the_looked_up_rows():
         import tensorflow as tf
