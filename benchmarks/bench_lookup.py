@@ -99,18 +99,23 @@ def forget_compiled():
         torch._dynamo.reset()
 
 
-def native_gather(how):
+def native_gather_fn():
+    """`(table, ids) -> rows`, the backend's own gather."""
     from common import BACKEND
 
     if BACKEND == "jax":
-        return run(lambda table, ids: table[ids], how)
+        return lambda table, ids: table[ids]
     if BACKEND == "torch":
         import torch
 
-        return run(lambda table, ids: torch.nn.functional.embedding(ids, table), how)
+        return lambda table, ids: torch.nn.functional.embedding(ids, table)
     import tensorflow as tf
 
-    return run(lambda table, ids: tf.gather(table, ids), how)
+    return lambda table, ids: tf.gather(table, ids)
+
+
+def native_gather(how):
+    return run(native_gather_fn(), how)
 
 
 def run_backend(vocabs, dim, n_ids, states):
