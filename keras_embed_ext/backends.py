@@ -235,15 +235,19 @@ class Fused:
     TensorFlow runs each op of a decode, of the LoRA product or of a bag as its own
     pass over memory (4,096 rows of 256 on 2 CPU cores: int4 6.1 ms op by op vs 0.8 ms
     fused; LoRA r = 8 at V = 1M, 2.3 vs 0.9 ms; 1,024 bags of 16 such rows, 6.5 vs
-    1.1 ms); JAX is compiled by its caller and torch runs eagerly. A compiled function keeps the variables it captured, so it is compiled
-    again when `captured`, the objects `fn` reads them from, are new ones. A plain
-    object: TensorFlow's tracking would save a `tf.function` held by the layer.
+    1.1 ms); JAX is compiled by its caller and torch runs eagerly. A compiled function
+    keeps the variables it captured, so it is compiled again when `captured`, the
+    objects `fn` reads them from, are new ones. There is one compiled function per
+    rank of the arguments: one traced for several ranks would take tensors of unknown
+    rank. A plain object: TensorFlow's tracking would save a `tf.function` held by the
+    layer.
     """
 
     def __init__(self, fn):
         self.fn = fn
         self.captured = ()
-        self.compiled = None
+        self.by_rank = {}
+        self.compiled = None  # the function of the latest call
 
     def __call__(self, captured, *args):
         if keras.backend.backend() != "tensorflow":
@@ -251,9 +255,13 @@ class Fused:
         same = len(captured) == len(self.captured) and all(
             new is old for new, old in zip(captured, self.captured)
         )
-        if self.compiled is None or not same:
+        if not same:
+            self.captured = captured
+            self.by_rank = {}
+        ranks = tuple(getattr(arg, "ndim", None) for arg in args)
+        if ranks not in self.by_rank:
             import tensorflow as tf
 
-            self.compiled = tf.function(self.fn, jit_compile=True, reduce_retracing=True)
-            self.captured = captured
+            self.by_rank[ranks] = tf.function(self.fn, jit_compile=True, reduce_retracing=True)
+        self.compiled = self.by_rank[ranks]
         return self.compiled(*args)

@@ -65,6 +65,30 @@ def test_lookup_compiled_once_sees_the_variables_of_later_states():
         np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("combiner", [None, "sum"])
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("state", STATES)
+def test_one_layer_takes_ids_of_any_rank_call_after_call(state, lora, combiner):
+    # On TensorFlow quantized and LoRA lookups and float bags are compiled by XLA; one
+    # compiled function generalised over ids of several ranks would lose the rank.
+    if lora:
+        layer, a, b = with_adapter(state, combiner=combiner)
+    else:
+        layer = kee.Embedding(V, D, weights=table(V, D), combiner=combiner)
+        if state != "float":
+            layer.quantize(state)
+    rng = np.random.default_rng(3)
+    for shape in [(3, 4), (5, 4), (2, 3, 6), (7,), (3, 4)]:
+        ids = rng.integers(0, V, shape)
+        expected = base_rows(layer, ids)
+        if lora:
+            expected = expected + ref.lora_delta(a, b, ids, R, R)
+        if combiner:
+            expected = expected.sum(axis=-2)
+        got = layer(keras.ops.convert_to_tensor(ids.astype("int32")))
+        np.testing.assert_allclose(to_numpy(got), expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("lora_first", [False, True])
 @pytest.mark.parametrize("state", STATES)
 def test_rows_are_base_plus_scaled_low_rank_delta(state, lora_first):
