@@ -15,7 +15,7 @@ import json
 import os
 import sys
 
-from workers import rows_from_workers
+from workers import rows_from_workers, write_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUNS = {"jax": ("jit",), "tensorflow": ("eager", "xla"), "torch": ("eager", "compile")}
@@ -124,11 +124,8 @@ def main():
         return run_backend(args.vocab, args.dims, args.bags, args.bag_size)
     rows = rows_from_workers(__file__, args.backends, ["--vocab", str(args.vocab), "--bags", str(args.bags),
                                                        "--bag-size", str(args.bag_size), "--dims", *map(str, args.dims)])
-    os.makedirs(args.out, exist_ok=True)
-    table = markdown(rows)
-    with open(os.path.join(args.out, "bags.md"), "w") as f:
-        f.write(f"V={args.vocab:,}, {args.bags} bags of up to {args.bag_size} ids padded with 0\n\n{table}\n")
-    print(table)
+    title = f"V={args.vocab:,}, {args.bags} bags of up to {args.bag_size} ids padded with 0"
+    write_table(args.out, "bags.md", title, markdown(rows))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from workers import rows_from_workers
+from workers import rows_from_workers, write_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATES = ("float", "lora", "int8", "int4", "int4_lora")
@@ -225,16 +225,12 @@ def main():
     states = list(dict.fromkeys(["float", *args.states]))  # the ratios are to our float lookup
     rows = rows_from_workers(__file__, args.backends, ["--dim", str(args.dim), "--ids", str(args.ids),
                                                        "--vocab", *map(str, args.vocab), "--states", *states])
-    os.makedirs(args.out, exist_ok=True)
-    table = markdown(rows)
-    with open(os.path.join(args.out, "lookup.md"), "w") as f:
-        f.write(f"D={args.dim}, {args.ids} ids\n\n{table}\n")
+    write_table(args.out, "lookup.md", f"D={args.dim}, {args.ids} ids", markdown(rows))
     import matplotlib
 
     matplotlib.use("Agg")
     chart(rows, os.path.join(args.out, "lookup.png"))
     bandwidth_chart(rows, os.path.join(args.out, "bandwidth.png"))
-    print(table)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import json
 import os
 import sys
 
-from workers import rows_from_workers
+from workers import rows_from_workers, write_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TENSOR_GUARDS = "compile, tensor guards"
@@ -94,11 +94,7 @@ def main():
         return run_backend(args.vocab, args.dim, args.ids)
     rows = rows_from_workers(__file__, args.backends, ["--vocab", str(args.vocab), "--dim", str(args.dim),
                                                        "--ids", *map(str, args.ids)])
-    os.makedirs(args.out, exist_ok=True)
-    table = markdown(rows)
-    with open(os.path.join(args.out, "overhead.md"), "w") as f:
-        f.write(f"V={args.vocab:,}, D={args.dim}, float table\n\n{table}\n")
-    print(table)
+    write_table(args.out, "overhead.md", f"V={args.vocab:,}, D={args.dim}, float table", markdown(rows))
 
 
 if __name__ == "__main__":

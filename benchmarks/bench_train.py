@@ -19,6 +19,8 @@ import os
 import subprocess
 import sys
 
+from workers import write_table
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, LENGTH, DIM, RANK = 256, 16, 256, 8
 
@@ -133,12 +135,8 @@ def main():
                         sys.exit(f"{backend} {mode} {vocab} {layer_kind} failed:\n{result.stderr[-3000:]}")
                     points.append(json.loads(result.stdout.strip().splitlines()[-1]))
                     print(json.dumps(points[-1]), file=sys.stderr)
-    os.makedirs(args.out, exist_ok=True)
-    table = markdown(points)
-    with open(os.path.join(args.out, "train.md"), "w") as f:
-        f.write(f"batch {BATCH}x{LENGTH} ids, D={DIM}, LoRA rank {RANK}\n\n{table}\n")
+    write_table(args.out, "train.md", f"batch {BATCH}x{LENGTH} ids, D={DIM}, LoRA rank {RANK}", markdown(points))
     chart(points, os.path.join(args.out, "train.png"))
-    print(table)
 
 
 def chart(points, path):

@@ -1,4 +1,5 @@
-"""One worker process per backend: KERAS_BACKEND is read once, when keras is imported."""
+"""What each benchmark's main process does: run one worker process per backend
+(KERAS_BACKEND is read once, when keras is imported) and write the results."""
 
 import json
 import os
@@ -17,3 +18,11 @@ def rows_from_workers(script, backends, worker_args):
             sys.exit(f"{backend} failed:\n{result.stderr[-3000:]}")
         rows += json.loads(result.stdout.strip().splitlines()[-1])
     return rows
+
+
+def write_table(out, name, title, table):
+    """Writes `title` and the markdown `table` to `out/name`, and prints the table."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name), "w") as f:
+        f.write(f"{title}\n\n{table}\n")
+    print(table)
