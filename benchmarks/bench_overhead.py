@@ -43,7 +43,7 @@ def run_backend(vocab, dim, id_counts):
     import numpy as np
 
     import keras_embed_ext as kee
-    from bench_lookup import forget_compiled, lookup_fn, make_layer, native_gather, native_gather_fn
+    from bench_lookup import forget_compiled, lookup_fn, make_layer, native_gather, native_gather_fn, run
     from common import BACKEND, device_name, random_table, rounds_median_ms, to_device
 
     table = random_table(vocab, dim)
@@ -63,7 +63,8 @@ def run_backend(vocab, dim, id_counts):
                 ours, theirs = lookup_fn(ours_layer, how), lookup_fn(keras_layer, how)
             contenders = [lambda: native(device_table, ids), lambda: ours(ids), lambda: theirs(ids)]
             if how == "eager":
-                contenders.append(lambda: ours_layer.call(ids))
+                call = run(ours_layer.call, how)
+                contenders.append(lambda: call(ids))
             times = [ms * 1e3 for ms in rounds_median_ms(contenders)]
             rows.append({"backend": BACKEND, "device": device_name(), "run": how, "ids": n_ids,
                          "native_us": times[0], "ours_us": times[1], "keras_us": times[2],
