@@ -102,6 +102,6 @@ def flat_bags(layer, flat, training):
     """The bags of `layer` for ragged or sparse ids (`sparse.FlatIds`)."""
     rows, keep = layer._rows(flat.ids, training)
     bags = combine_segments(
-        rows, keep * flat.weights, flat.segments, flat.num_segments, layer.combiner
+        rows, with_bag_weights(keep, flat.weights), flat.segments, flat.num_segments, layer.combiner
     )
     return ops.reshape(bags, (*flat.bag_shape, layer.output_dim))

@@ -124,6 +124,16 @@ if BACKEND == "tensorflow":
         np.testing.assert_allclose(to_numpy(out), numpy_bags(to_numpy(layer.embeddings), BAGS, combiner),
                                    rtol=1e-5, atol=1e-6)
 
+    @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+    @pytest.mark.parametrize("combiner", COMBINERS)
+    def test_ragged_weights_of_any_float_dtype_weight_their_ids(combiner, dtype):
+        # Dense and sparse per-id weights are cast to float32; ragged ones must be too.
+        weights = [[0.5, 2.0, 1.0], [], [3.0], [1.0, 0.25, 2.0, 0.5]]
+        layer = in_state("float", combiner=combiner)
+        out = layer(tf.ragged.constant(BAGS, dtype="int32"), weights=tf.ragged.constant(weights, dtype=dtype))
+        np.testing.assert_allclose(to_numpy(out), numpy_bags(table(V, D), BAGS, combiner, weights),
+                                   rtol=1e-5, atol=1e-6)
+
     def test_ragged_input_in_a_functional_model_and_fit():
         inputs = keras.Input((None,), dtype="int32", ragged=True)
         bags = kee.Embedding(V, D, combiner="mean")(inputs)
