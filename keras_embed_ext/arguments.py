@@ -3,6 +3,9 @@
 from numbers import Integral
 from numbers import Real
 
+import numpy as np
+from keras import backend
+
 from keras_embed_ext.combiners import COMBINERS
 from keras_embed_ext.ids import INVALID_ID_POLICIES
 
@@ -40,3 +43,27 @@ def reject_unknown_arguments(kwargs):
     for name in kwargs:
         if name not in BASE_LAYER_ARGUMENTS:
             raise TypeError(f"Embedding.__init__() got an unexpected keyword argument {name!r}")
+
+
+def check_float_dtype(layer):
+    """The table is float (or quantized from float); an integer dtype cannot hold it."""
+    dtype = layer.dtype_policy.variable_dtype
+    if not backend.is_float_dtype(dtype):
+        raise ValueError(
+            f"Embedding layer '{layer.name}' stores a float table; its dtype must be a float "
+            f"type (or a quantized or mixed policy of one). Received: dtype={dtype!r}"
+        )
+
+
+def weights_as_list(weights, shape):
+    """`weights` as `set_weights` takes them: the table of `shape` (an array or nested
+    lists) alone, or a list holding only it."""
+    several = isinstance(weights, (list, tuple)) and len(weights) > 1
+    if several and all(np.ndim(w) == 2 for w in weights):
+        raise ValueError(
+            f"`weights` must be the table, one array of shape {shape}, or a list holding "
+            f"only it. Received: a list of {len(weights)} arrays."
+        )
+    if isinstance(weights, (list, tuple)) and len(weights) == 1:
+        weights = weights[0]
+    return [weights if hasattr(weights, "shape") else np.asarray(weights, "float32")]

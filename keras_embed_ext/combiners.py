@@ -6,6 +6,7 @@ over segments.
 `embedding_lookup_sparse`. An empty bag (all weights 0) gives zeros.
 """
 
+import numpy as np
 from keras import ops
 
 from keras_embed_ext.backends import on_device_of
@@ -66,8 +67,30 @@ def counted(layer, ids, valid):
     return ops.cast(keep, "float32")
 
 
+def check_bag_shapes(layer, ids, weights):
+    """A clear error for a scalar id, or per-id weights not of the ids' shape."""
+    ids_shape = tuple(np.shape(ids))
+    if not ids_shape:
+        raise ValueError(
+            f"Embedding layer '{layer.name}' has combiner={layer.combiner!r}, which reduces "
+            "the last axis of the ids (a bag of ids). Received a scalar id; pass ids of "
+            "shape (..., bag_size)."
+        )
+    if weights is None:
+        return
+    weights_shape = tuple(np.shape(weights))
+    if len(weights_shape) != len(ids_shape) or any(
+        w != i for w, i in zip(weights_shape, ids_shape) if w is not None and i is not None
+    ):
+        raise ValueError(
+            f"Embedding layer '{layer.name}' needs per-id `weights` of the ids' shape "
+            f"{ids_shape}. Received: weights of shape {weights_shape}."
+        )
+
+
 def dense_bags(layer, ids, weights, training):
     """The bags of `layer` for dense `ids (..., L)`: `(..., D)`."""
+    check_bag_shapes(layer, ids, weights)
     if layer._is_quantized or layer.lora_enabled:
         rows, keep = layer._rows(ids, training)
         return combine(rows, with_bag_weights(keep, weights), layer.combiner)

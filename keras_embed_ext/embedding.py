@@ -14,13 +14,14 @@ from keras_embed_ext import lora
 from keras_embed_ext import saving
 from keras_embed_ext import sparse
 from keras_embed_ext.arguments import check_arguments
+from keras_embed_ext.arguments import check_float_dtype
 from keras_embed_ext.arguments import reject_unknown_arguments
+from keras_embed_ext.arguments import weights_as_list
 from keras_embed_ext.backends import Fused
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import requantize
-from keras_embed_ext.ids import as_int_ids
 from keras_embed_ext.ids import validate
 from keras_embed_ext.ids import zero_invalid
 from keras_embed_ext.legacy import input_shape_from_length
@@ -118,6 +119,11 @@ class Embedding(keras.layers.Layer):
             # shape; Keras 3's advice against `input_shape` does not apply.
             warnings.filterwarnings("ignore", message="Do not pass an `input_shape`")
             super().__init__(**input_shape_from_length(input_length, kwargs))
+        # Ids reach `call` as given (numpy, lists, tensors): converting them first
+        # would wrap int64 ids into int32 on JAX before they could be checked.
+        self._convert_input_args = False
+        self._allow_non_tensor_positional_args = True
+        check_float_dtype(self)
         self._fused_lookup = Fused(self._lookup)
         self._fused_float_bags = Fused(functools.partial(combiners.float_bags, self))
         self.input_dim = int(input_dim)
@@ -149,12 +155,10 @@ class Embedding(keras.layers.Layer):
         self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
         self.lora_enabled = False
         if weights is not None:
-            if not (isinstance(weights, (list, tuple)) and len(weights) == 1):
-                weights = [weights]
             # The given table is the base; an adapter asked for starts on it.
             self.lora_rank = None
             self.build()
-            self.set_weights(weights)
+            self.set_weights(weights_as_list(weights, (self.input_dim, self.output_dim)))
             if lora_rank:
                 self.enable_lora(lora_rank, lora_alpha)
 
@@ -175,6 +179,12 @@ class Embedding(keras.layers.Layer):
         """Looks up `inputs`; `weights` are optional per-id weights for a combiner
         (dense, ragged or sparse like the ids, as TF's `sp_weights` and torch's
         `per_sample_weights`)."""
+        if weights is not None and not self.combiner:
+            raise ValueError(
+                f"Embedding layer '{self.name}' got per-id `weights`, which weigh the ids "
+                "of a bag; it has no combiner. Pass combiner='sum', 'mean' or 'sqrtn', "
+                "or leave out `weights`."
+            )
         if sparse.is_ragged(inputs):
             if self.combiner:
                 bags = combiners.flat_bags(self, sparse.ragged_bags(inputs, weights), training)
@@ -225,7 +235,7 @@ class Embedding(keras.layers.Layer):
 
     def _checked_ids(self, ids):
         """`ids` as in-range integers and which were valid (`ids.validate`)."""
-        return validate(as_int_ids(ids), self.input_dim, self.invalid_ids, self.name)
+        return validate(ids, self.input_dim, self.invalid_ids, self.name)
 
     def _lookup(self, ids, valid):
         """Stored rows, decoded, plus adapter rows of in-range `ids`.
@@ -240,9 +250,8 @@ class Embedding(keras.layers.Layer):
 
     @property
     def input_dtype(self):
-        """Ids are integers: int32 tensors go straight to `call`, skipping the
-        conversion pass `Layer.__call__` gives other dtypes (25 µs per eager call).
-        No input is ever cast by it."""
+        """Ids are integers: the dtype of an exported signature's input. No input is
+        cast by it; `call` takes ids as given."""
         return "int32"
 
     def quantized_call(self, *args, **kwargs):

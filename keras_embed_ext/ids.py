@@ -1,6 +1,7 @@
-"""Id validation: what out-of-range and negative ids get."""
+"""Id validation: which dtypes are ids, and what out-of-range and negative ids get."""
 
 import numpy as np
+from keras import backend
 from keras import ops
 
 from keras_embed_ext.backends import is_traced
@@ -8,49 +9,84 @@ from keras_embed_ext.backends import is_traced
 INVALID_ID_POLICIES = ("raise", "zero")
 
 
-def as_int_ids(ids):
-    """Integer ids; float ids are truncated to int32, as Keras does."""
-    ids = ops.convert_to_tensor(ids)
-    if ops.dtype(ids) not in ("int32", "int64"):
-        ids = ops.cast(ids, "int32")
-    return ids
+def _dtype_name(ids) -> str:
+    dtype = getattr(ids, "dtype", None)
+    if isinstance(dtype, np.dtype):
+        return dtype.name
+    try:
+        return backend.standardize_dtype(dtype)
+    except ValueError:
+        return str(dtype)
 
 
-def first_invalid(ids, input_dim):
-    """`(position, id)` of the first id outside `[0, input_dim)`, or None."""
-    ids = np.asarray(ids)
-    bad = np.flatnonzero((ids < 0) | (ids >= input_dim))
-    if bad.size == 0:
-        return None
-    position = np.unravel_index(bad[0], ids.shape)
-    return tuple(int(p) for p in position), int(ids.reshape(-1)[bad[0]])
+def _checked_dtype(ids, layer_name):
+    """Tensor ids as they are, host ids (numpy, lists) as a numpy array, booleans as
+    int32; ids of any dtype but integer and float are a TypeError that names it."""
+    host = None if ops.is_tensor(ids) else np.asarray(ids)
+    dtype = _dtype_name(ids if host is None else host)
+    if dtype == "bool":
+        return ops.cast(ids, "int32") if host is None else host.astype("int32")
+    if dtype.startswith(("int", "uint", "float", "bfloat")):
+        return ids if host is None else host
+    received = "None" if ids is None else f"ids of dtype {dtype}"
+    raise TypeError(
+        f"Embedding layer '{layer_name}' expects integer ids (float ids are truncated "
+        f"to integers, as Keras does). Received: {received}."
+    )
 
 
-def invalid_id_error(layer_name, input_dim, position, value):
+def _in_range(ids, input_dim):
+    """Which ids truncate to an integer in `[0, input_dim)`. Compared before any cast,
+    so NaN and ids beyond int32 are out of range rather than wrapped into it."""
+    lower = ids > -1 if "float" in _dtype_name(ids) else ids >= 0
+    return lower & (ids < input_dim)
+
+
+def _as_int(ids):
+    """In-range ids as int32 (int64 kept): floats truncate, as Keras casts them."""
+    return ids if _dtype_name(ids) in ("int32", "int64") else ops.cast(ids, "int32")
+
+
+def invalid_id_error(layer_name, input_dim, host_ids, valid):
+    """The ValueError for the first id that `valid` (host arrays) marks invalid."""
+    first = np.flatnonzero(~valid)[0]
+    position = tuple(int(p) for p in np.unravel_index(first, host_ids.shape))
     return ValueError(
-        f"Embedding layer '{layer_name}' got id {value} at position "
-        f"{position}, outside [0, input_dim={input_dim}). Ids must be "
-        f"integers with 0 <= id < {input_dim}."
+        f"Embedding layer '{layer_name}' got id {host_ids.reshape(-1)[first].item()} at "
+        f"position {position}, outside [0, input_dim={input_dim}). Ids must be integers "
+        f"with 0 <= id < {input_dim}."
     )
 
 
 def validate(ids, input_dim, policy, layer_name="embedding"):
     """Returns `(safe_ids, valid)`.
 
-    `safe_ids` are always in range (invalid ones replaced by 0) and `valid` is a
-    boolean mask of the ids that were in range, or `None` when all are known to be.
-    With `policy="raise"`, an eager call with an invalid id raises `ValueError`;
-    a traced call cannot, so it masks like `"zero"`.
+    `safe_ids` are integer and always in range (invalid ones replaced by 0) and
+    `valid` is a boolean mask of the ids that were in range, or `None` when all are
+    known to be. With `policy="raise"`, an eager call with an invalid id raises
+    `ValueError`; a traced call cannot, so it masks like `"zero"`. Host ids (numpy,
+    lists) are checked and cast on the host, before they become tensors.
     """
+    ids = _checked_dtype(ids, layer_name)
+    if isinstance(ids, np.ndarray):
+        valid = _in_range(ids, input_dim)
+        if valid.all():
+            return ops.convert_to_tensor(ids.astype("int32")), None
+        if policy == "raise":
+            raise invalid_id_error(layer_name, input_dim, ids, valid)
+        safe = np.where(valid, ids, 0).astype("int32")
+        return ops.convert_to_tensor(safe), ops.convert_to_tensor(valid)
     if policy == "raise" and not is_traced(ids):
         # One transfer of the ids to the host; the check itself is numpy's.
         host = ops.convert_to_numpy(ids)
         if host.size == 0 or (host.min() >= 0 and host.max() < input_dim):
-            return ids, None
-        position, value = first_invalid(host, input_dim)
-        raise invalid_id_error(layer_name, input_dim, position, value)
-    valid = ops.logical_and(ops.greater_equal(ids, 0), ops.less(ids, input_dim))
-    return ops.where(valid, ids, ops.zeros_like(ids)), valid
+            return _as_int(ids), None
+        valid = _in_range(host, input_dim)
+        if not valid.all():
+            raise invalid_id_error(layer_name, input_dim, host, valid)
+        return _as_int(ids), None
+    valid = _in_range(ids, input_dim)
+    return _as_int(ops.where(valid, ids, ops.zeros_like(ids))), valid
 
 
 def zero_invalid(rows, valid):

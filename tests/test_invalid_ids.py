@@ -53,3 +53,79 @@ def test_compiled_predict_never_gives_nan_or_another_row():
 def test_empty_ids_are_fine():
     out = kee.Embedding(10, 3)(np.zeros((2, 0), "int32"))
     assert tuple(out.shape) == (2, 0, 3)
+
+
+@pytest.mark.parametrize("ids,shown", [
+    (np.array([2.0, np.nan]), "nan"),
+    (np.array([2.0, np.inf]), "inf"),
+    (np.array([2.0, -1.5]), "-1.5"),
+    (np.array([2.0, 10.0]), "10.0"),
+    (np.array([2.0, 1e10], "float32"), "10000000000.0"),
+    (np.array([2, 2**32 + 3], "int64"), str(2**32 + 3)),
+    (np.array([2, -(2**40)], "int64"), str(-(2**40))),
+    (np.array([2, 2**63], "uint64"), str(2**63)),
+])
+def test_ids_are_checked_before_any_cast(ids, shown):
+    """NaN, infinities and ids beyond int32 are named as given, never wrapped into range."""
+    layer = kee.Embedding(10, 3, name="tokens")
+    message = (f"Embedding layer 'tokens' got id {shown} at position (1,), outside [0, input_dim=10). "
+               f"Ids must be integers with 0 <= id < 10.")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        layer(ids)
+
+
+def reference_rows(weights, ids):
+    """Rows of ids truncated to integers, zeros where that integer is outside the table."""
+    ids = np.asarray(ids)
+    with np.errstate(invalid="ignore"):
+        valid = (ids > -1) & (ids < len(weights))
+    safe = np.where(valid, ids, 0).astype("int64")
+    return np.where(valid[..., None], weights[safe], 0.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ids=st.lists(st.one_of(st.integers(-2**62, 2**62), st.integers(-3, 12)), min_size=1, max_size=10))
+def test_zero_policy_with_int64_ids_beyond_int32(ids):
+    weights = table(10, 3)
+    layer = kee.Embedding(10, 3, weights=weights, invalid_ids="zero")
+    ids = np.array(ids, "int64")
+    np.testing.assert_array_equal(to_numpy(layer(ids)), reference_rows(weights, ids))
+
+
+float_ids = st.lists(
+    st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32), st.floats(-2, 11, width=32)),
+    min_size=1, max_size=10,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(ids=float_ids, as_tensor=st.booleans())
+def test_zero_policy_with_float_ids(ids, as_tensor):
+    """Float ids truncate as Keras casts them; NaN, infinities and huge values give zero rows."""
+    weights = table(10, 3)
+    layer = kee.Embedding(10, 3, weights=weights, invalid_ids="zero")
+    ids = np.array(ids, "float32")
+    given_ids = keras.ops.convert_to_tensor(ids) if as_tensor else ids
+    np.testing.assert_array_equal(to_numpy(layer(given_ids)), reference_rows(weights, ids))
+
+
+@pytest.mark.parametrize("policy", ["raise", "zero"])
+def test_traced_float_ids_out_of_range_give_zero_rows(policy):
+    weights = table(10, 3)
+    layer = kee.Embedding(10, 3, weights=weights, invalid_ids=policy)
+    ids = np.array([[np.nan, 4.7, 1e10, -0.5, -1.0, np.inf]], "float32")
+    out = to_numpy(traced(lambda x: layer(x))(keras.ops.convert_to_tensor(ids)))
+    np.testing.assert_array_equal(out, reference_rows(weights, ids))
+
+
+@pytest.mark.parametrize("ids", [
+    np.array([[True, False]]),
+    np.array([[3, 9]], "uint8"),
+    np.array([[3, 9]], "uint32"),
+    np.array([[3, 9]], "int16"),
+    [[3, 9]],
+])
+def test_ids_of_every_integer_kind_and_lists(ids):
+    weights = table(10, 3)
+    out = to_numpy(kee.Embedding(10, 3, weights=weights)(ids))
+    np.testing.assert_array_equal(out, weights[np.asarray(ids).astype("int64")])
