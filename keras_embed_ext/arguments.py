@@ -16,7 +16,12 @@ def is_positive_int(value) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool) and value > 0
 
 
-def check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_rank):
+def check_lora_alpha(lora_alpha):
+    if lora_alpha is not None and (isinstance(lora_alpha, bool) or not isinstance(lora_alpha, Real)):
+        raise ValueError(f"`lora_alpha` must be a number or None. Received: lora_alpha={lora_alpha!r}")
+
+
+def check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_rank, lora_alpha):
     for name, value in (("input_dim", input_dim), ("output_dim", output_dim)):
         if not is_positive_int(value):
             raise ValueError(
@@ -36,6 +41,7 @@ def check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_
         )
     if lora_rank is not None and not is_positive_int(lora_rank):
         raise ValueError(f"`lora_rank` must be a positive integer or None. Received: lora_rank={lora_rank!r}")
+    check_lora_alpha(lora_alpha)
 
 
 def reject_unknown_arguments(kwargs):

@@ -13,6 +13,8 @@ from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import to_device_of
 from keras_embed_ext.backends import weighted_bag_sum
 from keras_embed_ext.dropout import row_keep_scale
+from keras_embed_ext.ids import dtype_name
+from keras_embed_ext.ids import is_numeric
 
 COMBINERS = ("sum", "mean", "sqrtn")
 
@@ -68,7 +70,7 @@ def counted(layer, ids, valid):
 
 
 def check_bag_shapes(layer, ids, weights):
-    """A clear error for a scalar id, or per-id weights not of the ids' shape."""
+    """A clear error for a scalar id, or per-id weights not numbers of the ids' shape."""
     ids_shape = tuple(np.shape(ids))
     if not ids_shape:
         raise ValueError(
@@ -78,6 +80,11 @@ def check_bag_shapes(layer, ids, weights):
         )
     if weights is None:
         return
+    if not is_numeric(dtype_name(weights)):
+        raise TypeError(
+            f"Embedding layer '{layer.name}' needs numeric per-id `weights`. Received: weights "
+            f"of dtype {dtype_name(weights)}."
+        )
     weights_shape = tuple(np.shape(weights))
     if len(weights_shape) != len(ids_shape) or any(
         w != i for w, i in zip(weights_shape, ids_shape) if w is not None and i is not None

@@ -4,6 +4,7 @@ import functools
 import warnings
 
 import keras
+import numpy as np
 from keras import constraints
 from keras import initializers
 from keras import ops
@@ -22,6 +23,8 @@ from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import requantize
+from keras_embed_ext.ids import dtype_name
+from keras_embed_ext.ids import is_numeric
 from keras_embed_ext.ids import validate
 from keras_embed_ext.ids import zero_invalid
 from keras_embed_ext.legacy import input_shape_from_length
@@ -110,7 +113,7 @@ class Embedding(keras.layers.Layer):
         seed: int | keras.random.SeedGenerator | None = None,
         **kwargs,
     ):
-        check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_rank)
+        check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_rank, lora_alpha)
         legacy = pop_keras1_arguments(kwargs)
         self.quantization_config = kwargs.pop("quantization_config", None)
         reject_unknown_arguments(kwargs)
@@ -288,11 +291,14 @@ class Embedding(keras.layers.Layer):
         Returns:
             Tensor of shape `(..., input_dim)` in the compute dtype.
         """
-        if ops.shape(x)[-1] != self.output_dim:
+        shape = tuple(np.shape(x))
+        if not shape or shape[-1] != self.output_dim:
             raise ValueError(
                 f"attend() expects inputs whose last axis is output_dim="
-                f"{self.output_dim}. Received shape {tuple(ops.shape(x))}."
+                f"{self.output_dim}. Received shape {shape}."
             )
+        if not is_numeric(dtype_name(x)):
+            raise TypeError(f"attend() expects float inputs. Received: dtype {dtype_name(x)}.")
         table = ops.cast(self._format.dequantize(self), self.compute_dtype)
         x = ops.cast(x, self.compute_dtype)
         logits = ops.matmul(x, ops.transpose(table))

@@ -9,8 +9,9 @@ from keras_embed_ext.backends import is_traced
 INVALID_ID_POLICIES = ("raise", "zero")
 
 
-def _dtype_name(ids) -> str:
-    dtype = getattr(ids, "dtype", None)
+def dtype_name(x) -> str:
+    """The dtype of a tensor, an array or nested lists, as Keras names it."""
+    dtype = (x if ops.is_tensor(x) else np.asarray(x)).dtype
     if isinstance(dtype, np.dtype):
         return dtype.name
     try:
@@ -19,14 +20,18 @@ def _dtype_name(ids) -> str:
         return str(dtype)
 
 
+def is_numeric(dtype: str) -> bool:
+    return dtype == "bool" or dtype.startswith(("int", "uint", "float", "bfloat"))
+
+
 def _checked_dtype(ids, layer_name):
     """Tensor ids as they are, host ids (numpy, lists) as a numpy array, booleans as
     int32; ids of any dtype but integer and float are a TypeError that names it."""
     host = None if ops.is_tensor(ids) else np.asarray(ids)
-    dtype = _dtype_name(ids if host is None else host)
+    dtype = dtype_name(ids if host is None else host)
     if dtype == "bool":
         return ops.cast(ids, "int32") if host is None else host.astype("int32")
-    if dtype.startswith(("int", "uint", "float", "bfloat")):
+    if is_numeric(dtype):
         return ids if host is None else host
     received = "None" if ids is None else f"ids of dtype {dtype}"
     raise TypeError(
@@ -38,13 +43,13 @@ def _checked_dtype(ids, layer_name):
 def _in_range(ids, input_dim):
     """Which ids truncate to an integer in `[0, input_dim)`. Compared before any cast,
     so NaN and ids beyond int32 are out of range rather than wrapped into it."""
-    lower = ids > -1 if "float" in _dtype_name(ids) else ids >= 0
+    lower = ids > -1 if "float" in dtype_name(ids) else ids >= 0
     return lower & (ids < input_dim)
 
 
 def _as_int(ids):
     """In-range ids as int32 (int64 kept): floats truncate, as Keras casts them."""
-    return ids if _dtype_name(ids) in ("int32", "int64") else ops.cast(ids, "int32")
+    return ids if dtype_name(ids) in ("int32", "int64") else ops.cast(ids, "int32")
 
 
 def invalid_id_error(layer_name, input_dim, host_ids, valid):

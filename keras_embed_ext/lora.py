@@ -3,6 +3,7 @@
 from keras import initializers
 from keras import ops
 
+from keras_embed_ext.arguments import check_lora_alpha
 from keras_embed_ext.arguments import is_positive_int
 from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import on_device_of
@@ -80,6 +81,7 @@ def enable(layer, rank, lora_alpha, a_initializer, b_initializer):
         )
     if not is_positive_int(rank):
         raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
+    check_lora_alpha(lora_alpha)
     layer._tracker.unlock()
     add_adapter(layer, rank, a_initializer, b_initializer)
     if layer._format.mode is None:

@@ -19,6 +19,11 @@ def replace_embeddings(model: keras.Model) -> keras.Model:
     Returns:
         A new model; `model` is left as it was.
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(
+            "replace_embeddings() takes a Sequential or functional keras.Model. "
+            f"Received: {type(model).__name__}."
+        )
 
     def clone(layer):
         if isinstance(layer, keras.Model):

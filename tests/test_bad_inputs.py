@@ -71,3 +71,35 @@ def test_integer_dtype_for_the_table(dtype):
     with raises(ValueError, "Embedding layer 'tokens' stores a float table; its dtype must be a float type (or "
                             f"a quantized or mixed policy of one). Received: dtype='{dtype}'"):
         kee.Embedding(10, 3, dtype=dtype, name="tokens")
+
+
+def test_weights_of_strings():
+    layer = kee.Embedding(10, 3, combiner="sum", name="bags")
+    with raises(TypeError, "Embedding layer 'bags' needs numeric per-id `weights`. Received: weights of dtype str32."):
+        layer(np.array([[1, 2]]), weights=np.array([["a", "b"]]))
+
+
+def test_lora_alpha_of_enable_lora():
+    layer = kee.Embedding(10, 3)
+    layer.build()
+    with raises(ValueError, "`lora_alpha` must be a number or None. Received: lora_alpha='8'"):
+        layer.enable_lora(2, lora_alpha="8")
+    assert not layer.lora_enabled
+
+
+@pytest.mark.parametrize("x,error,message", [
+    (np.float32(1.0), ValueError, "attend() expects inputs whose last axis is output_dim=3. Received shape ()."),
+    (np.ones((2, 4), "float32"), ValueError,
+     "attend() expects inputs whose last axis is output_dim=3. Received shape (2, 4)."),
+    (np.array([["a", "b", "c"]]), TypeError, "attend() expects float inputs. Received: dtype str32."),
+])
+def test_attend_inputs(x, error, message):
+    layer = kee.Embedding(10, 3)
+    layer.build()
+    with raises(error, message):
+        layer.attend(x)
+
+
+def test_replace_embeddings_takes_a_model():
+    with raises(TypeError, "replace_embeddings() takes a Sequential or functional keras.Model. Received: Embedding."):
+        kee.replace_embeddings(kee.Embedding(10, 3))

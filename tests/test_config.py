@@ -22,6 +22,7 @@ KERAS_EMBEDDING_KEYS = {"name", "trainable", "dtype", "input_dim", "output_dim",
     (dict(input_dim=4, output_dim=2, combiner="max"), "combiner='max'"),
     (dict(input_dim=4, output_dim=2, invalid_ids="clip"), "invalid_ids='clip'"),
     (dict(input_dim=4, output_dim=2, lora_rank=0), "lora_rank=0"),
+    (dict(input_dim=4, output_dim=2, lora_rank=2, lora_alpha="8"), "lora_alpha='8'"),
 ])
 def test_bad_arguments_name_the_value(kwargs, match):
     with pytest.raises(ValueError, match=match):
