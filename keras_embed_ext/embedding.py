@@ -188,28 +188,8 @@ class Embedding(keras.layers.Layer):
                 "of a bag; it has no combiner. Pass combiner='sum', 'mean' or 'sqrtn', "
                 "or leave out `weights`."
             )
-        if sparse.is_ragged(inputs):
-            if self.combiner:
-                bags = combiners.flat_bags(self, sparse.ragged_bags(inputs, weights), training)
-                return ops.cast(bags, self.compute_dtype)
-            return sparse.map_ragged_values(
-                lambda ids: ops.cast(self._rows(ids, training)[0], self.compute_dtype),
-                inputs,
-            )
-        if sparse.is_sparse(inputs):
-            multi_hot = "float" in keras.backend.standardize_dtype(inputs.dtype)
-            if multi_hot and not self.combiner:
-                raise ValueError(
-                    "Sparse ids with float values are read as a multi-hot (..., input_dim) "
-                    "tensor of per-id weights, which needs a combiner. Pass integer ids, "
-                    "or set combiner='sum', 'mean' or 'sqrtn'."
-                )
-            flat = sparse.sparse_ids(inputs, weights, multi_hot)
-            if self.combiner:
-                return ops.cast(combiners.flat_bags(self, flat, training), self.compute_dtype)
-            rows, _ = self._rows(flat.ids, training)
-            dense = ops.scatter(flat.indices, rows, (*flat.dense_shape, self.output_dim))
-            return ops.cast(dense, self.compute_dtype)
+        if sparse.is_ragged(inputs) or sparse.is_sparse(inputs):
+            return sparse.lookup(self, inputs, weights, training)
         sparse.check_supported(inputs)
         if self.combiner:
             bags = combiners.dense_bags(self, inputs, weights, training)

@@ -1,8 +1,8 @@
-"""Ragged (TensorFlow) and sparse (TensorFlow, JAX) ids as flat ids plus where they go.
+"""Ragged (TensorFlow) and sparse (TensorFlow, JAX) ids: their lookup, on present ids only.
 
 A ragged or sparse input becomes `FlatIds`: the present ids, their per-id weights,
 and either the bag (segment) each belongs to, for a combiner, or its coordinates
-in the dense result, for a plain lookup. The layer then works on present ids only.
+in the dense result, for a plain lookup.
 """
 
 import sys
@@ -11,6 +11,8 @@ from typing import NamedTuple
 
 import keras
 from keras import ops
+
+from keras_embed_ext import combiners
 
 
 class FlatIds(NamedTuple):
@@ -84,6 +86,11 @@ def ragged_bags(ragged, weights=None) -> FlatIds:
             "A combiner takes ragged ids of shape (batch, None). "
             f"Received a RaggedTensor of shape {ragged.shape}."
         )
+    if weights is not None and not is_ragged(weights):
+        raise ValueError(
+            "Ragged ids take ragged per-id `weights` with the same row lengths. "
+            f"Received: weights of type {type(weights).__name__}."
+        )
     values = ragged.values
     weights = ops.ones_like(values, dtype="float32") if weights is None else weights.values
     nrows = ragged.nrows()
@@ -109,6 +116,26 @@ def sparse_ids(x, weights=None, multi_hot=False) -> FlatIds:
     return FlatIds(ids, weights, segments, num_segments, bag_shape, indices, shape)
 
 
-def map_ragged_values(fn, ragged):
-    """Applies `fn` to the flat ids of a `tf.RaggedTensor`; ragged rows out."""
-    return _tf().ragged.map_flat_values(fn, ragged)
+def lookup(layer, inputs, weights, training):
+    """`layer`'s output for ragged or sparse `inputs`: their bags with a combiner;
+    without one, ragged rows, or the dense rows with zeros for missing entries."""
+    if is_ragged(inputs):
+        if layer.combiner:
+            bags = combiners.flat_bags(layer, ragged_bags(inputs, weights), training)
+            return ops.cast(bags, layer.compute_dtype)
+        return _tf().ragged.map_flat_values(
+            lambda ids: ops.cast(layer._rows(ids, training)[0], layer.compute_dtype), inputs
+        )
+    multi_hot = "float" in keras.backend.standardize_dtype(inputs.dtype)
+    if multi_hot and not layer.combiner:
+        raise ValueError(
+            "Sparse ids with float values are read as a multi-hot (..., input_dim) "
+            "tensor of per-id weights, which needs a combiner. Pass integer ids, "
+            "or set combiner='sum', 'mean' or 'sqrtn'."
+        )
+    flat = sparse_ids(inputs, weights, multi_hot)
+    if layer.combiner:
+        return ops.cast(combiners.flat_bags(layer, flat, training), layer.compute_dtype)
+    rows, _ = layer._rows(flat.ids, training)
+    dense = ops.scatter(flat.indices, rows, (*flat.dense_shape, layer.output_dim))
+    return ops.cast(dense, layer.compute_dtype)

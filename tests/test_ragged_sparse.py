@@ -3,6 +3,8 @@
 Each backend runs the cases that exist on it; none is skipped.
 """
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -133,6 +135,12 @@ if BACKEND == "tensorflow":
         out = layer(tf.ragged.constant(BAGS, dtype="int32"), weights=tf.ragged.constant(weights, dtype=dtype))
         np.testing.assert_allclose(to_numpy(out), numpy_bags(table(V, D), BAGS, combiner, weights),
                                    rtol=1e-5, atol=1e-6)
+
+    def test_ragged_ids_with_dense_weights_are_an_error():
+        layer = in_state("float", combiner="sum")
+        message = "Ragged ids take ragged per-id `weights` with the same row lengths. Received: weights of type ndarray."
+        with pytest.raises(ValueError, match=re.escape(message)):
+            layer(tf.ragged.constant(BAGS, dtype="int32"), weights=np.ones((4, 4), "float32"))
 
     def test_ragged_input_in_a_functional_model_and_fit():
         inputs = keras.Input((None,), dtype="int32", ragged=True)
