@@ -69,7 +69,7 @@ def counted(layer, ids, valid):
     return ops.cast(keep, "float32")
 
 
-def check_bag_shapes(layer, ids, weights):
+def check_bag_inputs(layer, ids, weights):
     """A clear error for a scalar id, or per-id weights not numbers of the ids' shape."""
     ids_shape = tuple(np.shape(ids))
     if not ids_shape:
@@ -97,7 +97,7 @@ def check_bag_shapes(layer, ids, weights):
 
 def dense_bags(layer, ids, weights, training):
     """The bags of `layer` for dense `ids (..., L)`: `(..., D)`."""
-    check_bag_shapes(layer, ids, weights)
+    check_bag_inputs(layer, ids, weights)
     if layer._is_quantized or layer.lora_enabled:
         rows, keep = layer._rows(ids, training)
         return combine(rows, with_bag_weights(keep, weights), layer.combiner)
