@@ -26,6 +26,20 @@ def is_traced(x) -> bool:
     return False
 
 
+def to_host(x):
+    """The values of eager tensor `x` as a numpy array, for reading: on TensorFlow and
+    on torch's CPU without the copy that `keras.ops.convert_to_numpy` makes."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return x.numpy()
+    if backend == "torch":
+        import torch
+
+        if x.device.type == "cpu" and x.dtype != torch.bfloat16:  # numpy has no bfloat16
+            return x.detach().numpy()
+    return keras.ops.convert_to_numpy(x)
+
+
 def take_rows(table, ids):
     """`table[ids]` along axis 0, for a variable or tensor `table` and ids known to be in range.
 

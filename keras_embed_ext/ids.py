@@ -5,6 +5,7 @@ from keras import backend
 from keras import ops
 
 from keras_embed_ext.backends import is_traced
+from keras_embed_ext.backends import to_host
 
 INVALID_ID_POLICIES = ("raise", "zero")
 
@@ -25,14 +26,16 @@ def is_numeric(dtype: str) -> bool:
 
 
 def _checked_dtype(ids, layer_name):
-    """Tensor ids as they are, host ids (numpy, lists) as a numpy array, booleans as
-    int32; ids of any dtype but integer and float are a TypeError that names it."""
+    """`(ids, dtype)`: tensor ids as they are, host ids (numpy, lists) as a numpy array,
+    booleans as int32; ids of any dtype but integer and float are a TypeError that
+    names it."""
     array = ids if ops.is_tensor(ids) else np.asarray(ids)
     dtype = dtype_name(array)
     if dtype == "bool":
-        return array.astype("int32") if isinstance(array, np.ndarray) else ops.cast(array, "int32")
+        cast = array.astype("int32") if isinstance(array, np.ndarray) else ops.cast(array, "int32")
+        return cast, "int32"
     if is_numeric(dtype):
-        return array
+        return array, dtype
     received = "None" if ids is None else f"ids of dtype {dtype}"
     raise TypeError(
         f"Embedding layer '{layer_name}' expects integer ids (float ids are truncated "
@@ -40,16 +43,16 @@ def _checked_dtype(ids, layer_name):
     )
 
 
-def _in_range(ids, input_dim):
+def _in_range(ids, input_dim, dtype):
     """Which ids truncate to an integer in `[0, input_dim)`. Compared before any cast,
     so NaN and ids beyond int32 are out of range rather than wrapped into it."""
-    lower = ids > -1 if "float" in dtype_name(ids) else ids >= 0
+    lower = ids > -1 if "float" in dtype else ids >= 0
     return lower & (ids < input_dim)
 
 
-def _as_int(ids):
+def _as_int(ids, dtype):
     """In-range ids as int32 (int64 kept): floats truncate, as Keras casts them."""
-    return ids if dtype_name(ids) in ("int32", "int64") else ops.cast(ids, "int32")
+    return ids if dtype in ("int32", "int64") else ops.cast(ids, "int32")
 
 
 def invalid_id_error(layer_name, input_dim, host_ids, valid):
@@ -72,23 +75,23 @@ def validate(ids, input_dim, policy, layer_name="embedding"):
     `ValueError`; a traced call cannot, so it masks like `"zero"`. Host ids (numpy,
     lists) are checked and cast on the host, before they become tensors.
     """
-    ids = _checked_dtype(ids, layer_name)
+    ids, dtype = _checked_dtype(ids, layer_name)
     on_host = isinstance(ids, np.ndarray)
     if on_host or (policy == "raise" and not is_traced(ids)):
         # Tensor ids move to the host once; the check itself is numpy's.
-        host = ids if on_host else ops.convert_to_numpy(ids)
+        host = ids if on_host else to_host(ids)
         # min and max first: the full mask made an eager TensorFlow call 12 µs slower.
         all_valid = host.size == 0 or (host.min() >= 0 and host.max() < input_dim)
-        valid = None if all_valid else _in_range(host, input_dim)
+        valid = None if all_valid else _in_range(host, input_dim, dtype)
         if all_valid or valid.all():
-            return (ops.convert_to_tensor(host.astype("int32")) if on_host else _as_int(ids)), None
+            return (ops.convert_to_tensor(host.astype("int32")) if on_host else _as_int(ids, dtype)), None
         if policy == "raise":
             raise invalid_id_error(layer_name, input_dim, host, valid)
         # Only host ids under "zero" reach here.
         safe = np.where(valid, host, 0).astype("int32")
         return ops.convert_to_tensor(safe), ops.convert_to_tensor(valid)
-    valid = _in_range(ids, input_dim)
-    return _as_int(ops.where(valid, ids, ops.zeros_like(ids))), valid
+    valid = _in_range(ids, input_dim, dtype)
+    return _as_int(ops.where(valid, ids, ops.zeros_like(ids)), dtype), valid
 
 
 def zero_invalid(rows, valid):

@@ -14,6 +14,7 @@ from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
+from keras_embed_ext.backends import to_host
 from keras_embed_ext.backends import weighted_bag_sum
 
 IDS = np.random.default_rng(0).integers(0, 50, size=(6, 7)).astype("int32")
@@ -27,6 +28,15 @@ if BACKEND == "jax":
 
         assert jax.jit(lambda x: np.int32(is_traced(x)) + x * 0)(np.int32(1)) == 1
         assert not is_traced(jax.numpy.ones(2))
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint8", "float32", "float16", "bfloat16"])
+def test_to_host_reads_the_values_of_an_eager_tensor(dtype):
+    values = np.array([[3, 0, 7], [250, 1, 2]])
+    x = keras.ops.convert_to_tensor(values, dtype)
+    host = to_host(x)
+    assert isinstance(host, np.ndarray) and host.shape == (2, 3)
+    np.testing.assert_array_equal(host.astype("float64"), values)
 
 
 @given(
