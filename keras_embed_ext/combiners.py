@@ -80,10 +80,11 @@ def check_bag_inputs(layer, ids, weights):
         )
     if weights is None:
         return
-    if not is_numeric(dtype_name(weights)):
+    dtype = dtype_name(weights)
+    if not is_numeric(dtype):
         raise TypeError(
             f"Embedding layer '{layer.name}' needs numeric per-id `weights`. Received: weights "
-            f"of dtype {dtype_name(weights)}."
+            f"of dtype {dtype}."
         )
     weights_shape = tuple(np.shape(weights))
     if len(weights_shape) != len(ids_shape) or any(

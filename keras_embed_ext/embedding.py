@@ -277,8 +277,9 @@ class Embedding(keras.layers.Layer):
                 f"attend() expects inputs whose last axis is output_dim="
                 f"{self.output_dim}. Received shape {shape}."
             )
-        if not is_numeric(dtype_name(x)):
-            raise TypeError(f"attend() expects float inputs. Received: dtype {dtype_name(x)}.")
+        dtype = dtype_name(x)
+        if not is_numeric(dtype):
+            raise TypeError(f"attend() expects float inputs. Received: dtype {dtype}.")
         table = ops.cast(self._format.dequantize(self), self.compute_dtype)
         x = ops.cast(x, self.compute_dtype)
         logits = ops.matmul(x, ops.transpose(table))

@@ -84,7 +84,8 @@ def validate(ids, input_dim, policy, layer_name="embedding"):
         all_valid = host.size == 0 or (host.min() >= 0 and host.max() < input_dim)
         valid = None if all_valid else _in_range(host, input_dim, dtype)
         if all_valid or valid.all():
-            return (ops.convert_to_tensor(host.astype("int32")) if on_host else _as_int(ids, dtype)), None
+            int_ids = ops.convert_to_tensor(host.astype("int32", copy=False)) if on_host else _as_int(ids, dtype)
+            return int_ids, None
         if policy == "raise":
             raise invalid_id_error(layer_name, input_dim, host, valid)
         # Only host ids under "zero" reach here.
