@@ -61,9 +61,9 @@ def check_float_dtype(layer):
         )
 
 
-def weights_as_list(weights, shape):
-    """`weights` as `set_weights` takes them: the table of `shape` (an array or nested
-    lists) alone, or a list holding only it."""
+def initial_table(weights, shape, layer_name):
+    """The table that `weights=` gives: an array of `shape` (or nested lists) alone, or a
+    list holding only it."""
     several = isinstance(weights, (list, tuple)) and len(weights) > 1
     if several and all(np.ndim(w) == 2 for w in weights):
         raise ValueError(
@@ -72,4 +72,29 @@ def weights_as_list(weights, shape):
         )
     if isinstance(weights, (list, tuple)) and len(weights) == 1:
         weights = weights[0]
-    return [weights if hasattr(weights, "shape") else np.asarray(weights, "float32")]
+    table = weights if hasattr(weights, "shape") else np.asarray(weights, "float32")
+    if tuple(table.shape) != tuple(shape):
+        raise ValueError(
+            f"Layer {layer_name} weight shape {tuple(shape)} is not compatible with provided "
+            f"weight shape {tuple(table.shape)}."
+        )
+    return table
+
+
+def check_sparse_optimizer(layer):
+    """What a row-wise optimizer cannot train: a table read whole by a regularizer or a
+    constraint, or gradients scaled by the loss scale of float16 mixed precision."""
+    if layer.sparse_optimizer is None:
+        return
+    for name in ("embeddings_regularizer", "embeddings_constraint"):
+        if getattr(layer, name) is not None:
+            raise ValueError(
+                f"`sparse_optimizer` updates only the rows looked up in a step; `{name}` acts "
+                f"on the whole table. Use one or the other. Received: {name}={getattr(layer, name)!r}"
+            )
+    if layer.compute_dtype == "float16":
+        raise ValueError(
+            "`sparse_optimizer` needs unscaled gradients; float16 mixed precision scales the "
+            "loss. Use dtype='mixed_bfloat16' or float32. Received: "
+            f"dtype={layer.dtype_policy.name!r}"
+        )

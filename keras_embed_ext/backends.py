@@ -63,6 +63,8 @@ def take_rows(table, ids):
         import tensorflow as tf
 
         if isinstance(table, tf.Variable):
+            if table.trainable and _could_record_gradients():
+                return _gather_summing_repeats(table, ids)
             return table.sparse_read(ids)
         return tf.raw_ops.GatherV2(params=table, indices=ids, axis=0)
     if backend == "jax":
@@ -70,6 +72,44 @@ def take_rows(table, ids):
 
         return jnp.take(table, ids, axis=0, mode="clip")
     return keras.ops.take(table, ids, axis=0)
+
+
+def _could_record_gradients():
+    """Whether a TensorFlow gradient tape may see this op: in a traced function (where
+    the cost is paid once, at tracing), or eagerly under a tape."""
+    import tensorflow as tf
+
+    if not tf.executing_eagerly():
+        return True
+    try:
+        from tensorflow.python.eager import record
+    except ImportError:  # pragma: no cover - a TensorFlow without the module
+        return True
+    return record.could_possibly_record()
+
+
+def _gather_summing_repeats(variable, ids):
+    """`variable.sparse_read(ids)`, whose gradient has one slice per distinct id.
+
+    TensorFlow's own gradient of a gather has a slice per occurrence, and keras'
+    Adagrad and Adam square each slice of a repeated id (the sum of squares, where the
+    dense gradient gives the square of the sum).
+    """
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def gather(ids):
+        def gradient(row_grads, variables=None):
+            flat_ids = tf.reshape(ids, [-1])
+            distinct, position = tf.unique(flat_ids)
+            flat_grads = tf.reshape(row_grads, [-1, *row_grads.shape[len(ids.shape):]])
+            summed = tf.math.unsorted_segment_sum(flat_grads, position, tf.size(distinct))
+            shape = tf.shape(variable, out_type=tf.int64)
+            return None, [tf.IndexedSlices(summed, tf.cast(distinct, tf.int64), shape)]
+
+        return variable.sparse_read(ids), gradient
+
+    return gather(ids)
 
 
 def weighted_bag_sum(table, ids, weights):

@@ -99,7 +99,7 @@ def check_bag_inputs(layer, ids, weights):
 def dense_bags(layer, ids, weights, training):
     """The bags of `layer` for dense `ids (..., L)`: `(..., D)`."""
     check_bag_inputs(layer, ids, weights)
-    if layer._is_quantized or layer.lora_enabled:
+    if layer._is_quantized or layer.lora_enabled or layer._trains_rows(training):
         rows, keep = layer._rows(ids, training)
         return combine(rows, with_bag_weights(keep, weights), layer.combiner)
     ids, valid = layer._checked_ids(ids)

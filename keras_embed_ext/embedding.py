@@ -12,12 +12,15 @@ from keras import regularizers
 
 from keras_embed_ext import combiners
 from keras_embed_ext import lora
+from keras_embed_ext import optimizers
+from keras_embed_ext import row_training
 from keras_embed_ext import saving
 from keras_embed_ext import sparse
 from keras_embed_ext.arguments import check_arguments
 from keras_embed_ext.arguments import check_float_dtype
+from keras_embed_ext.arguments import check_sparse_optimizer
 from keras_embed_ext.arguments import reject_unknown_arguments
-from keras_embed_ext.arguments import weights_as_list
+from keras_embed_ext.arguments import initial_table
 from keras_embed_ext.backends import Fused
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
@@ -84,6 +87,13 @@ class Embedding(keras.layers.Layer):
             `(input_length,)`, so a `Sequential` starting with this layer
             builds at once.
         seed: Optional integer or `keras.random.SeedGenerator` for `dropout`.
+        sparse_optimizer: Optional row-wise optimizer that trains the table
+            (or, with LoRA, `lora_embeddings_a`) inside `fit`, updating only
+            the rows looked up in a step: `"sgd"`, `"adagrad"`,
+            `"rowwise_adagrad"`, `"adam"` (lazy Adam), a
+            `keras.optimizers.SGD`, `Adagrad` or `Adam`, or a
+            `keras_embed_ext.optimizers` object. The model's optimizer
+            trains every other weight.
         **kwargs: Base layer keyword arguments, such as `name`, `dtype`,
             `trainable`, `activity_regularizer` and `input_shape`.
 
@@ -111,6 +121,7 @@ class Embedding(keras.layers.Layer):
         invalid_ids: str = "raise",
         input_length: int | None = None,
         seed: int | keras.random.SeedGenerator | None = None,
+        sparse_optimizer=None,
         **kwargs,
     ):
         check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_rank, lora_alpha)
@@ -157,11 +168,14 @@ class Embedding(keras.layers.Layer):
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
         self.lora_enabled = False
+        self.sparse_optimizer = optimizers.get(sparse_optimizer)
+        self._row_training = None
+        check_sparse_optimizer(self)
         if weights is not None:
             # The given table is the base; an adapter asked for starts on it.
             self.lora_rank = None
             self.build()
-            self.set_weights(weights_as_list(weights, (self.input_dim, self.output_dim)))
+            self._embeddings.assign(initial_table(weights, (self.input_dim, self.output_dim), self.name))
             if lora_rank:
                 self.enable_lora(lora_rank, lora_alpha)
 
@@ -175,6 +189,7 @@ class Embedding(keras.layers.Layer):
         self.built = True
         if self.lora_rank:
             self.enable_lora(self.lora_rank, self.lora_alpha)
+        row_training.attach(self)
 
     # The pipeline: validate ids -> gather stored rows -> add adapter rows ->
     # dropout -> combine -> cast. A float table's dense bags skip the rows.
@@ -204,7 +219,9 @@ class Embedding(keras.layers.Layer):
         ids, valid = self._checked_ids(ids)
         # A float table's lookup is one gather; a decode and the adapter are passes
         # of their own, which TensorFlow fuses only when compiled.
-        if self._is_quantized or self.lora_enabled:
+        if self._trains_rows(training):
+            rows = self._lookup(ids, valid, training=True)
+        elif self._is_quantized or self.lora_enabled:
             adapter = lora.adapter_variables(self) if self.lora_enabled else []
             rows = self._fused_lookup((self._format, *adapter), ids, valid)
         else:
@@ -220,15 +237,25 @@ class Embedding(keras.layers.Layer):
         """`ids` as in-range integers and which were valid (`ids.validate`)."""
         return validate(ids, self.input_dim, self.invalid_ids, self.name)
 
-    def _lookup(self, ids, valid):
+    def _trains_rows(self, training):
+        """Whether this call is a training step of the row-wise `sparse_optimizer`."""
+        return bool(training) and self._row_training is not None and self.trainable
+
+    def _lookup(self, ids, valid, training=False):
         """Stored rows, decoded, plus adapter rows of in-range `ids`.
 
         Invalid ids get zero rows: their stored and adapter rows are zeroed as
-        they are gathered, where a compiler fuses it, not in a later pass.
+        they are gathered, where a compiler fuses it, not in a later pass. In a
+        training step of the `sparse_optimizer`, the variable it trains is read
+        through its lookup, whose gradient is the update.
         """
-        rows = zero_invalid(self._format.gather(self, ids), valid)
+        row_lookup = self._row_training.lookup if training else None
+        if row_lookup and not self.lora_enabled:
+            rows = zero_invalid(row_lookup(ids, valid), valid)
+        else:
+            rows = zero_invalid(self._format.gather(self, ids), valid)
         if self.lora_enabled:
-            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid)
+            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid, row_lookup)
         return rows
 
     @property
@@ -250,7 +277,7 @@ class Embedding(keras.layers.Layer):
             return (*input_shape[:-1], self.output_dim)
         return (*input_shape, self.output_dim)
 
-    def compute_output_spec(self, inputs):
+    def compute_output_spec(self, inputs, weights=None, training=None):
         ragged = bool(getattr(inputs, "ragged", False)) and not self.combiner
         return keras.KerasTensor(
             self.compute_output_shape(inputs.shape),
@@ -280,6 +307,12 @@ class Embedding(keras.layers.Layer):
         dtype = dtype_name(x)
         if not is_numeric(dtype):
             raise TypeError(f"attend() expects float inputs. Received: dtype {dtype}.")
+        if self.sparse_optimizer is not None:
+            raise ValueError(
+                f"Embedding layer '{self.name}' trains its table with sparse_optimizer, which "
+                "updates only looked-up rows; attend() reads every row. Use "
+                "sparse_optimizer=None to tie an output projection to the table."
+            )
         table = ops.cast(self._format.dequantize(self), self.compute_dtype)
         x = ops.cast(x, self.compute_dtype)
         logits = ops.matmul(x, ops.transpose(table))
@@ -316,6 +349,7 @@ class Embedding(keras.layers.Layer):
         tables, before or after `quantize`.
         """
         lora.enable(self, rank, lora_alpha, a_initializer, b_initializer)
+        row_training.attach(self)
 
     def merge_lora(self) -> None:
         """Folds the LoRA delta into the table and removes the adapter.
@@ -325,10 +359,12 @@ class Embedding(keras.layers.Layer):
         again in its own format.
         """
         lora.merge(self)
+        row_training.attach(self)
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Stores the table as `"int8"` or `"int4"` rows; LoRA is kept."""
         requantize(self, mode, config)
+        row_training.attach(self)
 
     def save_own_variables(self, store):
         saving.save_variables(self, store)

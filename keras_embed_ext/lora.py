@@ -41,15 +41,19 @@ def _scaled_b(layer):
     return (layer.lora_alpha / layer.lora_rank) * ops.convert_to_tensor(layer.lora_embeddings_b)
 
 
-def add_adapter_rows(layer, rows, ids, valid=None):
+def add_adapter_rows(layer, rows, ids, valid=None, row_lookup=None):
     """`rows + A[ids] @ ((alpha / r) * B)`: the delta of the looked-up rows only,
     zero for the ids that `valid` marks invalid.
 
     `rows` are float32 rows just gathered for `ids`; only `A[ids]` and `B` move to
-    them when the adapter lives on another device.
+    them when the adapter lives on another device. `row_lookup` reads `A` in a
+    training step of the layer's `sparse_optimizer`.
     """
     a = layer.lora_embeddings_a
-    rows_a = zero_invalid(on_device_of(a, ids, lambda ids: take_rows(a, ids)), valid)
+    if row_lookup is not None:
+        rows_a = zero_invalid(row_lookup(ids, valid), valid)
+    else:
+        rows_a = zero_invalid(on_device_of(a, ids, lambda ids: take_rows(a, ids)), valid)
     return add_matmul(rows, rows_a, to_device_of(_scaled_b(layer), rows))
 
 

@@ -36,6 +36,8 @@ def layer_config(layer, base_config):
     if layer.lora_rank:
         config["lora_rank"] = layer.lora_rank
         config["lora_alpha"] = layer.lora_alpha
+    if layer.sparse_optimizer is not None:
+        config["sparse_optimizer"] = keras.saving.serialize_keras_object(layer.sparse_optimizer)
     return config
 
 
@@ -48,11 +50,14 @@ def deserialize_config(config):
     return config
 
 
-def stored_variables(layer):
-    """The stored table in keras 3.15's order, then `lora_embeddings_a`, `_b`."""
+def stored_variables(layer, optimizer_state=True):
+    """The stored table in keras 3.15's order, then `lora_embeddings_a`, `_b`, then the
+    state of the `sparse_optimizer`."""
     variables = layer._format.variables(layer)
     if layer.lora_enabled:
         variables = variables + lora.adapter_variables(layer)
+    if optimizer_state and layer._row_training is not None:
+        variables = variables + layer._row_training.variables()
     return variables
 
 
@@ -72,6 +77,9 @@ def load_variables(layer, store):
     base = layer._format.variables(layer)
     if _matches(expected, found):
         targets = expected
+    elif _matches(stored_variables(layer, optimizer_state=False), found):
+        # A file without the sparse_optimizer's state: the state starts afresh.
+        targets = stored_variables(layer, optimizer_state=False)
     elif layer.lora_enabled and _matches(base, found):
         # The table already holds the merged adapter: start from a zero delta.
         targets = base

@@ -1,0 +1,209 @@
+"""Row-wise table optimizers for `Embedding(sparse_optimizer=...)`.
+
+Each optimizer updates only the rows a training step looked up, from the
+gradient of each row summed over its occurrences in the step. Its state (the
+slots) has one row per table row, and a step updates only the looked-up rows of
+it too: SGD and Adagrad then equal keras' dense optimizers, and Adam is lazy Adam.
+"""
+
+import keras
+from keras import ops
+
+# Settings of keras' optimizers that a row-wise update does not have; unset, each is falsy.
+_UNSUPPORTED = (
+    "momentum", "nesterov", "amsgrad", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
+    "use_ema", "gradient_accumulation_steps", "loss_scale_factor",
+)
+
+
+class RowOptimizer:
+    """Base class: a learning rate (a float or a `LearningRateSchedule`) and slots."""
+
+    #: `(name, per_row)` of each slot: per-row slots hold one value per table row.
+    slots = ()
+
+    def __init__(self, learning_rate=0.001):
+        if isinstance(learning_rate, dict):
+            learning_rate = keras.optimizers.schedules.deserialize(learning_rate)
+        if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)):
+                raise ValueError(
+                    "`learning_rate` must be a number or a keras LearningRateSchedule. "
+                    f"Received: learning_rate={learning_rate!r}"
+                )
+            learning_rate = float(learning_rate)
+        self.learning_rate = learning_rate
+
+    def slot_initial_value(self, name):
+        return 0.0
+
+    def current_learning_rate(self, step):
+        """The learning rate of the step numbered `step` (1 for the first), as keras
+        evaluates a schedule at the count of steps taken before it."""
+        if isinstance(self.learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            return ops.cast(self.learning_rate(step - 1), "float32")
+        return self.learning_rate
+
+    def update(self, rows, grads, slots, step):
+        """New `(rows, slots)` for float32 `rows (n, D)` with summed `grads (n, D)`."""
+        raise NotImplementedError
+
+    def get_config(self):
+        learning_rate = self.learning_rate
+        if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            learning_rate = keras.optimizers.schedules.serialize(learning_rate)
+        return {"learning_rate": learning_rate}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({arguments})"
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class SGD(RowOptimizer):
+    """`row -= learning_rate * grad`, as `keras.optimizers.SGD` without momentum."""
+
+    def __init__(self, learning_rate=0.01):
+        super().__init__(learning_rate)
+
+    def update(self, rows, grads, slots, step):
+        return rows - self.current_learning_rate(step) * grads, []
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class Adagrad(RowOptimizer):
+    """Adagrad with one accumulator per table value, as `keras.optimizers.Adagrad`:
+    `acc += grad**2; row -= learning_rate * grad / sqrt(acc + epsilon)`."""
+
+    slots = (("accumulator", False),)
+
+    def __init__(self, learning_rate=0.001, initial_accumulator_value=0.1, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+
+    def slot_initial_value(self, name):
+        return self.initial_accumulator_value
+
+    def update(self, rows, grads, slots, step):
+        accumulator = slots[0] + ops.square(grads)
+        step_size = self.current_learning_rate(step) * grads / ops.sqrt(accumulator + self.epsilon)
+        return rows - step_size, [accumulator]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "epsilon": self.epsilon,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class RowwiseAdagrad(RowOptimizer):
+    """Adagrad with one accumulator per row (FBGEMM's exact row-wise Adagrad):
+    `acc += mean(grad**2)`, `row -= learning_rate * grad / (sqrt(acc) + epsilon)`.
+    Its state is one float per row instead of one per value."""
+
+    slots = (("accumulator", True),)
+
+    def __init__(self, learning_rate=0.01, initial_accumulator_value=0.0, epsilon=1e-8):
+        super().__init__(learning_rate)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.epsilon = float(epsilon)
+
+    def slot_initial_value(self, name):
+        return self.initial_accumulator_value
+
+    def update(self, rows, grads, slots, step):
+        accumulator = slots[0] + ops.mean(ops.square(grads), axis=-1)
+        scale = self.current_learning_rate(step) / (ops.sqrt(accumulator) + self.epsilon)
+        return rows - ops.expand_dims(scale, -1) * grads, [accumulator]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "initial_accumulator_value": self.initial_accumulator_value,
+            "epsilon": self.epsilon,
+        }
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class Adam(RowOptimizer):
+    """Lazy Adam: keras' Adam update, with the moments and rows updated only at the
+    rows looked up in a step (TF Addons' `LazyAdam`, torch's `SparseAdam`). The
+    bias correction counts the layer's own training steps."""
+
+    slots = (("momentum", False), ("velocity", False))
+
+    def __init__(self, learning_rate=0.001, beta_1=0.9, beta_2=0.999, epsilon=1e-7):
+        super().__init__(learning_rate)
+        self.beta_1 = float(beta_1)
+        self.beta_2 = float(beta_2)
+        self.epsilon = float(epsilon)
+
+    def update(self, rows, grads, slots, step):
+        momentum, velocity = slots
+        step = ops.cast(step, "float32")
+        alpha = (
+            self.current_learning_rate(step)
+            * ops.sqrt(1 - ops.power(self.beta_2, step))
+            / (1 - ops.power(self.beta_1, step))
+        )
+        momentum = momentum + (grads - momentum) * (1 - self.beta_1)
+        velocity = velocity + (ops.square(grads) - velocity) * (1 - self.beta_2)
+        rows = rows - momentum * alpha / (ops.sqrt(velocity) + self.epsilon)
+        return rows, [momentum, velocity]
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "beta_1": self.beta_1,
+            "beta_2": self.beta_2,
+            "epsilon": self.epsilon,
+        }
+
+
+_BY_NAME = {"sgd": SGD, "adagrad": Adagrad, "rowwise_adagrad": RowwiseAdagrad, "adam": Adam}
+_FROM_KERAS = (
+    (keras.optimizers.SGD, SGD, ()),
+    (keras.optimizers.Adagrad, Adagrad, ("initial_accumulator_value", "epsilon")),
+    (keras.optimizers.Adam, Adam, ("beta_1", "beta_2", "epsilon")),
+)
+
+
+def _from_keras(optimizer):
+    """The row-wise optimizer with a keras optimizer's hyperparameters."""
+    row_class, names = next((row, names) for cls, row, names in _FROM_KERAS if isinstance(optimizer, cls))
+    for name in _UNSUPPORTED:
+        value = getattr(optimizer, name, None)
+        if value:
+            raise ValueError(
+                f"`sparse_optimizer` updates rows with plain {type(optimizer).__name__}; it "
+                f"does not support `{name}`. Received: {name}={value!r}"
+            )
+    learning_rate = optimizer._learning_rate
+    if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        learning_rate = float(ops.convert_to_numpy(learning_rate))
+    return row_class(learning_rate, **{name: getattr(optimizer, name) for name in names})
+
+
+def get(identifier) -> RowOptimizer | None:
+    """The row-wise optimizer that `sparse_optimizer=identifier` asks for."""
+    if identifier is None or isinstance(identifier, RowOptimizer):
+        return identifier
+    if isinstance(identifier, str) and identifier in _BY_NAME:
+        return _BY_NAME[identifier]()
+    if isinstance(identifier, tuple(cls for cls, _, _ in _FROM_KERAS)):
+        return _from_keras(identifier)
+    if isinstance(identifier, dict):
+        return keras.saving.deserialize_keras_object(identifier)
+    raise ValueError(
+        "`sparse_optimizer` must be None, one of "
+        f"{', '.join(map(repr, _BY_NAME))}, an instance of keras.optimizers.SGD, Adagrad "
+        "or Adam, or a keras_embed_ext.optimizers object. "
+        f"Received: sparse_optimizer={identifier!r}"
+    )
