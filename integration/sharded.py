@@ -25,7 +25,10 @@ TARGET = np.random.default_rng(1).standard_normal((16, 1)).astype("float32")
 def build(state):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((10,), dtype="int32")
-    layer = kee.Embedding(V, D, weights=np.random.default_rng(2).standard_normal((V, D)).astype("float32"), name="emb")
+    sparse_optimizer = "adagrad" if state.endswith("sparse") else None
+    state = state.removesuffix("_sparse")
+    initial = np.random.default_rng(2).standard_normal((V, D)).astype("float32")
+    layer = kee.Embedding(V, D, weights=initial, name="emb", sparse_optimizer=sparse_optimizer)
     model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Flatten()(layer(inputs))))
     if state.startswith("int"):
         layer.quantize(state[:4])
@@ -53,14 +56,18 @@ def main():
     layout_map[r".*/embeddings$"] = ("model", None)
     layout_map[r".*/embeddings_scale$"] = ("model",)
     layout_map[r".*/lora_embeddings_a$"] = ("model", None)
-    for state in ("float", "float_lora", "int8", "int8_lora", "int4", "int4_lora"):
-        single, _ = build(state)
+    layout_map[r".*/(lora_embeddings_a|embeddings)_accumulator$"] = ("model", None)
+    states = ("float", "float_lora", "int8", "int8_lora", "int4", "int4_lora", "float_sparse", "float_lora_sparse")
+    for state in states:
+        single, single_layer = build(state)
         expected_out, expected_grads = outputs_and_gradients(single)
+        single.compile(keras.optimizers.SGD(0.01), "mse")
+        single.fit(IDS, TARGET, epochs=3, batch_size=8, verbose=0, shuffle=False)
         with keras.distribution.ModelParallel(layout_map=layout_map).scope():
             model, layer = build(state)
             out, grads = outputs_and_gradients(model)
             model.compile(keras.optimizers.SGD(0.01), "mse")
-            history = model.fit(IDS, TARGET, epochs=3, batch_size=8, verbose=0)
+            history = model.fit(IDS, TARGET, epochs=3, batch_size=8, verbose=0, shuffle=False)
         sharded = {}
         for variable in layer.weights:
             shards = variable.value.addressable_shards
@@ -72,6 +79,9 @@ def main():
             "max_output_diff": float(np.abs(out - expected_out).max()),
             "max_grad_diff": float(max(np.abs(a - b).max() for a, b in zip(grads, expected_grads))),
             "fit_losses": [float(l) for l in history.history["loss"]],
+            "max_trained_diff": float(max(
+                np.abs(np.asarray(a.value) - np.asarray(b.value)).max() for a, b in zip(layer.weights, single_layer.weights)
+            )),
         }
     print(json.dumps(report))
 

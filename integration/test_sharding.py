@@ -1,4 +1,5 @@
-"""Tables sharded by rows over 8 devices give the single-device outputs and gradients."""
+"""Tables sharded by rows over 8 devices give the single-device outputs, gradients and
+trained weights, with the model's optimizer and with the layer's sparse_optimizer."""
 
 import json
 import os
@@ -18,7 +19,10 @@ def report():
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("state", ["float", "float_lora", "int8", "int8_lora", "int4", "int4_lora"])
+STATES = ["float", "float_lora", "int8", "int8_lora", "int4", "int4_lora", "float_sparse", "float_lora_sparse"]
+
+
+@pytest.mark.parametrize("state", STATES)
 def test_rows_sharded_over_eight_devices_with_same_results(report, state):
     assert report["devices"] == 8
     entry = report[state]
@@ -30,3 +34,5 @@ def test_rows_sharded_over_eight_devices_with_same_results(report, state):
     assert entry["max_output_diff"] <= 1e-5
     assert entry["max_grad_diff"] <= 1e-5
     assert entry["fit_losses"][-1] < entry["fit_losses"][0]
+    # Trained with fit (the sparse_optimizer's states too): the single-device weights.
+    assert entry["max_trained_diff"] <= 1e-5

@@ -1,6 +1,8 @@
 """What `keras.ops` cannot say, or says measurably slower: is this call traced, where the
 table lives, and the backends' own gathers and row arithmetic."""
 
+import contextlib
+import contextvars
 import functools
 import operator
 import sys
@@ -63,7 +65,7 @@ def take_rows(table, ids):
         import tensorflow as tf
 
         if isinstance(table, tf.Variable):
-            if table.trainable and _could_record_gradients():
+            if table.trainable and _SUMMING_REPEATS.get():
                 return _gather_summing_repeats(table, ids)
             return table.sparse_read(ids)
         return tf.raw_ops.GatherV2(params=table, indices=ids, axis=0)
@@ -74,42 +76,41 @@ def take_rows(table, ids):
     return keras.ops.take(table, ids, axis=0)
 
 
-def _could_record_gradients():
-    """Whether a TensorFlow gradient tape may see this op: in a traced function (where
-    the cost is paid once, at tracing), or eagerly under a tape."""
-    import tensorflow as tf
+_SUMMING_REPEATS = contextvars.ContextVar("summing_repeats", default=False)
 
-    if not tf.executing_eagerly():
-        return True
+
+@contextlib.contextmanager
+def gradients_summed_per_id(enabled):
+    """Within it, a TensorFlow gather from a trainable variable (`take_rows`) has a
+    gradient with one summed slice per distinct id; the layer turns it on in training."""
+    token = _SUMMING_REPEATS.set(bool(enabled))
     try:
-        from tensorflow.python.eager import record
-    except ImportError:  # pragma: no cover - a TensorFlow without the module
-        return True
-    return record.could_possibly_record()
+        yield
+    finally:
+        _SUMMING_REPEATS.reset(token)
 
 
 def _gather_summing_repeats(variable, ids):
-    """`variable.sparse_read(ids)`, whose gradient has one slice per distinct id.
+    """`variable.sparse_read(ids)`, whose gradient sums the slices of a repeated id.
 
     TensorFlow's own gradient of a gather has a slice per occurrence, and keras'
     Adagrad and Adam square each slice of a repeated id (the sum of squares, where the
-    dense gradient gives the square of the sum).
+    dense gradient gives the square of the sum). Here each distinct id is read once
+    and its rows are copied out to its occurrences, so the gradient of the read has
+    one slice per id (zeros at row 0 pad it to a static count, which XLA needs).
     """
     import tensorflow as tf
 
-    @tf.custom_gradient
-    def gather(ids):
-        def gradient(row_grads, variables=None):
-            flat_ids = tf.reshape(ids, [-1])
-            distinct, position = tf.unique(flat_ids)
-            flat_grads = tf.reshape(row_grads, [-1, *row_grads.shape[len(ids.shape):]])
-            summed = tf.math.unsorted_segment_sum(flat_grads, position, tf.size(distinct))
-            shape = tf.shape(variable, out_type=tf.int64)
-            return None, [tf.IndexedSlices(summed, tf.cast(distinct, tf.int64), shape)]
-
-        return variable.sparse_read(ids), gradient
-
-    return gather(ids)
+    flat_ids = tf.reshape(ids, [-1])
+    count = tf.size(flat_ids)
+    order = tf.argsort(flat_ids, stable=True)
+    sorted_ids = tf.gather(flat_ids, order)
+    first = tf.concat([[True], sorted_ids[1:] != sorted_ids[:-1]], axis=0)
+    sorted_segment = tf.cumsum(tf.cast(first, "int32")) - 1
+    distinct = tf.maximum(tf.math.unsorted_segment_max(sorted_ids, sorted_segment, count), 0)
+    segment = tf.gather(sorted_segment, tf.math.invert_permutation(order))
+    rows = tf.gather(variable.sparse_read(distinct), segment)
+    return tf.reshape(rows, tf.concat([tf.shape(ids), tf.shape(rows)[1:]], axis=0))
 
 
 def weighted_bag_sum(table, ids, weights):
@@ -292,9 +293,9 @@ class Fused:
     1.1 ms); JAX is compiled by its caller and torch runs eagerly. A compiled function
     keeps the variables it captured, so it is compiled again when `captured`, the
     objects `fn` reads them from, are new ones. There is one compiled function per
-    rank of the arguments: one traced for several ranks would take tensors of unknown
-    rank. A plain object: TensorFlow's tracking would save a `tf.function` held by the
-    layer.
+    rank of the arguments (and whether gradients are summed per id): one traced for
+    several ranks would take tensors of unknown rank. A plain object: TensorFlow's
+    tracking would save a `tf.function` held by the layer.
     """
 
     def __init__(self, fn):
@@ -312,7 +313,7 @@ class Fused:
         if not same:
             self.captured = captured
             self.by_rank = {}
-        ranks = tuple(getattr(arg, "ndim", None) for arg in args)
+        ranks = (*(getattr(arg, "ndim", None) for arg in args), _SUMMING_REPEATS.get())
         if ranks not in self.by_rank:
             import tensorflow as tf
 

@@ -22,6 +22,7 @@ from keras_embed_ext.arguments import check_sparse_optimizer
 from keras_embed_ext.arguments import reject_unknown_arguments
 from keras_embed_ext.arguments import initial_table
 from keras_embed_ext.backends import Fused
+from keras_embed_ext.backends import gradients_summed_per_id
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
 from keras_embed_ext.formats import int4_block_size
@@ -197,6 +198,10 @@ class Embedding(keras.layers.Layer):
         """Looks up `inputs`; `weights` are optional per-id weights for a combiner
         (dense, ragged or sparse like the ids, as TF's `sp_weights` and torch's
         `per_sample_weights`)."""
+        with gradients_summed_per_id(training):
+            return self._call(inputs, weights, training)
+
+    def _call(self, inputs, weights, training):
         if weights is not None and not self.combiner:
             raise ValueError(
                 f"Embedding layer '{self.name}' got per-id `weights`, which weigh the ids "
@@ -220,7 +225,7 @@ class Embedding(keras.layers.Layer):
         # A float table's lookup is one gather; a decode and the adapter are passes
         # of their own, which TensorFlow fuses only when compiled.
         if self._trains_rows(training):
-            rows = self._lookup(ids, valid, training=True)
+            rows = self._training_lookup(ids, valid)
         elif self._is_quantized or self.lora_enabled:
             adapter = lora.adapter_variables(self) if self.lora_enabled else []
             rows = self._fused_lookup((self._format, *adapter), ids, valid)
@@ -241,22 +246,25 @@ class Embedding(keras.layers.Layer):
         """Whether this call is a training step of the row-wise `sparse_optimizer`."""
         return bool(training) and self._row_training is not None and self.trainable
 
-    def _lookup(self, ids, valid, training=False):
+    def _lookup(self, ids, valid):
         """Stored rows, decoded, plus adapter rows of in-range `ids`.
 
         Invalid ids get zero rows: their stored and adapter rows are zeroed as
-        they are gathered, where a compiler fuses it, not in a later pass. In a
-        training step of the `sparse_optimizer`, the variable it trains is read
-        through its lookup, whose gradient is the update.
+        they are gathered, where a compiler fuses it, not in a later pass.
         """
-        row_lookup = self._row_training.lookup if training else None
-        if row_lookup and not self.lora_enabled:
-            rows = zero_invalid(row_lookup(ids, valid), valid)
-        else:
-            rows = zero_invalid(self._format.gather(self, ids), valid)
+        rows = zero_invalid(self._format.gather(self, ids), valid)
         if self.lora_enabled:
-            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid, row_lookup)
+            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid)
         return rows
+
+    def _training_lookup(self, ids, valid):
+        """`_lookup` in a training step of the `sparse_optimizer`: the variable it trains
+        is read through its lookup, whose gradient is the step's update."""
+        row_lookup = self._row_training.lookup
+        if not self.lora_enabled:
+            return zero_invalid(row_lookup(ids, valid), valid)
+        rows = zero_invalid(self._format.gather(self, ids), valid)
+        return lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid, row_lookup)
 
     @property
     def input_dtype(self):

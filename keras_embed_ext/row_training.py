@@ -73,7 +73,7 @@ class RowTraining:
         self.step.assign(self.step + 1)
         input_dim = self.variable.shape[0]
         update_ids = ids if valid is None else ops.where(valid, ids, input_dim)
-        update = functools.partial(self.updated_rows, step=ops.convert_to_tensor(self.step.value))
+        update = functools.partial(self.optimizer.update, step=ops.convert_to_tensor(self.step.value))
         return _LOOKUPS[keras.backend.backend()](self, ids, update_ids, update)
 
     def _check_once_per_step(self):
@@ -91,18 +91,15 @@ class RowTraining:
             raise ValueError(_called_twice(self.variable))
         self._differentiated_in = weakref.ref(trace)
 
-    def updated_rows(self, table, slots, row_grads, update_ids, step):
-        """`(rows, new_rows, new_slot_rows)`: the distinct looked-up rows, with the
-        gradients of their occurrences summed, updated by the optimizer."""
-        width = row_grads.shape[-1]
-        row_grads = ops.reshape(ops.cast(row_grads, "float32"), (-1, width))
-        rows, grads = _UNIQUE[keras.backend.backend()](
-            ops.reshape(update_ids, (-1,)), row_grads, table.shape[0]
-        )
-        new_rows, new_slots = self.optimizer.update(
-            ops.cast(take_rows(table, rows), "float32"), grads, [take_rows(s, rows) for s in slots], step
-        )
-        return rows, new_rows, new_slots
+
+
+def _distinct_update(update, table, slots, row_grads, update_ids):
+    """`(rows, new_rows, new_slot_rows)`: the distinct looked-up rows, with the
+    gradients of their occurrences summed, updated by `update` (JAX, torch)."""
+    row_grads = ops.reshape(ops.cast(row_grads, "float32"), (-1, row_grads.shape[-1]))
+    rows, grads = _UNIQUE[keras.backend.backend()](ops.reshape(update_ids, (-1,)), row_grads, table.shape[0])
+    new_rows, new_slots = update(ops.cast(take_rows(table, rows), "float32"), grads, [take_rows(s, rows) for s in slots])
+    return rows, new_rows, new_slots
 
 
 def attach(layer):
@@ -133,14 +130,6 @@ def _sum_unique_jax(ids, grads, input_dim):
     return rows, jax.ops.segment_sum(grads, inverse.reshape(-1), num_segments=ids.shape[0])
 
 
-def _sum_unique_tensorflow(ids, grads, input_dim):
-    import tensorflow as tf
-
-    counted = ids < input_dim
-    rows, inverse = tf.unique(tf.boolean_mask(ids, counted))
-    return rows, tf.math.unsorted_segment_sum(tf.boolean_mask(grads, counted), inverse, tf.size(rows))
-
-
 def _sum_unique_torch(ids, grads, input_dim):
     import torch
 
@@ -164,7 +153,7 @@ def _lookup_jax(training, ids, update_ids, update):
 
     def backward(saved, row_grads):
         table, slots, update_ids = saved
-        rows, new_rows, new_slots = update(table, slots, row_grads, update_ids)
+        rows, new_rows, new_slots = _distinct_update(update, table, slots, row_grads, update_ids)
         new_slots = [s.at[rows].set(new, mode="drop") for s, new in zip(slots, new_slots)]
         return table.at[rows].set(new_rows.astype(table.dtype), mode="drop"), new_slots, None, None
 
@@ -173,27 +162,37 @@ def _lookup_jax(training, ids, update_ids, update):
 
 
 def _lookup_tensorflow(training, ids, update_ids, update):
+    """Each distinct id's row (and slot rows) read once, then copied out to its
+    occurrences: the gradient of those reads, the new rows, reaches the variables as
+    `IndexedSlices`. (A custom gradient that captured the variables would read each of
+    them whole.)"""
     import tensorflow as tf
 
-    table, slots = training.variable, training.slots
-    variables = [table.value, *(s.value for s in slots)]
+    input_dim = training.variable.shape[0]
+    distinct, position = tf.unique(tf.reshape(ids, [-1]))
+    count = tf.size(distinct)
+    counted = tf.math.unsorted_segment_max(
+        tf.cast(tf.reshape(update_ids, [-1]) < input_dim, "int32"), position, count
+    )
+    reads = [v.value.sparse_read(distinct) for v in (training.variable, *training.slots)]
 
     @tf.custom_gradient
-    def lookup(ids):
-        rows = variables[0].sparse_read(ids)
-        for slot in variables[1:]:
-            slot.sparse_read(ids[:0])  # read, so that the slots receive their update too
-        def gradient(row_grads, variables=None):
-            rows, new_rows, new_slots = update(table, slots, row_grads, update_ids)
-            shapes = [tuple(v.shape) for v in (table, *slots)]
-            updates = {
-                v.ref(): tf.IndexedSlices(tf.cast(new, v.dtype), rows, tf.constant(shape, "int64"))
-                for v, new, shape in zip((table.value, *(s.value for s in slots)), (new_rows, *new_slots), shapes)
-            }
-            return None, [updates[v.ref()] for v in variables]
-        return rows, gradient
+    def spread(table_rows, *slot_rows):
+        def gradient(row_grads):
+            grads = tf.math.unsorted_segment_sum(
+                tf.reshape(tf.cast(row_grads, "float32"), [-1, row_grads.shape[-1]]), position, count
+            )
+            new_rows, new_slots = update(tf.cast(table_rows, "float32"), grads, list(slot_rows))
+            # A row that only invalid ids reached keeps its values and state.
+            return [
+                tf.where(tf.reshape(counted > 0, [-1] + [1] * (len(old.shape) - 1)), tf.cast(new, old.dtype), old)
+                for old, new in zip((table_rows, *slot_rows), (new_rows, *new_slots))
+            ]
 
-    return lookup(ids)
+        return tf.gather(table_rows, position), gradient
+
+    rows = spread(*reads)
+    return tf.reshape(rows, tf.concat([tf.shape(ids), tf.shape(rows)[1:]], axis=0))
 
 
 def _lookup_torch(training, ids, update_ids, update):
@@ -214,7 +213,9 @@ def _torch_lookup_class():
         def backward(ctx, row_grads):
             ctx.training.backward_passes += 1
             with torch.no_grad():
-                rows, new_rows, new_slots = ctx.update(ctx.table, list(ctx.slots), row_grads, ctx.update_ids)
+                rows, new_rows, new_slots = _distinct_update(
+                    ctx.update, ctx.table, list(ctx.slots), row_grads, ctx.update_ids
+                )
             indices = rows.reshape(1, -1)
             sparse = [
                 torch.sparse_coo_tensor(
@@ -241,7 +242,7 @@ class _LazyTorchLookup:
 
 _TorchLookup = _LazyTorchLookup()
 _LOOKUPS = {"jax": _lookup_jax, "tensorflow": _lookup_tensorflow, "torch": _lookup_torch}
-_UNIQUE = {"jax": _sum_unique_jax, "tensorflow": _sum_unique_tensorflow, "torch": _sum_unique_torch}
+_UNIQUE = {"jax": _sum_unique_jax, "torch": _sum_unique_torch}
 
 
 def _assign_rows(training, variable, value):
