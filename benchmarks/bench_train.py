@@ -10,6 +10,14 @@ steps minus what was resident before them.
 
     python benchmarks/bench_train.py                         # all backends, V = 10k, 200k, 1M
     python benchmarks/bench_train.py --backends torch --vocab 10000 1000000
+
+With `--sparse-optimizer`, a table trained row-wise (`sparse_optimizer=`): 512 bags of
+8 ids -> Embedding(V, 64, combiner="mean") -> Dense(1), one CPU thread, V = 100k, 1M
+and 4M, SGD / Adagrad / row-wise Adagrad / Adam. Contenders: keras' layer with keras'
+optimizer (Adagrad for row-wise Adagrad), ours with `sparse_optimizer`, and each
+backend's native sparse step (`native_sparse.py`).
+
+    python benchmarks/bench_train.py --sparse-optimizer
 """
 
 import argparse
@@ -58,6 +66,110 @@ def run_point(vocab, layer_kind, mode):
             loss = tf.reduce_mean(model(x))
         point["table_gradient"] = type(tape.gradient(loss, model.trainable_variables[0].value)).__name__
     print(json.dumps(point))
+
+
+SPARSE_BAGS, SPARSE_BAG, SPARSE_DIM = 512, 8, 64
+SPARSE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+
+
+def pin_one_thread():
+    """One CPU thread for every backend, so that contenders compare work, not threading."""
+    from common import BACKEND
+
+    if BACKEND == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def run_sparse_points(vocab, contender):
+    """One JSON line per optimizer: the step time of `contender` at `vocab` rows."""
+    sys.path.insert(0, HERE)
+    pin_one_thread()
+    import keras
+    import numpy as np
+
+    import keras_embed_ext as kee
+    from common import BACKEND, device_name, median_ms, random_table
+    from native_sparse import native_step
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, vocab, (SPARSE_BAGS, SPARSE_BAG)).astype("int32")
+    y = rng.standard_normal((SPARSE_BAGS, 1)).astype("float32")
+    points = []
+    for name in SPARSE_OPTIMIZERS:
+        table = random_table(vocab, SPARSE_DIM)
+        if contender == "native":
+            step = native_step(BACKEND, table, x, y, name)
+        else:
+            keras_name = "adagrad" if name == "rowwise_adagrad" else name
+            if contender == "ours":
+                embedding = kee.Embedding(vocab, SPARSE_DIM, weights=table, combiner="mean", sparse_optimizer=name)
+                pooled = [embedding]
+            else:
+                embedding = keras.layers.Embedding(vocab, SPARSE_DIM, weights=[table])
+                pooled = [embedding, keras.layers.GlobalAveragePooling1D()]
+            model = keras.Sequential([keras.Input((SPARSE_BAG,), dtype="int32"), *pooled, keras.layers.Dense(1)])
+            model.compile(keras.optimizers.get({"class_name": keras_name, "config": {"learning_rate": 0.01}}), "mse")
+            step = lambda: model.train_on_batch(x, y)  # noqa: E731
+        del table
+        gc.collect()
+        resident_mb = reset_peak_memory()
+        step_ms = median_ms(step, repeats=15, warmup=2, budget_s=20)
+        points.append({"backend": BACKEND, "device": device_name(), "vocab": vocab, "layer": contender,
+                       "mode": name, "step_ms": step_ms, "resident_mb": resident_mb,
+                       "training_mb": peak_memory() - resident_mb})
+        print(json.dumps(points[-1]), file=sys.stderr)
+        del step
+        gc.collect()
+    print(json.dumps(points))
+
+
+def sparse_markdown(points):
+    lines = ["| backend | optimizer | V | ours ms | keras ms | native ms | ours / native | keras / ours | "
+             "ours at V / ours at smallest V | training MB ours / keras / native |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    index = {(p["backend"], p["mode"], p["vocab"], p["layer"]): p for p in points}
+    smallest = min(p["vocab"] for p in points)
+    for backend, mode, vocab in sorted({k[:3] for k in index}):
+        ours, keras_, native = (index.get((backend, mode, vocab, k)) for k in ("ours", "keras", "native"))
+        if not (ours and keras_ and native):
+            continue
+        first = index.get((backend, mode, smallest, "ours"))
+        lines.append(
+            f"| {backend} | {mode} | {vocab:,} | {ours['step_ms']:.2f} | {keras_['step_ms']:.1f} | "
+            f"{native['step_ms']:.2f} | {ours['step_ms'] / native['step_ms']:.2f}x | "
+            f"{keras_['step_ms'] / ours['step_ms']:.0f}x | {ours['step_ms'] / first['step_ms']:.2f}x | "
+            f"{ours['training_mb']:.0f} / {keras_['training_mb']:.0f} / {native['training_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def sparse_main(args):
+    points = []
+    vocabs = args.vocab if args.vocab_given else [100_000, 1_000_000, 4_000_000]
+    for backend in args.backends:
+        for vocab in vocabs:
+            for contender in ("ours", "native", "keras"):
+                result = subprocess.run(
+                    [sys.executable, __file__, "--sparse-point", str(vocab), contender],
+                    env={**os.environ, "KERAS_BACKEND": backend, "OMP_NUM_THREADS": "1",
+                         "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
+                    capture_output=True, text=True)
+                if result.returncode:
+                    sys.exit(f"{backend} {vocab} {contender} failed:\n{result.stderr[-3000:]}")
+                points += json.loads(result.stdout.strip().splitlines()[-1])
+                print(result.stdout.strip().splitlines()[-1], file=sys.stderr)
+    title = (f"{SPARSE_BAGS} bags of {SPARSE_BAG} ids, D={SPARSE_DIM}, one CPU thread, "
+             "`sparse_optimizer` against keras' layer and the native sparse step")
+    write_table(args.out, "train_sparse.md", title, sparse_markdown(points))
+    with open(os.path.join(args.out, "train_sparse.json"), "w") as f:
+        json.dump(points, f, indent=1)
+    chart(points, os.path.join(args.out, "train_sparse.png"), layers=(("ours", "-"), ("native", "--"), ("keras", ":")))
 
 
 def reset_peak_memory():
@@ -117,13 +229,22 @@ def markdown(points):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
-    parser.add_argument("--vocab", nargs="+", type=int, default=[10_000, 200_000, 1_000_000])
+    parser.add_argument("--vocab", nargs="+", type=int)
     parser.add_argument("--modes", nargs="+", default=["lora", "lora_sgd", "float"])
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    parser.add_argument("--sparse-optimizer", action="store_true",
+                        help="row-wise table training (sparse_optimizer=) against keras and the native step")
     parser.add_argument("--point", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--sparse-point", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.vocab_given = args.vocab is not None
     if args.point:
         return run_point(int(args.point[0]), args.point[1], args.point[2])
+    if args.sparse_point:
+        return run_sparse_points(int(args.sparse_point[0]), args.sparse_point[1])
+    if args.sparse_optimizer:
+        return sparse_main(args)
+    args.vocab = args.vocab or [10_000, 200_000, 1_000_000]
     points = []
     for backend in args.backends:
         for mode in args.modes:
@@ -139,7 +260,7 @@ def main():
     chart(points, os.path.join(args.out, "train.png"))
 
 
-def chart(points, path):
+def chart(points, path, layers=(("ours", "-"), ("keras", ":"))):
     """Step time vs vocabulary size: a panel per mode, a line per backend and layer."""
     import matplotlib
 
@@ -150,7 +271,7 @@ def chart(points, path):
     fig, axes = plt.subplots(1, len(modes), figsize=(4.5 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         for backend in sorted({p["backend"] for p in points}):
-            for layer_kind, style in (("ours", "-"), ("keras", ":")):
+            for layer_kind, style in layers:
                 line = sorted((p["vocab"], p["step_ms"]) for p in points
                               if (p["backend"], p["mode"], p["layer"]) == (backend, mode, layer_kind))
                 if line:

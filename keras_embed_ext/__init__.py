@@ -1,7 +1,8 @@
 """keras_embed_ext: a gather-first Embedding layer for Keras 3 on every backend."""
 
+from keras_embed_ext import optimizers
 from keras_embed_ext.embedding import Embedding
 from keras_embed_ext.migrate import replace_embeddings
 
 __version__ = "0.1.0"
-__all__ = ["Embedding", "replace_embeddings", "__version__"]
+__all__ = ["Embedding", "optimizers", "replace_embeddings", "__version__"]
