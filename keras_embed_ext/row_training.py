@@ -92,7 +92,6 @@ class RowTraining:
         self._differentiated_in = weakref.ref(trace)
 
 
-
 def _distinct_update(update, table, slots, row_grads, update_ids):
     """`(rows, new_rows, new_slot_rows)`: the distinct looked-up rows, with the
     gradients of their occurrences summed, updated by `update` (JAX, torch)."""

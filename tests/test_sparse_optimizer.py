@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import keras_embed_ext as kee
-from conftest import table, to_numpy
+from conftest import BACKEND, table, to_numpy
 
 V, D, L = 24, 6, 5
 
@@ -308,3 +308,36 @@ def test_mixed_bfloat16_keeps_a_float32_table_and_state():
     assert layer.embeddings.dtype == "float32" and layer._row_training.slots[0].dtype == "float32"
     # bfloat16 rows and gradients: within their precision of the float32 reference.
     np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(reference.table), rtol=2e-2, atol=2e-2)
+
+
+if BACKEND in ("tensorflow", "jax"):  # the backends whose keras models take sparse ids
+
+    def test_sparse_ids_train_the_rows_of_their_present_ids():
+        initial, rng = table(V, D), np.random.default_rng(6)
+        ids = rng.integers(1, V // 2, size=(8, L)).astype("int32")
+        present = rng.random((8, L)) < 0.6
+        y = rng.standard_normal((8, D)).astype("float32")
+        reference = OneHotLookup(initial)
+        dense_in = keras.Input((L,), dtype="int32")
+        mask_in = keras.Input((L,))
+        dense_model = keras.Model(
+            [dense_in, mask_in], keras.ops.sum(reference(dense_in) * keras.ops.expand_dims(mask_in, -1), axis=1)
+        )
+        dense_model.compile(keras.optimizers.SGD(0.1), "mse")
+        layer = kee.Embedding(V, D, weights=initial, combiner="sum", sparse_optimizer=keras.optimizers.SGD(0.1))
+        sparse_in = keras.Input((L,), dtype="int32", sparse=True)
+        model = keras.Model(sparse_in, layer(sparse_in))
+        model.compile("sgd", "mse")
+        indices = np.argwhere(present)
+        if BACKEND == "tensorflow":
+            import tensorflow as tf
+
+            sparse_ids = tf.SparseTensor(indices, ids[present], (8, L))
+        else:
+            from jax.experimental import sparse as jax_sparse
+
+            sparse_ids = jax_sparse.BCOO((ids[present], indices), shape=(8, L))
+        for _ in range(3):
+            dense_model.train_on_batch([ids, present.astype("float32")], y)
+            model.train_on_batch(sparse_ids, y)
+        np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(reference.table), rtol=1e-5, atol=1e-6)
