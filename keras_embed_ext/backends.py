@@ -60,7 +60,7 @@ def take_rows(table, ids):
         if table.ndim == 2:
             return torch.nn.functional.embedding(ids, table)
         rows = torch.index_select(table, 0, ids.reshape(-1))
-        return rows.reshape(*ids.shape, *table.shape[1:])
+        return rows.reshape((*ids.shape, *table.shape[1:]))
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -138,7 +138,7 @@ def weighted_bag_sum(table, ids, weights):
         sums = torch.nn.functional.embedding_bag(
             bags, table, mode="sum", per_sample_weights=weights.reshape(bags.shape).to(table.dtype)
         )
-        return sums.reshape(*ids.shape[:-1], table.shape[-1])
+        return sums.reshape((*ids.shape[:-1], table.shape[-1]))
     rows = take_rows(table, ids)
     return keras.ops.sum(rows * keras.ops.expand_dims(keras.ops.cast(weights, rows.dtype), -1), axis=-2)
 
@@ -220,7 +220,7 @@ def take_int4_rows(packed, ids=None):
 
         words = lax.bitcast_convert_type(table.reshape(*table.shape[:-1], width // 4, 4), jnp.int32)
         nibbles = lax.bitcast_convert_type(jnp.take(words, ids, axis=0, mode="clip"), jnp.int4)
-        return nibbles.reshape(*ids.shape, 2 * width).astype(jnp.int8)
+        return nibbles.reshape((*ids.shape, 2 * width)).astype(jnp.int8)
     return unpack_int4(table if ids is None else take_rows(table, ids))
 
 

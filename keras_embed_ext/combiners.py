@@ -35,10 +35,12 @@ def _normalize(total, weights, combiner, reduce_sum):
     if combiner == "sum":
         return total
     norm = reduce_sum(weights if combiner == "mean" else ops.square(weights))
+    # An empty bag divides by 1, chosen before the square root, whose gradient at 0
+    # would make the weights' gradient NaN.
+    norm = ops.where(ops.equal(norm, 0), ops.ones_like(norm), norm)
     if combiner == "sqrtn":
         norm = ops.sqrt(norm)
-    norm = ops.expand_dims(norm, -1)
-    return total / ops.where(ops.equal(norm, 0), ops.ones_like(norm), norm)
+    return total / ops.expand_dims(norm, -1)
 
 
 def combine(rows, weights, combiner):

@@ -272,8 +272,28 @@ class Embedding(keras.layers.Layer):
         cast by it; `call` takes ids as given."""
         return "int32"
 
+    def quantized_build(self, embeddings_shape, mode, config=None):
+        """Builds the variables of a `mode` table ("int8" or "int4"), as keras' layer does."""
+        if mode not in ("int8", "int4"):
+            raise self._quantization_mode_error(mode)
+        self._format = format_for(mode, int4_block_size(self.dtype_policy, config))
+        self._format.build(self, tuple(embeddings_shape))
+        self._is_quantized = True
+
     def quantized_call(self, *args, **kwargs):
+        if self.quantization_mode not in ("int8", "int4"):
+            raise self._quantization_mode_error(self.quantization_mode)
         return self.call(*args, **kwargs)
+
+    def _quantization_mode_error(self, mode):
+        return NotImplementedError(
+            f"Invalid quantization mode. Expected one of ('int8', 'int4'). Received: quantization_mode={mode}"
+        )
+
+    @property
+    def _int4_block_size(self):
+        """The int4 block size as given (`-1` or `None` for per-row scales), as keras keeps it."""
+        return getattr(self._format, "given_block_size", None)
 
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero or self.combiner or sparse.is_ragged(inputs):
@@ -370,7 +390,13 @@ class Embedding(keras.layers.Layer):
         row_training.attach(self)
 
     def quantize(self, mode=None, type_check=True, config=None):
-        """Stores the table as `"int8"` or `"int4"` rows; LoRA is kept."""
+        """Stores the table as `"int8"` or `"int4"` rows; LoRA is kept.
+
+        As keras' layer, a subclass must implement `quantize` itself unless it
+        passes `type_check=False`.
+        """
+        if type_check and type(self) is not Embedding:
+            raise self._not_implemented_error(self.quantize)
         requantize(self, mode, config)
         row_training.attach(self)
 

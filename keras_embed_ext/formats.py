@@ -124,6 +124,7 @@ class Int4Rows(FloatRows):
     mode = "int4"
 
     def __init__(self, block_size=None):
+        self.given_block_size = block_size
         self.block_size = None if block_size in (None, -1) else block_size
 
     def build(self, layer, shape):
@@ -173,7 +174,8 @@ class Int4Rows(FloatRows):
         if layer.output_dim % self.block_size == 0:
             # Whole blocks: broadcast each block's scale and zero point.
             shape = ops.shape(values)
-            blocks = reshape(values, (*shape[:-1], -1, self.block_size))
+            groups = layer.output_dim // self.block_size  # not -1: rows may be empty
+            blocks = reshape(values, (*shape[:-1], groups, self.block_size))
             blocks = in_place("subtract", blocks, ops.expand_dims(zero, -1))
             blocks = in_place("multiply", blocks, ops.expand_dims(scale, -1))
             return reshape(blocks, shape)

@@ -80,8 +80,8 @@ def enable(layer, rank, lora_alpha, a_initializer, b_initializer):
         raise ValueError("Cannot enable LoRA on a layer that isn't yet built.")
     if layer.lora_enabled:
         raise ValueError(
-            f"LoRA is already enabled on this layer (rank {layer.lora_rank}). It can only "
-            "be enabled once; call `merge_lora()` first to start a new adapter."
+            f"lora is already enabled (rank {layer.lora_rank}). This can only be done once per "
+            "layer; call `merge_lora()` first to start a new adapter."
         )
     if not is_positive_int(rank):
         raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")

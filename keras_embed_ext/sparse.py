@@ -64,7 +64,21 @@ def _parts(x):
     tf = _tf()
     if tf is not None and isinstance(x, tf.SparseTensor):
         return x.indices, x.values, x.dense_shape
+    if x.n_batch:  # batch dimensions (keras' own tests make them): one flat list of entries
+        from jax.experimental import sparse as jax_sparse
+
+        x = jax_sparse.bcoo_update_layout(x, n_batch=0)
     return x.indices, x.data, x.shape
+
+
+def _padding_out(indices, shape, ids, weights):
+    """BCOO pads its entries with indices out of the shape: their ids become 0 and
+    their weights 0, and a lookup's scatter drops them."""
+    if _tf() is not None and keras.backend.backend() == "tensorflow":
+        return indices, ids, weights
+    inside = ops.all(indices < ops.convert_to_tensor(shape, dtype=indices.dtype), axis=-1)
+    clipped = ops.where(ops.expand_dims(inside, -1), indices, ops.zeros_like(indices))
+    return clipped, ops.where(inside, ids, ops.zeros_like(ids)), weights * ops.cast(inside, weights.dtype)
 
 
 def _flat_positions(indices, shape):
@@ -108,8 +122,9 @@ def sparse_ids(x, weights=None, multi_hot=False) -> FlatIds:
     else:
         ids = values
         weights = ops.ones_like(values, dtype="float32") if weights is None else ops.cast(_parts(weights)[1], "float32")
+    entries, ids, weights = _padding_out(indices, shape, ids, weights)
     bag_shape = shape[:-1]
-    segments = _flat_positions(indices[:, :-1], bag_shape) if rank > 1 else ops.zeros_like(indices[:, 0])
+    segments = _flat_positions(entries[:, :-1], bag_shape) if rank > 1 else ops.zeros_like(entries[:, 0])
     num_segments = 1
     for size in bag_shape:
         num_segments = num_segments * size
