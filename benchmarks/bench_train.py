@@ -88,7 +88,8 @@ def pin_one_thread():
 
 
 def run_sparse_points(vocab, contender):
-    """One JSON line per optimizer: the step time of `contender` at `vocab` rows."""
+    """One JSON line per optimizer: the step time of `contender` at `vocab` rows, and the
+    memory its steps add after two warm-up steps."""
     sys.path.insert(0, HERE)
     pin_one_thread()
     import keras
@@ -118,14 +119,17 @@ def run_sparse_points(vocab, contender):
             model.compile(keras.optimizers.get({"class_name": keras_name, "config": {"learning_rate": 0.01}}), "mse")
             step = lambda: model.train_on_batch(x, y)  # noqa: E731
         del table
+        for _ in range(2):  # compiling, and the first step's one-time copies, are not a step's cost
+            step()
         gc.collect()
         resident_mb = reset_peak_memory()
-        step_ms = median_ms(step, repeats=15, warmup=2, budget_s=20)
+        step_ms = median_ms(step, repeats=15, warmup=0, budget_s=20)
         points.append({"backend": BACKEND, "device": device_name(), "vocab": vocab, "layer": contender,
                        "mode": name, "step_ms": step_ms, "resident_mb": resident_mb,
                        "training_mb": peak_memory() - resident_mb})
         print(json.dumps(points[-1]), file=sys.stderr)
-        del step
+        step = model = None
+        keras.utils.clear_session()
         gc.collect()
     print(json.dumps(points))
 

@@ -65,7 +65,7 @@ def initial_table(weights, shape, layer_name):
     """The table that `weights=` gives: an array of `shape` (or nested lists) alone, or a
     list holding only it."""
     several = isinstance(weights, (list, tuple)) and len(weights) > 1
-    if several and all(np.ndim(w) == 2 for w in weights):
+    if several and any(np.ndim(w) != 1 for w in weights):  # not the rows of a nested list
         raise ValueError(
             f"`weights` must be the table, one array of shape {shape}, or a list holding "
             f"only it. Received: a list of {len(weights)} arrays."

@@ -10,6 +10,8 @@ ids looked up; `dequantize` decodes the whole table, for export, merging and
 
 import math
 
+import numpy as np
+from keras import backend
 from keras import dtype_policies
 from keras import ops
 from keras import quantizers
@@ -191,20 +193,33 @@ class Int4Rows(FloatRows):
             )
             layer.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
         else:
-            values_t, scale_t, zero_t = (
-                quantizers.abs_max_quantize_grouped_with_zero_point(
-                    ops.transpose(table),
-                    block_size=self.block_size,
-                    value_range=(-8, 7),
-                    dtype="int8",
-                    to_numpy=True,
-                )
-            )
-            values = ops.transpose(values_t)
-            layer.embeddings_scale.assign(ops.transpose(scale_t))
-            layer.embeddings_zero.assign(ops.transpose(zero_t))
+            values, scale, zero = quantize_blocks(ops.convert_to_numpy(table), self.block_size)
+            layer.embeddings_scale.assign(scale)
+            layer.embeddings_zero.assign(zero)
         packed, _, _ = quantizers.pack_int4(values, axis=-1)
         layer._embeddings.assign(packed)
+
+
+def quantize_blocks(table, block_size):
+    """Block-wise asymmetric int4 codes of a float `(V, D)` numpy table, in keras 3.15's
+    layout: values `(V, D)` in [-8, 7], a scale and an int8 zero point per block.
+
+    A value decodes as `(q - zero) * scale`. keras clips the zero point to [-8, 7],
+    so a block whose values do not straddle 0 (all in [1, 2], or a constant row)
+    decodes far off; here the zero point uses the int8 range, and the step is at
+    least `max|x| / 119` so that it fits there. Every value then decodes within one
+    step; a block that straddles 0 gets keras' codes.
+    """
+    rows, dim = table.shape
+    groups = math.ceil(dim / block_size)
+    padded = np.zeros((rows, groups * block_size), "float32")
+    padded[:, :dim] = table
+    blocks = padded.reshape(rows, groups, block_size)
+    low, high = blocks.min(axis=-1), blocks.max(axis=-1)
+    scale = np.maximum((high - low + backend.epsilon()) / 15.0, np.maximum(-low, high) / 119.0)
+    zero = np.clip(np.round(-low / scale) - 8, -128, 127)
+    values = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], -8, 7)
+    return values.reshape(rows, -1)[:, :dim].astype("int8"), scale.astype("float32"), zero.astype("int8")
 
 
 def format_for(mode, block_size=None):

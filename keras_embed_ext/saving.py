@@ -73,7 +73,13 @@ def load_variables(layer, store):
     if not layer.built:
         return
     expected = stored_variables(layer)
-    found = [store[str(index)] for index in range(len(store.keys()))]
+    keys = sorted(store.keys(), key=lambda key: (len(str(key)), str(key)))
+    if keys != [str(index) for index in range(len(keys))]:
+        raise ValueError(
+            f"Layer '{layer.name}' cannot load these weights: their keys must be 0 to "
+            f"{len(keys) - 1}. Received keys {keys}."
+        )
+    found = [store[key] for key in keys]
     base = layer._format.variables(layer)
     if _matches(expected, found):
         targets = expected
@@ -91,16 +97,33 @@ def load_variables(layer, store):
             f"Found {len(found)}: {_describe(found, indexed=True)}."
         )
     for variable, value in zip(targets, found):
+        if variable.path.endswith("/g_idx"):
+            _check_groups(layer, value)
         variable.assign(value)
 
 
-def _is_int(dtype):
-    return np.dtype(keras.backend.standardize_dtype(dtype)).kind in "iu"
+def _check_groups(layer, g_idx):
+    """`g_idx`, the block of each value of a row, follows from the block size; another
+    one would decode values with another block's scale."""
+    expected = np.arange(layer.output_dim) // layer._format.block_size
+    if not np.array_equal(np.asarray(g_idx), expected):
+        raise ValueError(
+            f"Layer '{layer.name}' cannot load these weights: `g_idx` must be "
+            f"arange({layer.output_dim}) // {layer._format.block_size}, the block of each value. "
+            f"Received: {np.asarray(g_idx).tolist()}"
+        )
+
+
+def _dtype_class(dtype):
+    """Integer dtypes match exactly (an int8 table stored as int32 would wrap); floats
+    match any float."""
+    name = keras.backend.standardize_dtype(dtype)
+    return "float" if "float" in name else name
 
 
 def _matches(variables, values):
     return len(variables) == len(values) and all(
-        tuple(value.shape) == tuple(variable.shape) and _is_int(value.dtype) == _is_int(variable.dtype)
+        tuple(value.shape) == tuple(variable.shape) and _dtype_class(value.dtype) == _dtype_class(variable.dtype)
         for variable, value in zip(variables, values)
     )
 

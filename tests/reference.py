@@ -34,15 +34,16 @@ def int4_rows(weights, ids, output_dim):
 
 
 def int4_grouped_quantize(table, block_size):
-    """Asymmetric per-block quantization of each row to [-8, 7]."""
+    """Asymmetric per-block quantization of each row to [-8, 7], with an int8 zero point
+    and a step of at least max|x| / 119, so that any block decodes within one step."""
     rows, dim = table.shape
     groups = -(-dim // block_size)
     padded = np.zeros((rows, groups * block_size), "float32")
     padded[:, :dim] = table
     blocks = padded.reshape(rows, groups, block_size)
     low, high = blocks.min(-1), blocks.max(-1)
-    scale = (high - low + EPS) / 15.0
-    zero = np.clip(np.round(-low / scale) - 8, -8, 7)
+    scale = np.maximum((high - low + EPS) / 15.0, np.maximum(-low, high) / 119.0)
+    zero = np.clip(np.round(-low / scale) - 8, -128, 127)
     values = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], -8, 7)
     return values.reshape(rows, -1)[:, :dim], scale, zero
 

@@ -100,3 +100,42 @@ if BACKEND == "jax":
         np.testing.assert_allclose(
             to_numpy(bags(jax_sparse.BCOO.fromdense(ids, n_batch=1))), expected.sum(axis=1), rtol=1e-6
         )
+
+
+def _store(*arrays):
+    return {str(index): array for index, array in enumerate(arrays)}
+
+
+def test_a_file_of_another_integer_dtype_or_bools_is_refused():
+    layer = kee.Embedding(V, D, weights=table(V, D))
+    layer.quantize("int8")
+    values, scale = (to_numpy(v) for v in layer.weights)
+    with pytest.raises(ValueError, match="int32"):
+        layer.load_own_variables(_store(values.astype("int32"), scale))
+    floats = kee.Embedding(V, D)
+    floats.build()
+    with pytest.raises(ValueError, match="bool"):
+        floats.load_own_variables(_store(np.ones((V, D), bool)))
+
+
+def test_a_file_with_a_gap_in_its_keys_is_refused():
+    layer = kee.Embedding(V, D)
+    layer.build()
+    with pytest.raises(ValueError, match="keys must be 0 to 1"):
+        layer.load_own_variables({"0": table(V, D), "2": table(V, D)})
+
+
+def test_a_file_whose_g_idx_is_not_the_block_of_each_value_is_refused():
+    layer = kee.Embedding(V, 16, weights=table(V, 16))
+    layer.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=8))
+    stored = [to_numpy(v) for v in layer.weights]
+    stored[3] = stored[3] + 5
+    with pytest.raises(ValueError, match="g_idx"):
+        layer.load_own_variables(_store(*stored))
+
+
+def test_weights_holding_a_table_and_another_array_is_a_clear_error():
+    with pytest.raises(ValueError, match="a list of 2 arrays"):
+        kee.Embedding(V, D, weights=[table(V, D), np.ones(D, "float32")])
+    nested = table(V, D).tolist()
+    np.testing.assert_array_equal(to_numpy(kee.Embedding(V, D, weights=nested).embeddings), table(V, D))

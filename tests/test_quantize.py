@@ -153,3 +153,19 @@ def test_loading_weights_of_another_state_names_expected_and_found(source, targe
     model(source).save_weights(str(tmp_path / "w.weights.h5"))
     with pytest.raises(ValueError, match=r"Layer 'emb' cannot load these weights. Expected .*embeddings.* Found"):
         model(target).load_weights(str(tmp_path / "w.weights.h5"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    low=st.floats(-1e3, 1e3), width=st.floats(0, 1e3), dim=st.sampled_from([8, 12, 128]),
+    block=st.sampled_from([4, 8, 128]), seed=st.integers(0, 2**16),
+)
+def test_int4_block_wise_decodes_every_row_within_one_step(low, width, dim, block, seed):
+    # Rows whose blocks do not straddle 0 (all in [1, 2]; a constant row) included.
+    rows = np.random.default_rng(seed).uniform(low, low + width, size=(6, dim)).astype("float32")
+    rows[0] = low
+    layer = kee.Embedding(6, dim, weights=rows)
+    layer.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=block))
+    decoded = to_numpy(layer(np.arange(6)))
+    step = np.repeat(to_numpy(layer.embeddings_scale), block, axis=-1)[:, :dim]
+    assert (np.abs(decoded - rows) <= step * 1.0001 + 1e-6).all()
