@@ -1,5 +1,12 @@
 """keras_embed_ext: a gather-first Embedding layer for Keras 3 on every backend."""
 
+import sys
+
+if "keras" not in sys.modules:
+    from keras_embed_ext.environment import choose_backend
+
+    choose_backend()
+
 from keras_embed_ext import optimizers
 from keras_embed_ext.embedding import Embedding
 from keras_embed_ext.migrate import replace_embeddings

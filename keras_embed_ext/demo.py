@@ -7,44 +7,19 @@ table bytes per state.
 
 Without `KERAS_BACKEND`, the demo runs on the backend of `~/.keras/keras.json`
 (TensorFlow by default) when it is installed, and on another installed one when it
-is not.
+is not (`keras_embed_ext.environment`).
 """
 
-import importlib.util
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
-BACKENDS = ("tensorflow", "jax", "torch")
+import keras
+import numpy as np
 
-
-def installed_backends():
-    return [name for name in BACKENDS if importlib.util.find_spec(name) is not None]
-
-
-def choose_backend():
-    """Sets KERAS_BACKEND to an installed backend when keras' own choice is not installed."""
-    if "KERAS_BACKEND" in os.environ or not installed_backends():
-        return
-    config = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "keras.json")
-    try:
-        with open(config) as f:
-            configured = json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError):
-        configured = "tensorflow"
-    if configured not in installed_backends():
-        os.environ["KERAS_BACKEND"] = installed_backends()[0]
-
-
-choose_backend()
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-
-import keras_embed_ext as kee  # noqa: E402
+import keras_embed_ext as kee
+from keras_embed_ext.environment import installed_backends
 
 VOCAB, LENGTH, DIM = 2000, 12, 32
 
