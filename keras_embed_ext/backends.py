@@ -49,7 +49,7 @@ def take_rows(table, ids):
     and on TensorFlow reads the whole variable before gathering. A variable that a
     sparse update (an optimizer step on `IndexedSlices`) has touched is copied in
     full by every such read; `sparse_read` reads only the rows. It is what
-    `tf.gather` calls on axis 0, without the 20 µs of Python checks per eager call.
+    `tf.gather` calls on axis 0, without its Python checks in every eager call.
     """
     backend = keras.backend.backend()
     if isinstance(table, keras.Variable):
@@ -117,12 +117,10 @@ def weighted_bag_sum(table, ids, weights):
     """`sum over l of weights[..., l] * table[ids[..., l]]`: `(..., D)` for `ids (..., L)`
     known to be in range.
 
-    torch's `embedding_bag` adds the rows up as it reads them; a gather first writes
-    all `(..., L, D)` rows, which for 1,024 bags of 16 ids of 256 on 2 CPU cores
-    takes 3.5 ms against 0.36 ms. Under `jax.jit`, XLA fuses a sum of `L` gathers
-    into one pass, where it writes the gathered rows before reducing them: 0.56 vs
-    2.8 ms for the same bags, and 2.5x to 10x faster up to `L = 128` with 64-wide
-    rows; the compile time grows with `L`, so it is written out up to `L = 64`.
+    torch's `embedding_bag` adds the rows up as it reads them, where a gather first
+    writes all `(..., L, D)` rows. Under `jax.jit`, XLA fuses a sum of `L` gathers into
+    one pass, where it writes the gathered rows before reducing them; the compile time
+    grows with `L`, so it is written out up to `L = 64` (figures: docs/performance.md).
     """
     backend = keras.backend.backend()
     bag_size = ids.shape[-1] if ids.ndim > 0 else None
@@ -144,8 +142,8 @@ def weighted_bag_sum(table, ids, weights):
 
 
 def reshape(x, shape):
-    """`keras.ops.reshape(x, shape)`; on torch the tensor's own, without the 20 µs per
-    eager call that keras spends flattening `shape` to look for symbolic tensors."""
+    """`keras.ops.reshape(x, shape)`; on torch the tensor's own, without keras' flattening
+    of `shape` to look for symbolic tensors in every eager call."""
     if keras.backend.backend() == "torch":
         return x.reshape(shape)
     return keras.ops.reshape(x, shape)
@@ -157,9 +155,8 @@ _TORCH_IN_PLACE = {"add": "add_", "subtract": "sub_", "multiply": "mul_", "divid
 def in_place(op, fresh, other):
     """`keras.ops.<op>(fresh, other)`; on torch written into `fresh`, a float tensor just made.
 
-    On a CPU each new output of a row-sized op costs fresh pages from the allocator:
-    decoding 4,096 int8 rows of 256 takes 2.7 ms as cast-then-divide and 0.1 ms with
-    the divide in place. `fresh` keeps its shape and dtype.
+    On a CPU each new output of a row-sized op costs fresh pages from the allocator,
+    often more than the arithmetic itself. `fresh` keeps its shape and dtype.
     """
     if keras.backend.backend() == "torch" and fresh.dtype == other.dtype:
         if _broadcasts_into(other.shape, fresh.shape):
@@ -168,8 +165,8 @@ def in_place(op, fresh, other):
 
 
 def _broadcasts_into(shape, target):
-    """Whether `shape` broadcasts to `target` unchanged; `torch.broadcast_shapes` takes
-    30 µs to say so."""
+    """Whether `shape` broadcasts to `target` unchanged, in plain Python:
+    `torch.broadcast_shapes` costs more than the op it guards."""
     return len(shape) <= len(target) and all(
         size in (1, target_size) for size, target_size in zip(reversed(shape), reversed(target))
     )
@@ -180,8 +177,7 @@ def add_matmul(fresh, a, b):
 
     Under `torch.compile`, a rank up to 16 is written as `r` multiply-adds, which
     inductor fuses with the gather into one pass over the rows; `addmm` writes a new
-    tensor (4,096 rows of 256, 2 CPU cores, r = 8: 0.37 vs 0.56 ms; r = 32: 1.66 vs
-    1.26 ms).
+    tensor. Larger ranks keep the matmul, faster there.
     """
     if keras.backend.backend() == "torch" and fresh.dtype == a.dtype == b.dtype:
         import torch
@@ -200,18 +196,16 @@ def take_int4_rows(packed, ids=None):
     """Signed 4-bit values as int8 of the rows `ids` (all rows for `None`) of a table
     of bytes packed two per byte along its last axis, low nibble first.
 
-    Times below: 4,096 x 256 values, decoded, on 2 CPU cores. XLA unpacks int4
-    natively: on JAX the rows are gathered as int32 words and bitcast to int4, 3x
-    faster than shifting the gathered bytes (0.24 vs 0.74 ms). Bitcasting the
-    gathered bytes is slower, and XLA rejects two bitcasts in a row, so a whole
-    table takes the generic path. TensorFlow has no int4 type; there the lookup is
-    compiled by XLA (`Fused`), which fuses the shifts of the whole table into the
-    gather, so only the gathered values are computed, each from its byte in the
-    table: 0.64 vs 0.92 ms for shifting the gathered bytes.
+    XLA unpacks int4 natively: on JAX the rows are gathered as int32 words and
+    bitcast to int4, faster than shifting the gathered bytes. Bitcasting the gathered
+    bytes is slower, and XLA rejects two bitcasts in a row, so a whole table takes the
+    generic path. TensorFlow has no int4 type; there the lookup is compiled by XLA
+    (`Fused`), which fuses the shifts of the whole table into the gather, so only the
+    gathered values are computed, each from its byte in the table.
 
-    The bitcast is for JAX's traced calls, where XLA fuses it into the gather: run
-    op by op, or compiled on its own, it is a pass over the whole table (100 ms for
-    2M rows of 64). Eager calls shift the gathered bytes. So do ids of a shape known
+    The bitcast is for JAX's traced calls, where XLA fuses it into the gather: run op
+    by op, or compiled on its own, it is a pass over the whole table in every call.
+    Eager calls shift the gathered bytes. So do ids of a shape known
     only symbolically (an exported signature): exporters reject a bitcast of dynamic
     shape, and ONNX has no bitcast.
     """
@@ -239,8 +233,7 @@ def unpack_int4(packed):
     Arithmetic shifts sign-extend each nibble (`(b << 4) >> 4` and `b >> 4` on the
     int8 bytes). On torch they run on int16 in place and each (low, high) pair is
     written as one little-endian int16 whose bytes are read as int8, where stacking
-    on a new last axis is a strided copy (4,096 x 256 values, with the decode, on 2
-    CPU cores: 0.52 ms with a new tensor for each op, 0.30 ms in place).
+    on a new last axis is a strided copy.
     """
     if keras.backend.backend() == "torch" and sys.byteorder == "little":
         import torch
@@ -297,9 +290,8 @@ class Fused:
     """`fn` compiled by XLA on TensorFlow, as is elsewhere.
 
     TensorFlow runs each op of a decode, of the LoRA product or of a bag as its own
-    pass over memory (4,096 rows of 256 on 2 CPU cores: int4 6.1 ms op by op vs 0.8 ms
-    fused; LoRA r = 8 at V = 1M, 2.3 vs 0.9 ms; 1,024 bags of 16 such rows, 6.5 vs
-    1.1 ms); JAX is compiled by its caller and torch runs eagerly. A compiled function
+    pass over memory, where XLA fuses them (figures: docs/performance.md); JAX is
+    compiled by its caller and torch runs eagerly. A compiled function
     keeps the variables it captured, so it is compiled again when `captured`, the
     objects `fn` reads them from, are new ones. There is one compiled function per
     rank of the arguments (and whether gradients are summed per id): one traced for
