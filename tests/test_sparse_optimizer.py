@@ -162,6 +162,17 @@ def test_bags_with_per_id_weights_equal_the_dense_reference(combiner):
     np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(reference.table), rtol=1e-5, atol=1e-6)
 
 
+def test_word_dropout_trains_like_the_same_layer_with_keras_sgd():
+    # The same seed drops the same rows in both; dropped rows get no update in either.
+    initial = table(V, D)
+    plain = kee.Embedding(V, D, weights=initial, dropout=0.5, seed=3)
+    fit_steps(plain, batches(), keras.optimizers.SGD(0.2))
+    layer = kee.Embedding(V, D, weights=initial, dropout=0.5, seed=3, sparse_optimizer=keras.optimizers.SGD(0.2))
+    fit_steps(layer, batches())
+    np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(plain.embeddings), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(to_numpy(layer.embeddings), initial)
+
+
 def test_invalid_ids_update_nothing():
     # Lazy Adam would move a row that a zero gradient reached; invalid ids reach none.
     initial = table(V, D)
