@@ -1,0 +1,74 @@
+"""Exports a small model with keras' layer and with this one, in every state, in each
+format keras offers on this backend, and serves the artifact back.
+
+Prints one JSON line: for each state and format, whether each layer's model exported
+and served, and the largest difference from the model's own output. Run by
+test_export.py, once per backend (KERAS_BACKEND).
+"""
+
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import keras_embed_ext as kee  # noqa: E402
+
+V, D, L = 64, 16, 5
+STATES = ("float", "mask", "int8", "int4", "lora", "int8_lora", "int4_lora")
+FORMATS = {"tensorflow": ("tf_saved_model",), "jax": ("tf_saved_model",), "torch": ("torch",)}
+IDS = np.random.default_rng(1).integers(0, V, size=(3, L)).astype("int32")
+
+
+def build(layer_class, state):
+    table = np.random.default_rng(0).standard_normal((V, D)).astype("float32")
+    layer = layer_class(V, D, mask_zero=state == "mask", weights=[table])
+    model = keras.Sequential([keras.Input((L,), dtype="int32"), layer, keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(2, kernel_initializer="ones")])
+    if state.startswith("int"):
+        layer.quantize(state[:4])
+    if state.endswith("lora"):
+        layer.enable_lora(2)
+        layer.lora_embeddings_b.assign(np.full((2, D), 0.1, "float32"))
+    return model
+
+
+def served(model, fmt, path, ids):
+    """The exported artifact's output for `ids`."""
+    model.export(path, format=fmt, verbose=False)
+    if fmt == "tf_saved_model":
+        import tensorflow as tf
+
+        artifact = tf.saved_model.load(path)
+        return np.asarray(artifact.serve(tf.constant(ids)))
+    import torch
+
+    program = torch.export.load(path)
+    return program.module()(torch.from_numpy(ids)).detach().numpy()
+
+
+def main():
+    report = {}
+    for state in STATES:
+        for fmt in FORMATS[keras.backend.backend()]:
+            entry = {}
+            # keras' torch export traces with a batch of one and specializes to it.
+            ids = IDS[:1] if fmt == "torch" else IDS
+            for name, layer_class in (("keras", keras.layers.Embedding), ("ours", kee.Embedding)):
+                model = build(layer_class, state)
+                expected = keras.ops.convert_to_numpy(model(ids))
+                path = os.path.join(tempfile.mkdtemp(), "model.pt2" if fmt == "torch" else "model")
+                try:
+                    entry[name] = float(np.abs(served(model, fmt, path, ids) - expected).max())
+                except Exception as error:  # noqa: BLE001 - what failed is the report
+                    entry[name] = f"{type(error).__name__}: {str(error)[:200]}"
+            report[f"{state}/{fmt}"] = entry
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Every state exports wherever keras' own layer exports (`model.export`), and the
+served artifact gives the model's output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_exports_wherever_keras_layer_does(backend):
+    result = subprocess.run([sys.executable, os.path.join(HERE, "exported.py")], capture_output=True, text=True,
+                            timeout=900, env={**os.environ, "KERAS_BACKEND": backend})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report
+    for case, entry in report.items():
+        if isinstance(entry["keras"], float):
+            assert isinstance(entry["ours"], float), (case, entry)
+        if isinstance(entry["ours"], float):
+            assert entry["ours"] <= 1e-5, (case, entry)
+    assert isinstance(report["float/" + ("torch" if backend == "torch" else "tf_saved_model")]["ours"], float)
