@@ -103,7 +103,7 @@ class Adagrad(RowOptimizer):
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
-class RowwiseAdagrad(RowOptimizer):
+class RowwiseAdagrad(Adagrad):
     """Adagrad with one accumulator per row (FBGEMM's exact row-wise Adagrad):
     `acc += mean(grad**2)`, `row -= learning_rate * grad / (sqrt(acc) + epsilon)`.
     Its state is one float per row instead of one per value."""
@@ -111,24 +111,12 @@ class RowwiseAdagrad(RowOptimizer):
     slots = (("accumulator", True),)
 
     def __init__(self, learning_rate=0.01, initial_accumulator_value=0.0, epsilon=1e-8):
-        super().__init__(learning_rate)
-        self.initial_accumulator_value = float(initial_accumulator_value)
-        self.epsilon = float(epsilon)
-
-    def slot_initial_value(self, name):
-        return self.initial_accumulator_value
+        super().__init__(learning_rate, initial_accumulator_value, epsilon)
 
     def update(self, rows, grads, slots, step):
         accumulator = slots[0] + ops.mean(ops.square(grads), axis=-1)
         scale = self.current_learning_rate(step) / (ops.sqrt(accumulator) + self.epsilon)
         return rows - ops.expand_dims(scale, -1) * grads, [accumulator]
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "initial_accumulator_value": self.initial_accumulator_value,
-            "epsilon": self.epsilon,
-        }
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
