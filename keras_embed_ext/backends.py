@@ -24,7 +24,13 @@ def is_traced(x) -> bool:
     if backend == "torch":
         import torch
 
-        return torch.compiler.is_compiling() or x.device.type == "meta"
+        if torch.compiler.is_compiling() or x.device.type == "meta":
+            return True
+        # A compiled function that Dynamo runs eagerly (past its recompile limit, or
+        # after a graph break) still has Dynamo's frame callback installed.
+        from torch._C._dynamo.eval_frame import get_eval_frame_callback
+
+        return get_eval_frame_callback() is not None
     return False
 
 

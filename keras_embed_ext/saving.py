@@ -99,6 +99,8 @@ def load_variables(layer, store):
     for variable, value in zip(targets, found):
         if variable.path.endswith("/g_idx"):
             _check_groups(layer, value)
+        if variable is layer._format.row_variables(layer)[0] and layer.quantization_mode == "int4":
+            _check_padding(layer, value)
         variable.assign(value)
 
 
@@ -111,6 +113,22 @@ def _check_groups(layer, g_idx):
             f"Layer '{layer.name}' cannot load these weights: `g_idx` must be "
             f"arange({layer.output_dim}) // {layer._format.block_size}, the block of each value. "
             f"Received: {np.asarray(g_idx).tolist()}"
+        )
+
+
+def _check_padding(layer, packed):
+    """With an odd `output_dim`, the last byte of each packed int4 row holds one value
+    and a zero: anything else is a file of another `output_dim` (8 values in the
+    shape of 7)."""
+    if layer.output_dim % 2 == 0:
+        return
+    padding = (np.asarray(packed)[:, -1].astype("uint8") >> 4) != 0
+    if padding.any():
+        raise ValueError(
+            f"Layer '{layer.name}' cannot load these weights: with output_dim="
+            f"{layer.output_dim} the last int4 value of each packed row must be padding "
+            f"(0), but row {int(np.flatnonzero(padding)[0])} holds a value there. The file "
+            f"was saved with output_dim={layer.output_dim + 1}."
         )
 
 

@@ -139,3 +139,38 @@ def test_weights_holding_a_table_and_another_array_is_a_clear_error():
         kee.Embedding(V, D, weights=[table(V, D), np.ones(D, "float32")])
     nested = table(V, D).tolist()
     np.testing.assert_array_equal(to_numpy(kee.Embedding(V, D, weights=nested).embeddings), table(V, D))
+
+
+# Per-row, the packed shapes of 7 and 8 values agree; block-wise, `g_idx` differs.
+@pytest.mark.parametrize("block_size, message", [(-1, "saved with output_dim=8"), (8, r"g_idx \(7,\)")])
+def test_an_int4_file_of_a_wider_output_dim_is_refused(block_size, message):
+    config = keras.quantizers.Int4QuantizationConfig(block_size=block_size)
+
+    def quantized(output_dim):
+        layer = kee.Embedding(V, output_dim, weights=table(V, output_dim))
+        layer.quantize("int4", config=config)
+        return layer
+
+    wide, narrow = quantized(8), quantized(7)
+    narrow.load_own_variables(_store(*(to_numpy(v) for v in quantized(7).weights)))
+    with pytest.raises(ValueError, match=message):
+        narrow.load_own_variables(_store(*(to_numpy(v) for v in wide.weights)))
+
+
+if BACKEND == "torch":  # Dynamo's recompile limit is torch.compile's
+
+    def test_torch_compile_past_its_recompile_limit_still_gives_zero_rows():
+        import torch
+
+        layer = kee.Embedding(V, D, weights=table(V, D))
+        compiled = torch.compile(lambda ids: layer(ids), backend="eager", dynamic=False)
+        limit = torch._dynamo.config.recompile_limit
+        for length in range(1, limit + 1):  # one compile per shape, up to the limit
+            compiled(torch.zeros(length, dtype=torch.int32))
+        # Dynamo now runs the function eagerly; it is still the compiled function.
+        ids = torch.tensor([1] * limit + [V], dtype=torch.int32)
+        rows = to_numpy(compiled(ids))
+        np.testing.assert_array_equal(rows[-1], np.zeros(D, "float32"))
+        np.testing.assert_array_equal(rows[0], table(V, D)[1])
+        with pytest.raises(ValueError, match=f"got id {V}"):
+            layer(ids)
