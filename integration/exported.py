@@ -1,5 +1,6 @@
 """Exports a small model with keras' layer and with this one, in every state, in each
-format keras offers on this backend, and serves the artifact back.
+format keras offers on this backend (ONNX included), and serves the artifact back
+(`tf.saved_model.load`, onnxruntime, `torch.export.load`).
 
 Prints one JSON line: for each state and format, whether each layer's model exported
 and served, and the largest difference from the model's own output. Run by
@@ -20,7 +21,7 @@ import keras_embed_ext as kee  # noqa: E402
 
 V, D, L = 64, 16, 5
 STATES = ("float", "mask", "int8", "int4", "lora", "int8_lora", "int4_lora")
-FORMATS = {"tensorflow": ("tf_saved_model",), "jax": ("tf_saved_model",), "torch": ("torch",)}
+FORMATS = {"tensorflow": ("tf_saved_model", "onnx"), "jax": ("tf_saved_model", "onnx"), "torch": ("torch", "onnx")}
 IDS = np.random.default_rng(1).integers(0, V, size=(3, L)).astype("int32")
 
 
@@ -45,6 +46,11 @@ def served(model, fmt, path, ids):
 
         artifact = tf.saved_model.load(path)
         return np.asarray(artifact.serve(tf.constant(ids)))
+    if fmt == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: ids})[0]
     import torch
 
     program = torch.export.load(path)
@@ -61,7 +67,7 @@ def main():
             for name, layer_class in (("keras", keras.layers.Embedding), ("ours", kee.Embedding)):
                 model = build(layer_class, state)
                 expected = keras.ops.convert_to_numpy(model(ids))
-                path = os.path.join(tempfile.mkdtemp(), "model.pt2" if fmt == "torch" else "model")
+                path = os.path.join(tempfile.mkdtemp(), {"torch": "model.pt2", "onnx": "model.onnx"}.get(fmt, "model"))
                 try:
                     entry[name] = float(np.abs(served(model, fmt, path, ids) - expected).max())
                 except Exception as error:  # noqa: BLE001 - what failed is the report

@@ -23,4 +23,6 @@ def test_exports_wherever_keras_layer_does(backend):
             assert isinstance(entry["ours"], float), (case, entry)
         if isinstance(entry["ours"], float):
             assert entry["ours"] <= 1e-5, (case, entry)
+    # Both formats ran here (an exporter missing would fail both layers alike).
     assert isinstance(report["float/" + ("torch" if backend == "torch" else "tf_saved_model")]["ours"], float)
+    assert isinstance(report["float/onnx"]["ours"], float), report["float/onnx"]

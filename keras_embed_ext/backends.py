@@ -34,6 +34,16 @@ def is_traced(x) -> bool:
     return False
 
 
+def _compiled_by_xla() -> bool:
+    """Whether TensorFlow is tracing a function that XLA compiles (eager: no)."""
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph()
+    )
+
+
 def to_host(x):
     """The values of eager tensor `x` as a numpy array, for reading: on TensorFlow and
     on torch's CPU without the copy that `keras.ops.convert_to_numpy` makes."""
@@ -205,9 +215,10 @@ def take_int4_rows(packed, ids=None):
     XLA unpacks int4 natively: on JAX the rows are gathered as int32 words and
     bitcast to int4, faster than shifting the gathered bytes. Bitcasting the gathered
     bytes is slower, and XLA rejects two bitcasts in a row, so a whole table takes the
-    generic path. TensorFlow has no int4 type; there the lookup is compiled by XLA
-    (`Fused`), which fuses the shifts of the whole table into the gather, so only the
-    gathered values are computed, each from its byte in the table.
+    generic path. TensorFlow has no int4 type; there an XLA-compiled lookup (`Fused`,
+    or the caller's) shifts the whole table, which XLA fuses into the gather, so only
+    the gathered values are computed, each from its byte in the table; any other
+    TensorFlow graph shifts the gathered bytes.
 
     The bitcast is for JAX's traced calls, where XLA fuses it into the gather: run op
     by op, or compiled on its own, it is a pass over the whole table in every call.
@@ -218,7 +229,7 @@ def take_int4_rows(packed, ids=None):
     table = packed.value if isinstance(packed, keras.Variable) else packed
     width = table.shape[-1]
     backend = keras.backend.backend()
-    if ids is not None and backend == "tensorflow" and is_traced(ids):
+    if ids is not None and backend == "tensorflow" and _compiled_by_xla():
         return take_rows(unpack_int4(table), ids)
     if (
         ids is not None and backend == "jax" and sys.byteorder == "little" and width % 4 == 0
@@ -236,8 +247,7 @@ def take_int4_rows(packed, ids=None):
 def unpack_int4(packed):
     """Signed 4-bit values as int8 from int8 bytes packed along the last axis, low nibble first.
 
-    Arithmetic shifts sign-extend each nibble (`(b << 4) >> 4` and `b >> 4` on the
-    int8 bytes). On torch they run on int16 in place and each (low, high) pair is
+    On torch the shifts run on int16 in place and each (low, high) pair is
     written as one little-endian int16 whose bytes are read as int8, where stacking
     on a new last axis is a strided copy.
     """
@@ -251,8 +261,14 @@ def unpack_int4(packed):
         low = torch.bitwise_left_shift(wide, 12).bitwise_right_shift_(12).bitwise_and_(0xFF)
         pairs = low.bitwise_or_(wide.bitwise_right_shift_(4).bitwise_left_shift_(8))
         return pairs.view(torch.int8).reshape(shape)
-    low = keras.ops.right_shift(keras.ops.left_shift(packed, 4), 4)
-    high = keras.ops.right_shift(packed, 4)
+    # Arithmetic on non-negative integers rather than bitwise ops, which ONNX
+    # exporters lack or translate as logical shifts (or a division that truncates):
+    # `byte + 128 = 16 * (high + 8) + low`, with `low` in [0, 16).
+    shifted = keras.ops.add(keras.ops.cast(packed, "int32"), 128)
+    high = keras.ops.floor_divide(shifted, 16)
+    low = keras.ops.subtract(shifted, keras.ops.multiply(high, 16))
+    low = keras.ops.cast(keras.ops.where(low > 7, low - 16, low), "int8")
+    high = keras.ops.cast(high - 8, "int8")
     shape = keras.ops.shape(packed)
     pairs = keras.ops.stack([low, high], axis=-1)
     return keras.ops.reshape(pairs, (*shape[:-1], 2 * shape[-1]))
@@ -314,6 +330,12 @@ class Fused:
     def __call__(self, captured, *args):
         if keras.backend.backend() != "tensorflow":
             return self.fn(*args)
+        import tensorflow as tf
+
+        if not tf.executing_eagerly():
+            # Traced by a caller (fit, export), whose compiler decides; a nested XLA
+            # function would also keep exporters from freezing its variables.
+            return self.fn(*args)
         same = len(captured) == len(self.captured) and all(
             new is old for new, old in zip(captured, self.captured)
         )
@@ -322,8 +344,6 @@ class Fused:
             self.by_rank = {}
         ranks = (*(getattr(arg, "ndim", None) for arg in args), _SUMMING_REPEATS.get())
         if ranks not in self.by_rank:
-            import tensorflow as tf
-
             self.by_rank[ranks] = tf.function(self.fn, jit_compile=True, reduce_retracing=True)
         self.compiled = self.by_rank[ranks]
         return self.compiled(*args)
