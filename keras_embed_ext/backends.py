@@ -312,38 +312,66 @@ class Fused:
     """`fn` compiled by XLA on TensorFlow, as is elsewhere.
 
     TensorFlow runs each op of a decode, of the LoRA product or of a bag as its own
-    pass over memory, where XLA fuses them (figures: docs/performance.md); JAX is
-    compiled by its caller and torch runs eagerly. A compiled function
-    keeps the variables it captured, so it is compiled again when `captured`, the
-    objects `fn` reads them from, are new ones. There is one compiled function per
-    rank of the arguments (and whether gradients are summed per id): one traced for
-    several ranks would take tensors of unknown rank. A plain object: TensorFlow's
-    tracking would save a `tf.function` held by the layer.
+    pass over memory, where XLA fuses them (figures: docs/performance.md), in eager
+    calls and in graphs that XLA does not compile (keras' `fit` on a CPU); inside a
+    function XLA compiles, `fn` runs inline. JAX is compiled by its caller and torch
+    runs eagerly.
+
+    The variables `fn` reads are arguments of the compiled function, not captures,
+    and `key` holds every other value its trace depends on: layers and states with
+    the same key and shapes share one compiled function. TensorFlow keeps each
+    executable XLA compiles for as long as the process runs, so one function per
+    layer, or per `enable_lora`, would grow memory with each. A compiled function is
+    traced per rank of the arguments (and whether gradients are summed per id): one
+    for several ranks would take tensors of unknown rank. A plain object:
+    TensorFlow's tracking would save a `tf.function` held by the layer.
     """
 
     def __init__(self, fn):
         self.fn = fn
-        self.captured = ()
-        self.by_rank = {}
-        self.compiled = None  # the function of the latest call
+        self.compiled = None  # the function of the latest call, for inspection
+        self.variables = ()  # and the variables it was given
+        self._concrete = {}
 
-    def __call__(self, captured, *args):
+    def __call__(self, key, variables, *args):
         if keras.backend.backend() != "tensorflow":
             return self.fn(*args)
         import tensorflow as tf
 
-        if not tf.executing_eagerly():
-            # Traced by a caller (fit, export), whose compiler decides; a nested XLA
-            # function would also keep exporters from freezing its variables.
+        if _compiled_by_xla():
             return self.fn(*args)
-        same = len(captured) == len(self.captured) and all(
-            new is old for new, old in zip(captured, self.captured)
-        )
-        if not same:
-            self.captured = captured
-            self.by_rank = {}
         ranks = (*(getattr(arg, "ndim", None) for arg in args), _SUMMING_REPEATS.get())
-        if ranks not in self.by_rank:
-            self.by_rank[ranks] = tf.function(self.fn, jit_compile=True, reduce_retracing=True)
-        self.compiled = self.by_rank[ranks]
-        return self.compiled(*args)
+        shared_key = (getattr(self.fn, "__qualname__", None) or self.fn.func.__qualname__, key, ranks)
+        if shared_key not in _COMPILED:
+            _COMPILED[shared_key] = tf.function(_call_current, jit_compile=True, reduce_retracing=True)
+        # The tf.Variable under each keras Variable: TensorFlow traces a keras Variable
+        # as a tensor (a read of the whole table, and its reads in `fn` captures).
+        self.compiled = _COMPILED[shared_key]
+        self.variables = tuple(getattr(v, "_value", v) for v in variables)
+        token = _CURRENT_FN.set(self.fn)
+        try:
+            # Calling the concrete function skips matching the arguments to a trace.
+            signature = (shared_key, *(_spec(v) for v in self.variables), *(_spec(arg) for arg in args))
+            concrete = self._concrete.get(signature)
+            if concrete is None:
+                concrete = self._concrete[signature] = self.compiled.get_concrete_function(self.variables, *args)
+            return concrete(self.variables, *args)
+        finally:
+            _CURRENT_FN.reset(token)
+
+
+_COMPILED = {}
+_CURRENT_FN = contextvars.ContextVar("fused_fn")
+
+
+def _spec(x):
+    if isinstance(x, (list, tuple)):
+        return tuple(_spec(item) for item in x)
+    return (tuple(x.shape), x.dtype) if hasattr(x, "shape") else x
+
+
+def _call_current(variables, *args):
+    """The traced body of a `Fused` function: the calling layer's `fn`, which reads
+    exactly `variables` (passed so that the trace takes them as arguments)."""
+    del variables
+    return _CURRENT_FN.get()(*args)

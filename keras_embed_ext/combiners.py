@@ -110,7 +110,8 @@ def dense_bags(layer, ids, weights, training):
         keep_scale = row_keep_scale(ids, layer.dropout, layer.seed_generator)
     if weights is not None:
         weights = ops.convert_to_tensor(weights)
-    return layer._fused_float_bags((layer._embeddings,), ids, valid, weights, keep_scale)
+    key = (layer.combiner, layer.mask_zero)
+    return layer._fused_float_bags(key, (layer._embeddings,), ids, valid, weights, keep_scale)
 
 
 def float_bags(layer, ids, valid, weights, keep_scale):

@@ -227,8 +227,7 @@ class Embedding(keras.layers.Layer):
         if self._trains_rows(training):
             rows = self._training_lookup(ids, valid)
         elif self._is_quantized or self.lora_enabled:
-            adapter = lora.adapter_variables(self) if self.lora_enabled else []
-            rows = self._fused_lookup((self._format, *adapter), ids, valid)
+            rows = self._fused_rows(ids, valid)
         else:
             rows = self._lookup(ids, valid)
         if self.dropout and training:
@@ -256,6 +255,13 @@ class Embedding(keras.layers.Layer):
         if self.lora_enabled:
             rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid)
         return rows
+
+    def _fused_rows(self, ids, valid):
+        """`_lookup` of a quantized or LoRA table, compiled by XLA on TensorFlow (`backends.Fused`)."""
+        adapter = lora.adapter_variables(self) if self.lora_enabled else []
+        key = (type(self._format), getattr(self._format, "block_size", None), self.output_dim,
+               self.lora_enabled and self.lora_alpha / self.lora_rank)
+        return self._fused_lookup(key, (*self._format.variables(self), *adapter), ids, valid)
 
     def _training_lookup(self, ids, valid):
         """`_lookup` in a training step of the `sparse_optimizer`: the variable it trains

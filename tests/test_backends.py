@@ -155,7 +155,8 @@ if BACKEND == "tensorflow":
             layer.enable_lora(2)
         ids = tf.constant([[1, 7, vocab - 1]])
         layer(ids)
-        shapes = _written_shapes(layer._fused_lookup.compiled, ids, None)
+        fused = layer._fused_lookup
+        shapes = _written_shapes(fused.compiled, fused.variables, ids, None)
         assert shapes and not [shape for shape in shapes if shape.startswith(f"{vocab},")]
 
     def test_eager_bags_of_a_float_table_are_compiled_by_xla_and_write_no_rows():
@@ -169,8 +170,44 @@ if BACKEND == "tensorflow":
         ids[:, 3:] = 0
         expected = values[ids[:, :3]].mean(axis=1)
         np.testing.assert_allclose(to_numpy(layer(tf.constant(ids))), expected, rtol=1e-6)
-        shapes = _written_shapes(layer._fused_float_bags.compiled, tf.constant(ids), None, None, None)
+        fused = layer._fused_float_bags
+        shapes = _written_shapes(fused.compiled, fused.variables, tf.constant(ids), None, None, None)
         assert shapes and "6,5,8" not in shapes
+
+    @pytest.mark.parametrize("combiner", [None, "mean"])
+    def test_layers_and_states_share_compiled_functions_each_reading_its_own_table(combiner):
+        # TensorFlow keeps every executable XLA compiles: one compiled function per
+        # layer or per enable_lora would grow memory with each.
+        import tensorflow as tf
+
+        from keras_embed_ext import backends
+
+        ids = tf.constant([[1, 7, 3], [0, 2, 9]])
+
+        def check(layer, values):
+            rows = values[ids.numpy()]
+            expected = rows if combiner is None else rows.mean(axis=1)
+            np.testing.assert_allclose(to_numpy(layer(ids)), expected, rtol=1e-5, atol=1e-6)
+
+        def cycle(seed):
+            values = table(10, 8, seed=seed)
+            layer = kee.Embedding(10, 8, weights=values, combiner=combiner)
+            check(layer, values)  # float
+            layer.enable_lora(2)
+            check(layer, values)  # the adapter's delta starts at zero
+            layer.lora_embeddings_b.assign(np.full((2, 8), 0.5, "float32"))
+            layer.merge_lora()
+            check(layer, to_numpy(layer.embeddings))
+            layer.quantize("int8")
+            check(layer, to_numpy(layer.embeddings))
+
+        cycle(0)
+        compiled = dict(backends._COMPILED)
+        traces = {key: fn.experimental_get_tracing_count() for key, fn in compiled.items()}
+        for seed in range(1, 4):
+            cycle(seed)
+        assert backends._COMPILED == compiled
+        assert {key: fn.experimental_get_tracing_count() for key, fn in compiled.items()} == traces
 
     def test_sgd_on_the_table_updates_only_the_looked_up_rows():
         import tensorflow as tf
