@@ -9,10 +9,6 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Declared in README (Export): on TensorFlow the lookup of a quantized or LoRA table
-# is an XLA function even inside a graph, 1.4x to 3.6x faster there, and tf2onnx cannot
-# convert a call of an XLA function (it cannot freeze the variables the call reads).
-_DECLARED = {"tensorflow": {f"{state}/onnx" for state in ("int8", "int4", "lora", "int8_lora", "int4_lora")}}
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
@@ -23,9 +19,6 @@ def test_exports_wherever_keras_layer_does(backend):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report
     for case, entry in report.items():
-        if case in _DECLARED.get(backend, ()):
-            assert isinstance(entry["ours"], str), (case, entry)  # fails to convert, as declared
-            continue
         if isinstance(entry["keras"], float):
             assert isinstance(entry["ours"], float), (case, entry)
         if isinstance(entry["ours"], float):

@@ -314,7 +314,7 @@ class Fused:
     TensorFlow runs each op of a decode, of the LoRA product or of a bag as its own
     pass over memory, where XLA fuses them (figures: docs/performance.md), in eager
     calls and in graphs that XLA does not compile (keras' `fit` on a CPU); inside a
-    function XLA compiles, `fn` runs inline. JAX is compiled by its caller and torch
+    function XLA compiles, and in a graph that `model.export` traces, `fn` runs inline. JAX is compiled by its caller and torch
     runs eagerly.
 
     The variables `fn` reads are arguments of the compiled function, not captures,
@@ -338,7 +338,7 @@ class Fused:
             return self.fn(*args)
         import tensorflow as tf
 
-        if _compiled_by_xla():
+        if _compiled_by_xla() or (not tf.executing_eagerly() and _traced_by_keras_export()):
             return self.fn(*args)
         ranks = (*(getattr(arg, "ndim", None) for arg in args), _SUMMING_REPEATS.get())
         shared_key = (getattr(self.fn, "__qualname__", None) or self.fn.func.__qualname__, key, ranks)
@@ -358,6 +358,18 @@ class Fused:
             return concrete(self.variables, *args)
         finally:
             _CURRENT_FN.reset(token)
+
+
+def _traced_by_keras_export() -> bool:
+    """Whether `model.export` is tracing this call: its graph then runs the lookup's
+    ops itself, which exporters (tf2onnx) can convert, where an XLA call they cannot.
+    Read from the stack, once per trace."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith("keras.src.export."):
+            return True
+        frame = frame.f_back
+    return False
 
 
 _COMPILED = {}
