@@ -4,7 +4,6 @@ import functools
 import warnings
 
 import keras
-import numpy as np
 from keras import constraints
 from keras import initializers
 from keras import ops
@@ -27,16 +26,15 @@ from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import format_for
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import requantize
-from keras_embed_ext.ids import dtype_name
-from keras_embed_ext.ids import is_numeric
 from keras_embed_ext.ids import validate
 from keras_embed_ext.ids import zero_invalid
 from keras_embed_ext.legacy import input_shape_from_length
 from keras_embed_ext.legacy import pop_keras1_arguments
+from keras_embed_ext.table_states import TableStates
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
-class Embedding(keras.layers.Layer):
+class Embedding(TableStates, keras.layers.Layer):
     """Turns nonnegative integers (indexes) into dense vectors of fixed size.
 
     e.g. `[[4], [20]] -> [[0.25, 0.1], [0.6, -0.2]]`
@@ -278,29 +276,6 @@ class Embedding(keras.layers.Layer):
         cast by it; `call` takes ids as given."""
         return "int32"
 
-    def quantized_build(self, embeddings_shape, mode, config=None):
-        """Builds the variables of a `mode` table ("int8" or "int4"), as keras' layer does."""
-        if mode not in ("int8", "int4"):
-            raise self._quantization_mode_error(mode)
-        self._format = format_for(mode, int4_block_size(self.dtype_policy, config))
-        self._format.build(self, tuple(embeddings_shape))
-        self._is_quantized = True
-
-    def quantized_call(self, *args, **kwargs):
-        if self.quantization_mode not in ("int8", "int4"):
-            raise self._quantization_mode_error(self.quantization_mode)
-        return self.call(*args, **kwargs)
-
-    def _quantization_mode_error(self, mode):
-        return NotImplementedError(
-            f"Invalid quantization mode. Expected one of ('int8', 'int4'). Received: quantization_mode={mode}"
-        )
-
-    @property
-    def _int4_block_size(self):
-        """The int4 block size as given (`-1` or `None` for per-row scales), as keras keeps it."""
-        return getattr(self._format, "given_block_size", None)
-
     def compute_mask(self, inputs, mask=None):
         if not self.mask_zero or self.combiner or sparse.is_ragged(inputs):
             return None
@@ -318,82 +293,6 @@ class Embedding(keras.layers.Layer):
             dtype=self.compute_dtype,
             ragged=ragged,
         )
-
-    def attend(self, x):
-        """Logits over the vocabulary: `x @ embeddings.T`.
-
-        Ties an output projection to this table (float, quantized or with
-        LoRA). A quantized table is decoded for the call only; the LoRA part
-        is `(x @ B.T) @ A.T`, so `A @ B` is never formed.
-
-        Args:
-            x: Tensor of shape `(..., output_dim)`.
-
-        Returns:
-            Tensor of shape `(..., input_dim)` in the compute dtype.
-        """
-        shape = tuple(np.shape(x))
-        if not shape or shape[-1] != self.output_dim:
-            raise ValueError(
-                f"attend() expects inputs whose last axis is output_dim="
-                f"{self.output_dim}. Received shape {shape}."
-            )
-        dtype = dtype_name(x)
-        if not is_numeric(dtype):
-            raise TypeError(f"attend() expects float inputs. Received: dtype {dtype}.")
-        if self.sparse_optimizer is not None:
-            raise ValueError(
-                f"Embedding layer '{self.name}' trains its table with sparse_optimizer, which "
-                "updates only looked-up rows; attend() reads every row. Use "
-                "sparse_optimizer=None to tie an output projection to the table."
-            )
-        table = ops.cast(self._format.dequantize(self), self.compute_dtype)
-        x = ops.cast(x, self.compute_dtype)
-        logits = ops.matmul(x, ops.transpose(table))
-        if self.lora_enabled:
-            logits = logits + ops.cast(lora.adapter_logits(self, x), logits.dtype)
-        return logits
-
-    @property
-    def embeddings(self):
-        """The effective float table: the base (dequantized) plus LoRA."""
-        if not self.built:
-            raise AttributeError(
-                "You must build the layer before accessing `embeddings`."
-            )
-        if self._format.mode is None and not self.lora_enabled:
-            return self._embeddings
-        table = self._format.dequantize(self)
-        if self.lora_enabled:
-            table = ops.cast(table, "float32") + lora.adapter_table(self)
-        return table
-
-    def enable_lora(
-        self,
-        rank: int,
-        lora_alpha: float | None = None,
-        a_initializer="he_uniform",
-        b_initializer="zeros",
-    ) -> None:
-        """Adds a trainable low-rank adapter and freezes the table.
-
-        Rows become `table[ids] + (lora_alpha / rank) * A[ids] @ B`, with
-        float32 `lora_embeddings_a (input_dim, rank)` and
-        `lora_embeddings_b (rank, output_dim)`. Works on float and quantized
-        tables, before or after `quantize`.
-        """
-        lora.enable(self, rank, lora_alpha, a_initializer, b_initializer)
-        row_training.attach(self)
-
-    def merge_lora(self) -> None:
-        """Folds the LoRA delta into the table and removes the adapter.
-
-        A float table gets `table + (alpha / r) * A @ B` and becomes
-        trainable again; a quantized table is decoded, merged and quantized
-        again in its own format.
-        """
-        lora.merge(self)
-        row_training.attach(self)
 
     def quantize(self, mode=None, type_check=True, config=None):
         """Stores the table as `"int8"` or `"int4"` rows; LoRA is kept.
