@@ -257,7 +257,7 @@ def unpack_int4(packed):
         shape = (*packed.shape[:-1], 2 * packed.shape[-1])
         if packed.numel() == 0:  # empty results of scalar shifts can have stride 0
             return packed.new_empty(shape)
-        wide = packed.to(torch.int16)
+        wide = packed.to(torch.int16, memory_format=torch.contiguous_format)  # any strides
         low = torch.bitwise_left_shift(wide, 12).bitwise_right_shift_(12).bitwise_and_(0xFF)
         pairs = low.bitwise_or_(wide.bitwise_right_shift_(4).bitwise_left_shift_(8))
         return pairs.view(torch.int8).reshape(shape)
