@@ -305,6 +305,10 @@ class Embedding(TableStates, keras.layers.Layer):
         requantize(self, mode, config)
         row_training.attach(self)
 
+    def _table_variables(self):
+        """The variables of the stored table(s), in keras' order."""
+        return self._format.variables(self)
+
     def save_own_variables(self, store):
         saving.save_variables(self, store)
 

@@ -53,7 +53,7 @@ def deserialize_config(config):
 def stored_variables(layer, optimizer_state=True):
     """The stored table in keras 3.15's order, then `lora_embeddings_a`, `_b`, then the
     state of the `sparse_optimizer`."""
-    variables = layer._format.variables(layer)
+    variables = layer._table_variables()
     if layer.lora_enabled:
         variables = variables + lora.adapter_variables(layer)
     if optimizer_state and layer._row_training is not None:
@@ -80,7 +80,7 @@ def load_variables(layer, store):
             f"{len(keys) - 1}. Received keys {keys}."
         )
     found = [store[key] for key in keys]
-    base = layer._format.variables(layer)
+    base = layer._table_variables()
     if _matches(expected, found):
         targets = expected
     elif _matches(stored_variables(layer, optimizer_state=False), found):

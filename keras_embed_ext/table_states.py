@@ -92,6 +92,10 @@ class TableStates:
         Returns:
             Tensor of shape `(..., input_dim)` in the compute dtype.
         """
+        self._check_projection_inputs(x)
+        return self._tied_logits(x, self.compute_dtype)
+
+    def _check_projection_inputs(self, x):
         shape = tuple(np.shape(x))
         if not shape or shape[-1] != self.output_dim:
             raise ValueError(
@@ -107,8 +111,11 @@ class TableStates:
                 "updates only looked-up rows; attend() reads every row. Use "
                 "sparse_optimizer=None to tie an output projection to the table."
             )
-        table = ops.cast(self._format.dequantize(self), self.compute_dtype)
-        x = ops.cast(x, self.compute_dtype)
+
+    def _tied_logits(self, x, dtype):
+        """`x @ embeddings.T` in `dtype`, the adapter's part never forming `A @ B`."""
+        table = ops.cast(self._format.dequantize(self), dtype)
+        x = ops.cast(x, dtype)
         logits = ops.matmul(x, ops.transpose(table))
         if self.lora_enabled:
             logits = logits + ops.cast(lora.adapter_logits(self, x), logits.dtype)

@@ -1,0 +1,133 @@
+"""The untied output table of `ReversibleEmbedding`: `reverse_embeddings (D, V)`, a
+kernel stored as float, int8 or int4 columns in keras 3.15's layout.
+
+Each vocabulary column has its own scale (int4 block-wise: one per block of `D` and
+column, with a zero point), as keras' `ReversibleEmbedding` stores it, so files move
+both ways.
+"""
+
+import math
+
+import numpy as np
+from keras import ops
+from keras import quantizers
+
+from keras_embed_ext.backends import unpack_int4
+from keras_embed_ext.formats import int4_block_size
+from keras_embed_ext.formats import quantize_blocks
+
+_NAMES = ("reverse_embeddings", "reverse_embeddings_scale", "reverse_embeddings_zero")
+
+
+def _frozen(layer, name, shape, dtype=None, initializer="zeros"):
+    return layer.add_weight(
+        name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False, autocast=False
+    )
+
+
+class FloatColumns:
+    """A trainable float kernel `reverse_embeddings (D, V)`."""
+
+    def build(self, layer):
+        layer.reverse_embeddings = layer.add_weight(
+            name="reverse_embeddings",
+            shape=(layer.output_dim, layer.input_dim),
+            initializer=layer.embeddings_initializer,
+            trainable=True,
+        )
+
+    def variables(self, layer):
+        return [layer.reverse_embeddings]
+
+    def dequantize(self, layer):
+        return layer.reverse_embeddings
+
+    def encode(self, layer, kernel):
+        layer.reverse_embeddings.assign(kernel)
+
+
+class Int8Columns(FloatColumns):
+    """int8 `reverse_embeddings (D, V)` and `reverse_embeddings_scale (V,)`:
+    a column is `reverse_embeddings[:, v] / reverse_embeddings_scale[v]`."""
+
+    def build(self, layer):
+        layer.reverse_embeddings = _frozen(layer, "reverse_embeddings", (layer.output_dim, layer.input_dim), "int8")
+        layer.reverse_embeddings_scale = _frozen(layer, "reverse_embeddings_scale", (layer.input_dim,),
+                                                 initializer="ones")
+
+    def variables(self, layer):
+        return [layer.reverse_embeddings, layer.reverse_embeddings_scale]
+
+    def dequantize(self, layer):
+        values = ops.cast(layer.reverse_embeddings, "float32")
+        return values / ops.expand_dims(ops.cast(layer.reverse_embeddings_scale, "float32"), 0)
+
+    def encode(self, layer, kernel):
+        values, scale = quantizers.abs_max_quantize(
+            kernel, axis=0, value_range=(-127, 127), dtype="int8", to_numpy=True
+        )
+        layer.reverse_embeddings.assign(values)
+        layer.reverse_embeddings_scale.assign(ops.squeeze(scale, axis=0))
+
+
+class Int4Columns(FloatColumns):
+    """int4 values packed two per byte along `D`: `reverse_embeddings (ceil(D / 2), V)`,
+    with `reverse_embeddings_scale (V,)` per column, or, block-wise with block `b`,
+    `reverse_embeddings_scale` and `reverse_embeddings_zero` of shape
+    `(ceil(D / b), V)`, a value decoding as `(q - zero) * scale`."""
+
+    def __init__(self, block_size=None):
+        self.block_size = None if block_size in (None, -1) else block_size
+
+    def build(self, layer):
+        dim, vocabulary = layer.output_dim, layer.input_dim
+        layer.reverse_embeddings = _frozen(layer, "reverse_embeddings", ((dim + 1) // 2, vocabulary), "int8")
+        shape = (vocabulary,) if self.block_size is None else (math.ceil(dim / self.block_size), vocabulary)
+        layer.reverse_embeddings_scale = _frozen(layer, "reverse_embeddings_scale", shape, initializer="ones")
+        if self.block_size is not None:
+            layer.reverse_embeddings_zero = _frozen(layer, "reverse_embeddings_zero", shape)
+
+    def variables(self, layer):
+        names = _NAMES if self.block_size is not None else _NAMES[:2]
+        return [getattr(layer, name) for name in names]
+
+    def dequantize(self, layer):
+        packed = ops.transpose(layer.reverse_embeddings)  # (V, ceil(D / 2)): unpacked along its last axis
+        values = ops.cast(ops.transpose(unpack_int4(packed)[:, : layer.output_dim]), "float32")
+        scale = ops.cast(layer.reverse_embeddings_scale, "float32")
+        if self.block_size is None:
+            return values / ops.expand_dims(scale, 0)
+        groups = np.arange(layer.output_dim) // self.block_size
+        zero = ops.cast(layer.reverse_embeddings_zero, "float32")
+        return (values - ops.take(zero, groups, axis=0)) * ops.take(scale, groups, axis=0)
+
+    def encode(self, layer, kernel):
+        if self.block_size is None:
+            values, scale = quantizers.abs_max_quantize(
+                kernel, axis=0, value_range=(-8, 7), dtype="int8", to_numpy=True
+            )
+            layer.reverse_embeddings_scale.assign(ops.squeeze(scale, axis=0))
+        else:
+            # The columns of the kernel are the rows `quantize_blocks` takes.
+            values, scale, zero = quantize_blocks(ops.convert_to_numpy(kernel).T, self.block_size)
+            values = values.T
+            layer.reverse_embeddings_scale.assign(scale.T)
+            layer.reverse_embeddings_zero.assign(zero.T)
+        packed, _, _ = quantizers.pack_int4(values, axis=0)
+        layer.reverse_embeddings.assign(packed)
+
+
+def columns_for(mode, policy=None, config=None):
+    """The output table's format for a quantization mode (`None`: float)."""
+    if mode == "int8":
+        return Int8Columns()
+    if mode == "int4":
+        return Int4Columns(int4_block_size(policy, config))
+    return FloatColumns()
+
+
+def remove(layer):
+    """Deletes the output table's variables, before it is built in another format."""
+    for name in _NAMES:
+        if hasattr(layer, name):
+            delattr(layer, name)

@@ -1,0 +1,166 @@
+"""`ReversibleEmbedding`: the embedding layer of language models, projecting back onto
+the vocabulary with `reverse=True`, a drop-in for `keras.layers.ReversibleEmbedding`."""
+
+import keras
+from keras import ops
+from keras.src.backend import set_keras_mask
+
+from keras_embed_ext import output_table
+from keras_embed_ext.embedding import Embedding
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class ReversibleEmbedding(Embedding):
+    """An embedding layer which can project backwards onto the vocabulary.
+
+    `keras.layers.ReversibleEmbedding` on this package's `Embedding`: lookups
+    gather first in every state (LoRA, int8, int4), and `reverse=True` gives
+    logits over the vocabulary, `x @ embeddings.T` when the weights are tied
+    (the LoRA delta included, quantized or not), or `x @ reverse_embeddings`,
+    a separate trainable `(output_dim, input_dim)` kernel, when they are not.
+    Variables, config and files are keras 3.15's.
+
+    Example:
+
+    >>> embedding = keras_embed_ext.ReversibleEmbedding(100, 32)
+    >>> hidden = embedding(np.random.randint(100, size=(16, 50)))
+    >>> embedding(hidden, reverse=True).shape
+    (16, 50, 100)
+
+    Args:
+        input_dim: Integer. Size of the vocabulary, i.e. maximum id + 1.
+        output_dim: Integer. Dimension of the dense embedding.
+        tie_weights: Boolean, whether the reverse projection uses the
+            transposed embedding table (`True`) or its own kernel.
+        embeddings_initializer: Initializer for `embeddings` (and
+            `reverse_embeddings`).
+        embeddings_regularizer: Regularizer applied to `embeddings`.
+        embeddings_constraint: Constraint applied to `embeddings`.
+        mask_zero: Boolean, whether id 0 is padding (forward calls only).
+        reverse_dtype: The dtype of the reverse projection; defaults to the
+            layer's compute dtype.
+        logit_soft_cap: Optional number: reverse logits become
+            `tanh(logits / logit_soft_cap) * logit_soft_cap`.
+        **kwargs: Any other argument of `keras_embed_ext.Embedding`
+            (`lora_rank`, `combiner`, `invalid_ids`, ...) or of a layer.
+
+    Call arguments:
+        inputs: Ids, or with `reverse=True` a float tensor `(..., output_dim)`.
+        reverse: Boolean, whether to project onto the vocabulary.
+
+    Input shape:
+        Ids of any shape; with `reverse=True`, `(..., output_dim)`.
+
+    Output shape:
+        `ids.shape + (output_dim,)`; with `reverse=True`, `(..., input_dim)`.
+    """
+
+    def __init__(
+        self,
+        input_dim: int,
+        output_dim: int,
+        tie_weights: bool = True,
+        embeddings_initializer="uniform",
+        embeddings_regularizer=None,
+        embeddings_constraint=None,
+        mask_zero: bool = False,
+        reverse_dtype=None,
+        logit_soft_cap: float | None = None,
+        **kwargs,
+    ):
+        self.tie_weights = bool(tie_weights)
+        self.reverse_dtype = reverse_dtype
+        self.logit_soft_cap = logit_soft_cap
+        super().__init__(
+            input_dim,
+            output_dim,
+            embeddings_initializer=embeddings_initializer,
+            embeddings_regularizer=embeddings_regularizer,
+            embeddings_constraint=embeddings_constraint,
+            mask_zero=mask_zero,
+            **kwargs,
+        )
+
+    def build(self, input_shape=None):
+        if self.built:
+            return
+        super().build(input_shape)
+        if not self.tie_weights:
+            self._output_format = output_table.columns_for(
+                self.quantization_mode, self.dtype_policy, self.quantization_config
+            )
+            self._output_format.build(self)
+
+    def call(self, inputs, reverse=False, weights=None, training=None):
+        if not reverse:
+            outputs = super().call(inputs, weights=weights, training=training)
+            mask = super().compute_mask(inputs)
+            if mask is not None:
+                set_keras_mask(outputs, mask)
+            return outputs
+        dtype = self.reverse_dtype or self.compute_dtype
+        if self.tie_weights:
+            self._check_projection_inputs(inputs)
+            logits = self._tied_logits(inputs, dtype)
+        else:
+            kernel = ops.cast(self._output_format.dequantize(self), dtype)
+            logits = ops.matmul(ops.cast(inputs, dtype), kernel)
+        if self.logit_soft_cap is not None:
+            cap = self.logit_soft_cap
+            logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)
+        return logits
+
+    def compute_mask(self, inputs, mask=None):
+        # Set by a forward call itself: a reverse call gives none.
+        return None
+
+    def compute_output_shape(self, input_shape, reverse=False):
+        if reverse:
+            return (*input_shape[:-1], self.input_dim)
+        return super().compute_output_shape(input_shape)
+
+    def compute_output_spec(self, inputs, reverse=False, weights=None, training=None):
+        if reverse:
+            shape = self.compute_output_shape(inputs.shape, reverse=True)
+            return keras.KerasTensor(shape, dtype=self.reverse_dtype or self.compute_dtype)
+        return super().compute_output_spec(inputs, weights=weights, training=training)
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """Stores the table, and an untied `reverse_embeddings`, as `"int8"` or `"int4"`."""
+        if type_check and type(self) is not ReversibleEmbedding:
+            raise self._not_implemented_error(self.quantize)
+        kernel = None if self.tie_weights else self._output_format.dequantize(self)
+        super().quantize(mode, type_check=False, config=config)
+        self._set_inputs_quantizer(config)
+        if kernel is not None:
+            output_table.remove(self)
+            self._output_format = output_table.columns_for(mode, None, config)
+            self._output_format.build(self)
+            self._output_format.encode(self, kernel)
+
+    def quantized_build(self, embeddings_shape, mode, config=None):
+        super().quantized_build(embeddings_shape, mode, config)
+        self._set_inputs_quantizer(config)
+        if not self.tie_weights:
+            output_table.remove(self)
+            self._output_format = output_table.columns_for(mode, self.dtype_policy, config)
+            self._output_format.build(self)
+
+    def _set_inputs_quantizer(self, config):
+        # keras' layer quantizes the inputs of a quantized reverse projection with it;
+        # this one projects float inputs (more precise) and keeps it for keras' API.
+        self.inputs_quantizer = keras.quantizers.QuantizationConfig.activation_quantizer_or_default(
+            config, keras.quantizers.AbsMaxQuantizer(axis=-1)
+        )
+
+    def _table_variables(self):
+        variables = super()._table_variables()
+        return variables if self.tie_weights else variables + self._output_format.variables(self)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "tie_weights": self.tie_weights,
+            "reverse_dtype": self.reverse_dtype,
+            "logit_soft_cap": self.logit_soft_cap,
+        }
