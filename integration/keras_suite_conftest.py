@@ -1,11 +1,13 @@
-"""conftest.py of the directory where keras' own Embedding tests run: keras'
-`layers.Embedding`, as those tests read it, is keras_embed_ext's layer."""
+"""conftest.py of the directory where keras' own Embedding and ReversibleEmbedding
+tests run: keras' `layers.Embedding` and `layers.ReversibleEmbedding`, as those tests
+read them, are keras_embed_ext's layers."""
 
 from keras.src import layers
 
 import keras_embed_ext
 
 layers.Embedding = keras_embed_ext.Embedding
+layers.ReversibleEmbedding = keras_embed_ext.ReversibleEmbedding
 
 
 def pytest_configure(config):
