@@ -16,7 +16,9 @@ def test_exports_wherever_keras_layer_does(backend):
     result = subprocess.run([sys.executable, os.path.join(HERE, "exported.py")], capture_output=True, text=True,
                             timeout=900, env={**os.environ, "KERAS_BACKEND": backend})
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
+    lines = [line for line in result.stdout.splitlines() if line.startswith("REPORT ")]
+    assert len(lines) == 1, result.stdout[-3000:]
+    report = json.loads(lines[0][len("REPORT "):])
     assert report
     for case, entry in report.items():
         if isinstance(entry["keras"], float):
