@@ -1,0 +1,115 @@
+"""Reverse projection (`call(x, reverse=True)`) of kee.ReversibleEmbedding vs
+keras.layers.ReversibleEmbedding, forward and backward, on the backend of KERAS_BACKEND.
+
+For each state (float, LoRA, int8, int4 per-row, int4+LoRA) and tying, both layers hold
+the same weights; the two are timed in turn, round after round, and the median of each
+is printed with its spread, as a markdown table (ms per call; `x` of `tokens x D`).
+JAX runs under `jax.jit`, torch eagerly, TensorFlow in `tf.function`.
+
+    KERAS_BACKEND=jax python benchmarks/bench_reverse.py --vocab 32000 --dim 256 --tokens 256
+"""
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+STATES = ("float", "lora", "int8", "int4", "int4_lora")
+
+
+def make(cls, vocab, dim, state, tie, weights):
+    layer = cls(vocab, dim, tie_weights=tie)
+    layer.build()
+    layer.set_weights(weights)
+    if state.startswith("int"):
+        import keras
+
+        config = keras.quantizers.Int4QuantizationConfig(block_size=-1) if state.startswith("int4") else None
+        layer.quantize(state[:4], config=config)
+    if state.endswith("lora"):
+        layer.enable_lora(8)
+    return layer
+
+
+def step_fn(layer):
+    """Forward and backward of the reverse projection, as each backend compiles it."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        def loss(trainable, non_trainable, x):
+            logits, _ = layer.stateless_call(trainable, non_trainable, x, reverse=True)
+            return keras.ops.mean(logits)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 2)))
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+        return lambda x: jax.block_until_ready(grad(trainable, non_trainable, x))
+    if backend == "torch":
+        import torch
+
+        def run(x):
+            x = x.clone().requires_grad_(True)
+            keras.ops.mean(layer(x, reverse=True)).backward()
+            return x.grad
+
+        return run
+    import tensorflow as tf
+
+    @tf.function
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_mean(layer(x, reverse=True))
+        return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    return lambda x: [t.numpy() for t in run(x) if t is not None]
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+
+    import keras
+
+    import keras_embed_ext as kee
+
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((args.vocab, args.dim)).astype("float32") * 0.05
+    kernel = rng.standard_normal((args.dim, args.vocab)).astype("float32") * 0.05
+    x = keras.ops.convert_to_tensor(rng.standard_normal((args.tokens, args.dim)).astype("float32"))
+    print(f"backend {keras.backend.backend()}, V = {args.vocab}, D = {args.dim}, {args.tokens} tokens; "
+          f"ms per forward + backward, median (min-max) of {args.rounds} rounds\n")
+    print("| state | tied | ours | keras | keras / ours |")
+    print("|---|---|---|---|---|")
+    for tie in (True, False):
+        weights = [table] if tie else [table, kernel]
+        for state in STATES:
+            fns = {name: step_fn(make(cls, args.vocab, args.dim, state, tie, weights))
+                   for name, cls in (("ours", kee.ReversibleEmbedding), ("keras", keras.layers.ReversibleEmbedding))}
+            times = {name: [] for name in fns}
+            for fn in fns.values():
+                fn(x)
+                fn(x)
+            for _ in range(args.rounds):
+                for name, fn in fns.items():
+                    start = time.perf_counter()
+                    fn(x)
+                    times[name].append(1e3 * (time.perf_counter() - start))
+            cells = [f"{np.median(t):.2f} ({min(t):.2f}-{max(t):.2f})" for t in times.values()]
+            ratio = np.median(times["keras"]) / np.median(times["ours"])
+            print(f"| {state} | {tie} | {cells[0]} | {cells[1]} | {ratio:.2f}x |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()
