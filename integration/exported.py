@@ -2,9 +2,9 @@
 format keras offers on this backend (ONNX included), and serves the artifact back
 (`tf.saved_model.load`, onnxruntime, `torch.export.load`).
 
-Prints one line, REPORT and JSON: for each state and format, whether each layer's model exported
-and served, and the largest difference from the model's own output. Run by
-test_export.py, once per backend (KERAS_BACKEND).
+Writes a JSON report to the path it is given: for each state and format, whether each
+layer's model exported and served, and the largest difference from the model's own
+output. Run by test_export.py, once per backend (KERAS_BACKEND).
 """
 
 import json
@@ -73,9 +73,9 @@ def main():
                 except Exception as error:  # noqa: BLE001 - what failed is the report
                     entry[name] = f"{type(error).__name__}: {str(error)[:200]}"
             report[f"{state}/{fmt}"] = entry
-    # Exporters print to stdout too (torch's ONNX exporter, its graph): the report is the
-    # line that starts with REPORT.
-    print("REPORT " + json.dumps(report), flush=True)
+    # A file, not stdout: exporters print there too (torch's ONNX exporter, its graph).
+    with open(sys.argv[1], "w") as file:
+        json.dump(report, file)
 
 
 if __name__ == "__main__":
