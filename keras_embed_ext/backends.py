@@ -313,9 +313,9 @@ class Fused:
 
     TensorFlow runs each op of a decode, of the LoRA product or of a bag as its own
     pass over memory, where XLA fuses them (figures: docs/performance.md), in eager
-    calls and in graphs that XLA does not compile (keras' `fit` on a CPU); inside a
-    function XLA compiles, and in a graph that `model.export` traces, `fn` runs inline. JAX is compiled by its caller and torch
-    runs eagerly.
+    calls and in graphs that XLA does not compile (keras' `fit` on a CPU). Inside a
+    function XLA compiles, and in a graph that `model.export` traces, `fn` runs
+    inline. JAX is compiled by its caller and torch runs eagerly.
 
     The variables `fn` reads are arguments of the compiled function, not captures,
     and `key` holds every other value its trace depends on: layers and states with
