@@ -129,22 +129,25 @@ class ReversibleEmbedding(Embedding):
         """Stores the table, and an untied `reverse_embeddings`, as `"int8"` or `"int4"`."""
         if type_check and type(self) is not ReversibleEmbedding:
             raise self._not_implemented_error(self.quantize)
-        kernel = None if self.tie_weights else self._output_format.dequantize(self)
+        # As numpy: the output table's variables are deleted before it is encoded again.
+        kernel = None if self.tie_weights else ops.convert_to_numpy(self._output_format.dequantize(self))
         super().quantize(mode, type_check=False, config=config)
         self._set_inputs_quantizer(config)
         if kernel is not None:
-            output_table.remove(self)
-            self._output_format = output_table.columns_for(mode, None, config)
-            self._output_format.build(self)
+            self._rebuild_output_table(mode, None, config)
             self._output_format.encode(self, kernel)
 
     def quantized_build(self, embeddings_shape, mode, config=None):
         super().quantized_build(embeddings_shape, mode, config)
         self._set_inputs_quantizer(config)
         if not self.tie_weights:
-            output_table.remove(self)
-            self._output_format = output_table.columns_for(mode, self.dtype_policy, config)
-            self._output_format.build(self)
+            self._rebuild_output_table(mode, self.dtype_policy, config)
+
+    def _rebuild_output_table(self, mode, policy, config):
+        """The untied output table's variables, built afresh in `mode`'s format."""
+        output_table.remove(self)
+        self._output_format = output_table.columns_for(mode, policy, config)
+        self._output_format.build(self)
 
     def _set_inputs_quantizer(self, config):
         # keras' layer quantizes the inputs of a quantized reverse projection with it;
