@@ -181,7 +181,7 @@ class Embedding(TableStates, keras.layers.Layer):
     def build(self, input_shape=None):
         if self.built:
             return
-        block_size = int4_block_size(self.dtype_policy, self.quantization_config)
+        block_size = int4_block_size(self.dtype_policy, self.quantization_config, self.path)
         self._format = format_for(self.quantization_mode, block_size)
         self._format.build(self, (self.input_dim, self.output_dim))
         self._is_quantized = self.quantization_mode is not None

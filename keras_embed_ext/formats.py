@@ -235,10 +235,13 @@ def format_for(mode, block_size=None):
     )
 
 
-def int4_block_size(policy, config):
-    """The int4 block size from a quantization config or an `int4/<b>` policy."""
+def int4_block_size(policy, config, path=None):
+    """The int4 block size from a quantization config or an `int4/<b>` policy, which a
+    `DTypePolicyMap` (as keras-hub saves quantized models) holds at the layer's `path`."""
     if config is not None and hasattr(config, "block_size"):
         return config.block_size
+    if isinstance(policy, dtype_policies.DTypePolicyMap):
+        policy = policy[path] if path else None
     return getattr(policy, "block_size", None)
 
 

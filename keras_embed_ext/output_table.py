@@ -117,12 +117,12 @@ class Int4Columns(FloatColumns):
         layer.reverse_embeddings.assign(packed)
 
 
-def columns_for(mode, policy=None, config=None):
+def columns_for(mode, policy=None, config=None, path=None):
     """The output table's format for a quantization mode (`None`: float)."""
     if mode == "int8":
         return Int8Columns()
     if mode == "int4":
-        return Int4Columns(int4_block_size(policy, config))
+        return Int4Columns(int4_block_size(policy, config, path))
     return FloatColumns()
 
 

@@ -87,7 +87,7 @@ class ReversibleEmbedding(Embedding):
         super().build(input_shape)
         if not self.tie_weights:
             self._output_format = output_table.columns_for(
-                self.quantization_mode, self.dtype_policy, self.quantization_config
+                self.quantization_mode, self.dtype_policy, self.quantization_config, self.path
             )
             self._output_format.build(self)
 
@@ -146,7 +146,7 @@ class ReversibleEmbedding(Embedding):
     def _rebuild_output_table(self, mode, policy, config):
         """The untied output table's variables, built afresh in `mode`'s format."""
         output_table.remove(self)
-        self._output_format = output_table.columns_for(mode, policy, config)
+        self._output_format = output_table.columns_for(mode, policy, config, self.path)
         self._output_format.build(self)
 
     def _set_inputs_quantizer(self, config):

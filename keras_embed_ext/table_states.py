@@ -46,7 +46,7 @@ class TableStates:
         """Builds the variables of a `mode` table ("int8" or "int4"), as keras' layer does."""
         if mode not in ("int8", "int4"):
             raise self._quantization_mode_error(mode)
-        self._format = format_for(mode, int4_block_size(self.dtype_policy, config))
+        self._format = format_for(mode, int4_block_size(self.dtype_policy, config, self.path))
         self._format.build(self, tuple(embeddings_shape))
         self._is_quantized = True
 

@@ -152,3 +152,18 @@ def test_reverse_takes_any_leading_shape(leading):
     logits = to_numpy(layer(x, reverse=True))
     assert logits.shape == (*leading, V)
     np.testing.assert_allclose(logits, x @ to_numpy(layer.reverse_embeddings), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_a_dtype_policy_map_gives_the_block_size_of_the_layers_path(tmp_path, tie_weights):
+    # keras-hub saves a quantized model's policies as a DTypePolicyMap keyed by layer path.
+    policies = keras.dtype_policies.DTypePolicyMap(default_policy="float32")
+    policies["token_embedding"] = keras.dtype_policies.get("int4/4_from_float32")
+    theirs = keras.layers.ReversibleEmbedding(V, D, tie_weights=tie_weights, dtype=policies, name="token_embedding")
+    ours = kee.ReversibleEmbedding(V, D, tie_weights=tie_weights, dtype=policies, name="token_embedding")
+    theirs.build()
+    ours.build()
+    assert [(v.path, tuple(v.shape)) for v in ours.weights] == [(v.path, tuple(v.shape)) for v in theirs.weights]
+    assert ours._format.block_size == 4
+    ours.set_weights(theirs.get_weights())
+    np.testing.assert_allclose(to_numpy(ours(IDS)), to_numpy(theirs(IDS)), rtol=1e-6)
