@@ -61,19 +61,27 @@ def stored_variables(layer, optimizer_state=True):
     return variables
 
 
+_ALPHA_KEY = "lora_alpha"
+
+
 def save_variables(layer, store):
+    """The variables under keys `0` to `n - 1`; with an adapter, its `lora_alpha` too,
+    so that a layer built without one (a keras-hub model's config does not record it)
+    takes it whole."""
     if not layer.built:
         return
     for index, variable in enumerate(stored_variables(layer)):
         store[str(index)] = variable
+    if layer.lora_enabled:
+        store[_ALPHA_KEY] = np.asarray(layer.lora_alpha, "float32")
 
 
 def load_variables(layer, store):
     """Loads this layer's own files, and keras' (whose adapter was merged at save)."""
     if not layer.built:
         return
-    expected = stored_variables(layer)
-    keys = sorted(store.keys(), key=lambda key: (len(str(key)), str(key)))
+    alpha = float(np.asarray(store[_ALPHA_KEY])) if _ALPHA_KEY in store.keys() else None
+    keys = sorted((key for key in store.keys() if key != _ALPHA_KEY), key=lambda key: (len(str(key)), str(key)))
     if keys != [str(index) for index in range(len(keys))]:
         raise ValueError(
             f"Layer '{layer.name}' cannot load these weights: their keys must be 0 to "
@@ -81,6 +89,11 @@ def load_variables(layer, store):
         )
     found = [store[key] for key in keys]
     base = layer._table_variables()
+    if not layer.lora_enabled and _is_adapter(layer, found[len(base):]) and _matches(base, found[: len(base)]):
+        # An adapter the layer was not built with: it takes it.
+        rank = tuple(found[len(base)].shape)[1]
+        layer.enable_lora(rank, alpha if alpha is not None else rank)
+    expected = stored_variables(layer)
     if _matches(expected, found):
         targets = expected
     elif _matches(stored_variables(layer, optimizer_state=False), found):
@@ -102,6 +115,16 @@ def load_variables(layer, store):
         if variable is layer._format.row_variables(layer)[0] and layer.quantization_mode == "int4":
             _check_padding(layer, value)
         variable.assign(value)
+    if alpha is not None and layer.lora_enabled and len(targets) > len(base):
+        layer.lora_alpha = alpha  # the scale the saved adapter was trained with
+
+
+def _is_adapter(layer, values):
+    """Whether `values` are `lora_embeddings_a (V, r)` and `_b (r, D)` of this layer."""
+    if len(values) < 2:
+        return False
+    a, b = (tuple(value.shape) for value in values[:2])
+    return len(a) == 2 and len(b) == 2 and a[0] == layer.input_dim and b == (a[1], layer.output_dim)
 
 
 def _check_groups(layer, g_idx):

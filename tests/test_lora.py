@@ -255,3 +255,20 @@ def test_adapter_gradients_equal_the_hand_computed_ones(state, compiled):
     grad_a, grad_b = gradients(layer, IDS, upstream, compiled)
     np.testing.assert_allclose(grad_a, expected_a, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(grad_b, expected_b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("state", ["float", "int8", "int4"])
+def test_a_layer_built_without_an_adapter_takes_the_files_adapter(state, tmp_path):
+    # keras-hub rebuilds a model from its own config, which does not record LoRA.
+    layer, a, b = with_adapter(state, alpha=5, name="emb")
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), layer])
+    model.save_weights(str(tmp_path / "w.weights.h5"))
+    fresh = kee.Embedding(V, D, name="emb")
+    fresh.build()
+    if state != "float":
+        fresh.quantize(state)
+    keras.Sequential([keras.Input((5,), dtype="int32"), fresh]).load_weights(str(tmp_path / "w.weights.h5"))
+    assert (fresh.lora_enabled, fresh.lora_rank, fresh.lora_alpha) == (True, R, 5)
+    expected = base_rows(layer, IDS) + (5 / R) * (a @ b)[IDS]
+    np.testing.assert_allclose(to_numpy(fresh(IDS)), expected, rtol=1e-5, atol=1e-6)
+    assert [v.trainable for v in fresh.trainable_weights] == [True, True]
