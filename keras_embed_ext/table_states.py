@@ -61,6 +61,16 @@ class TableStates:
         )
 
     @property
+    def lora_kernel_a(self):
+        """`lora_embeddings_a`, by the name keras-hub's `save_lora_weights` reads."""
+        return self.lora_embeddings_a
+
+    @property
+    def lora_kernel_b(self):
+        """`lora_embeddings_b`, by the name keras-hub's `save_lora_weights` reads."""
+        return self.lora_embeddings_b
+
+    @property
     def _int4_block_size(self):
         """The int4 block size as given (`-1` or `None` for per-row scales), as keras keeps it."""
         return getattr(self._format, "given_block_size", None)
