@@ -25,3 +25,14 @@ def test_runs_and_improves(script, backend):
     first, last = map(float, re.search(SCRIPTS[script], result.stdout).groups())
     improved = last > first if "accuracy" in SCRIPTS[script] else last < first
     assert improved, result.stdout[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_keras_hub_example_runs_and_learns(backend):
+    pytest.importorskip("keras_hub", reason="keras-hub is not installed: pip install 'keras_embed_ext[hub]'")
+    result = subprocess.run([sys.executable, "examples/llm_embedding_lora.py"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "KERAS_BACKEND": backend})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "token table: ReversibleEmbedding from keras_embed_ext" in result.stdout, result.stdout
+    first, last = map(float, re.search(r"loss ([\d.]+) -> ([\d.]+)", result.stdout).groups())
+    assert last < first, result.stdout
