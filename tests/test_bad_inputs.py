@@ -101,5 +101,5 @@ def test_attend_inputs(x, error, message):
 
 
 def test_replace_embeddings_takes_a_model():
-    with raises(TypeError, "replace_embeddings() takes a Sequential or functional keras.Model. Received: Embedding."):
+    with raises(TypeError, "replace_embeddings() takes a keras.Model. Received: Embedding."):
         kee.replace_embeddings(kee.Embedding(10, 3))
