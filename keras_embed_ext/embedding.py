@@ -309,6 +309,10 @@ class Embedding(TableStates, keras.layers.Layer):
         """The variables of the stored table(s), in keras' order."""
         return self._format.variables(self)
 
+    def _adapter_variables(self):
+        """The LoRA adapter's variables, saved after the table's."""
+        return lora.adapter_variables(self)
+
     def save_own_variables(self, store):
         saving.save_variables(self, store)
 

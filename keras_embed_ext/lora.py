@@ -10,6 +10,7 @@ from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import to_device_of
 from keras_embed_ext.backends import take_rows
 from keras_embed_ext.ids import zero_invalid
+from keras_embed_ext.tracking import unlocked
 
 
 def add_adapter(layer, rank, a_initializer, b_initializer):
@@ -86,11 +87,10 @@ def enable(layer, rank, lora_alpha, a_initializer, b_initializer):
     if not is_positive_int(rank):
         raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
     check_lora_alpha(lora_alpha)
-    layer._tracker.unlock()
-    add_adapter(layer, rank, a_initializer, b_initializer)
-    if layer._format.mode is None:
-        layer._embeddings.trainable = False
-    layer._tracker.lock()
+    with unlocked(layer):
+        add_adapter(layer, rank, a_initializer, b_initializer)
+        if layer._format.mode is None:
+            layer._embeddings.trainable = False
     layer.lora_enabled = True
     layer.lora_rank = rank
     layer.lora_alpha = lora_alpha if lora_alpha is not None else rank
@@ -101,10 +101,9 @@ def merge(layer):
     if not layer.lora_enabled:
         raise ValueError("merge_lora() needs LoRA enabled; this layer has no adapter.")
     merged = ops.cast(layer._format.dequantize(layer), "float32") + adapter_table(layer)
-    layer._tracker.unlock()
-    del layer.lora_embeddings_a
-    del layer.lora_embeddings_b
-    layer._tracker.lock()
+    with unlocked(layer):
+        del layer.lora_embeddings_a
+        del layer.lora_embeddings_b
     layer._format.encode(layer, merged)
     if layer._format.mode is None:
         layer._embeddings.trainable = True

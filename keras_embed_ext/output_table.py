@@ -1,5 +1,6 @@
 """The untied output table of `ReversibleEmbedding`: `reverse_embeddings (D, V)`, a
-kernel stored as float, int8 or int4 columns in keras 3.15's layout.
+kernel stored as float, int8 or int4 columns in keras 3.15's layout, and its LoRA
+adapter.
 
 Each vocabulary column has its own scale (int4 block-wise: one per block of `D` and
 column, with a zero point), as keras' `ReversibleEmbedding` stores it, so files move
@@ -9,6 +10,7 @@ both ways.
 import math
 
 import numpy as np
+from keras import initializers
 from keras import ops
 from keras import quantizers
 
@@ -17,6 +19,7 @@ from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import quantize_blocks
 
 _NAMES = ("reverse_embeddings", "reverse_embeddings_scale", "reverse_embeddings_zero")
+_ADAPTER_NAMES = ("lora_reverse_embeddings_a", "lora_reverse_embeddings_b")
 
 
 def _frozen(layer, name, shape, dtype=None, initializer="zeros"):
@@ -131,3 +134,39 @@ def remove(layer):
     for name in _NAMES:
         if hasattr(layer, name):
             delattr(layer, name)
+
+
+def add_adapter(layer, rank, a_initializer="he_uniform", b_initializer="zeros"):
+    """Adds float32 `lora_reverse_embeddings_a (D, r)` and `_b (r, V)` and freezes a
+    float kernel: the kernel becomes `reverse_embeddings + (alpha / r) * A @ B`."""
+    shapes = ((layer.output_dim, rank), (rank, layer.input_dim))
+    for name, shape, initializer in zip(_ADAPTER_NAMES, shapes, (a_initializer, b_initializer)):
+        variable = layer.add_weight(name=name, shape=shape, initializer=initializers.get(initializer),
+                                    dtype="float32", autocast=False)
+        setattr(layer, name, variable)
+    layer.reverse_embeddings.trainable = False
+
+
+def adapter_variables(layer):
+    return [getattr(layer, name) for name in _ADAPTER_NAMES]
+
+
+def _scaled_b(layer):
+    return (layer.lora_alpha / layer.lora_rank) * ops.convert_to_tensor(layer.lora_reverse_embeddings_b)
+
+
+def adapter_logits(layer, x):
+    """`x @ ((alpha / r) * A @ B)` as `(x @ A) @ B`: `r` columns, never a `(D, V)` delta."""
+    projected = ops.matmul(ops.cast(x, "float32"), layer.lora_reverse_embeddings_a)
+    return ops.matmul(projected, _scaled_b(layer))
+
+
+def merge_adapter(layer, output_format):
+    """Folds the adapter into the kernel (encoded again in its format) and removes it."""
+    kernel = ops.cast(output_format.dequantize(layer), "float32")
+    kernel = kernel + ops.matmul(layer.lora_reverse_embeddings_a, _scaled_b(layer))
+    for name in _ADAPTER_NAMES:
+        delattr(layer, name)
+    output_format.encode(layer, kernel)
+    if layer.quantization_mode is None:
+        layer.reverse_embeddings.trainable = True

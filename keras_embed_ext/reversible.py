@@ -7,6 +7,7 @@ from keras.src.backend import set_keras_mask
 
 from keras_embed_ext import output_table
 from keras_embed_ext.embedding import Embedding
+from keras_embed_ext.tracking import unlocked
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
@@ -90,6 +91,37 @@ class ReversibleEmbedding(Embedding):
                 self.quantization_mode, self.dtype_policy, self.quantization_config, self.path
             )
             self._output_format.build(self)
+            if self.lora_enabled:  # `lora_rank=`: the table's adapter came first, in `super().build`
+                self._add_output_adapter()
+
+    def enable_lora(
+        self,
+        rank: int,
+        lora_alpha: float | None = None,
+        a_initializer="he_uniform",
+        b_initializer="zeros",
+    ) -> None:
+        """Adds trainable low-rank adapters and freezes what they adapt.
+
+        The table gets `lora_embeddings_a (input_dim, rank)` and `_b (rank,
+        output_dim)`, as in `keras_embed_ext.Embedding`; an untied
+        `reverse_embeddings` gets `lora_reverse_embeddings_a (output_dim, rank)`
+        and `_b (rank, input_dim)`, both deltas scaled by `lora_alpha / rank`.
+        """
+        super().enable_lora(rank, lora_alpha, a_initializer, b_initializer)
+        if not self.tie_weights and hasattr(self, "_output_format"):
+            self._add_output_adapter(a_initializer, b_initializer)
+
+    def _add_output_adapter(self, a_initializer="he_uniform", b_initializer="zeros"):
+        with unlocked(self):
+            output_table.add_adapter(self, self.lora_rank, a_initializer, b_initializer)
+
+    def merge_lora(self) -> None:
+        """Folds the adapters into the table and the untied kernel, and removes them."""
+        if self.lora_enabled and not self.tie_weights:
+            with unlocked(self):
+                output_table.merge_adapter(self, self._output_format)
+        super().merge_lora()
 
     def call(self, inputs, reverse=False, weights=None, training=None):
         if not reverse:
@@ -105,6 +137,8 @@ class ReversibleEmbedding(Embedding):
         else:
             kernel = ops.cast(self._output_format.dequantize(self), dtype)
             logits = ops.matmul(ops.cast(inputs, dtype), kernel)
+            if self.lora_enabled:
+                logits = logits + ops.cast(output_table.adapter_logits(self, inputs), dtype)
         if self.logit_soft_cap is not None:
             cap = self.logit_soft_cap
             logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)
@@ -159,6 +193,10 @@ class ReversibleEmbedding(Embedding):
     def _table_variables(self):
         variables = super()._table_variables()
         return variables if self.tie_weights else variables + self._output_format.variables(self)
+
+    def _adapter_variables(self):
+        variables = super()._adapter_variables()
+        return variables if self.tie_weights else variables + output_table.adapter_variables(self)
 
     def get_config(self):
         return {

@@ -21,6 +21,7 @@ from keras import initializers
 from keras import ops
 
 from keras_embed_ext.backends import take_rows
+from keras_embed_ext.tracking import unlocked
 
 
 class RowTraining:
@@ -116,9 +117,8 @@ def attach(layer):
         return
     if current is not None:
         current.release(layer)
-    layer._tracker.unlock()
-    layer._row_training = None if target is None else RowTraining(layer, target, layer.sparse_optimizer)
-    layer._tracker.lock()
+    with unlocked(layer):
+        layer._row_training = None if target is None else RowTraining(layer, target, layer.sparse_optimizer)
 
 
 def _sum_unique_jax(ids, grads, input_dim):

@@ -7,7 +7,6 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
-from keras_embed_ext import lora
 
 
 def layer_config(layer, base_config):
@@ -55,7 +54,7 @@ def stored_variables(layer, optimizer_state=True):
     state of the `sparse_optimizer`."""
     variables = layer._table_variables()
     if layer.lora_enabled:
-        variables = variables + lora.adapter_variables(layer)
+        variables = variables + layer._adapter_variables()
     if optimizer_state and layer._row_training is not None:
         variables = variables + layer._row_training.variables()
     return variables

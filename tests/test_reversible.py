@@ -167,3 +167,78 @@ def test_a_dtype_policy_map_gives_the_block_size_of_the_layers_path(tmp_path, ti
     assert ours._format.block_size == 4
     ours.set_weights(theirs.get_weights())
     np.testing.assert_allclose(to_numpy(ours(IDS)), to_numpy(theirs(IDS)), rtol=1e-6)
+
+
+def untied_with_adapters(state, alpha=6.0, lora_first=False, **kwargs):
+    """An untied layer in `state` with random adapters on the table and the kernel."""
+    layer = kee.ReversibleEmbedding(V, D, tie_weights=False, embeddings_initializer="normal", **kwargs)
+    layer.build()
+    if lora_first:
+        layer.enable_lora(R, lora_alpha=alpha)
+    if state != "float":
+        layer.quantize(state)
+    if not lora_first:
+        layer.enable_lora(R, lora_alpha=alpha)
+    rng = np.random.default_rng(4)
+    for variable in (layer.lora_embeddings_a, layer.lora_embeddings_b,
+                     layer.lora_reverse_embeddings_a, layer.lora_reverse_embeddings_b):
+        variable.assign(rng.standard_normal(tuple(variable.shape)).astype("float32"))
+    return layer
+
+
+def untied_effective_kernel(layer):
+    delta = to_numpy(layer.lora_reverse_embeddings_a) @ to_numpy(layer.lora_reverse_embeddings_b)
+    return untied_kernel(layer) + (layer.lora_alpha / layer.lora_rank) * delta
+
+
+@pytest.mark.parametrize("state", ["float", "int8", "int4"])
+@pytest.mark.parametrize("lora_first", [False, True])
+def test_untied_output_table_takes_its_own_adapter(state, lora_first):
+    layer = untied_with_adapters(state, lora_first=lora_first)
+    kernel = untied_effective_kernel(layer)
+    np.testing.assert_allclose(to_numpy(layer(HIDDEN, reverse=True)), HIDDEN @ kernel, rtol=1e-4, atol=1e-4)
+    trainable = {v.path.split("/")[-1] for v in layer.trainable_weights}
+    assert trainable == {"lora_embeddings_a", "lora_embeddings_b", "lora_reverse_embeddings_a",
+                         "lora_reverse_embeddings_b"}
+    layer.merge_lora()
+    assert not layer.lora_enabled and not hasattr(layer, "lora_reverse_embeddings_a")
+    assert layer.quantization_mode == (None if state == "float" else state)
+    assert layer.reverse_embeddings.trainable == (state == "float")
+    merged = untied_kernel(layer)
+    if state == "float":
+        np.testing.assert_allclose(merged, kernel, rtol=1e-5, atol=1e-5)
+    else:  # encoded again: within one step of its column (int4 per-row: 1/7 of the column's max)
+        levels = 127 if state == "int8" else 7
+        step = np.abs(kernel).max(axis=0, keepdims=True) / levels
+        assert np.all(np.abs(merged - kernel) <= step)
+
+
+def test_lora_rank_argument_adapts_an_untied_kernel_too():
+    layer = kee.ReversibleEmbedding(V, D, tie_weights=False, lora_rank=R)
+    layer.build()
+    assert tuple(layer.lora_reverse_embeddings_a.shape) == (D, R)
+    assert tuple(layer.lora_reverse_embeddings_b.shape) == (R, V)
+    np.testing.assert_array_equal(to_numpy(layer.lora_reverse_embeddings_b), 0)  # a zero delta at first
+
+
+@pytest.mark.parametrize("state", ["float", "int4"])
+def test_untied_adapters_round_trip_through_files(tmp_path, state):
+    layer = untied_with_adapters(state, name="tokens")
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), layer])
+    model.save(str(tmp_path / "m.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "m.keras")).layers[-1]
+    loaded_weights = {v.path: v for v in loaded.weights}
+    assert sorted(loaded_weights) == sorted(v.path for v in layer.weights)
+    for ours in layer.weights:
+        np.testing.assert_array_equal(to_numpy(loaded_weights[ours.path]), to_numpy(ours))
+    np.testing.assert_array_equal(to_numpy(loaded(HIDDEN, reverse=True)), to_numpy(layer(HIDDEN, reverse=True)))
+    # A layer built without adapters (as keras-hub rebuilds a model) takes both.
+    model.save_weights(str(tmp_path / "w.weights.h5"))
+    fresh = kee.ReversibleEmbedding(V, D, tie_weights=False, name="tokens")
+    fresh_model = keras.Sequential([keras.Input((5,), dtype="int32"), fresh])
+    if state != "float":
+        fresh.quantize(state)
+    fresh_model.load_weights(str(tmp_path / "w.weights.h5"))
+    assert fresh.lora_enabled and fresh.lora_alpha == 6.0
+    np.testing.assert_array_equal(to_numpy(fresh(HIDDEN, reverse=True)), to_numpy(layer(HIDDEN, reverse=True)))
+    np.testing.assert_array_equal(to_numpy(fresh(IDS)), to_numpy(layer(IDS)))
