@@ -76,6 +76,7 @@ def main():
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--tie", choices=("both", "tied", "untied"), default="both")
     args = parser.parse_args()
 
     import keras
@@ -84,13 +85,13 @@ def main():
 
     rng = np.random.default_rng(0)
     table = rng.standard_normal((args.vocab, args.dim)).astype("float32") * 0.05
-    kernel = rng.standard_normal((args.dim, args.vocab)).astype("float32") * 0.05
+    kernel = None if args.tie == "tied" else rng.standard_normal((args.dim, args.vocab)).astype("float32") * 0.05
     x = keras.ops.convert_to_tensor(rng.standard_normal((args.tokens, args.dim)).astype("float32"))
     print(f"backend {keras.backend.backend()}, V = {args.vocab}, D = {args.dim}, {args.tokens} tokens; "
           f"ms per forward + backward, median (min-max) of {args.rounds} rounds\n")
     print("| state | tied | ours | keras | keras / ours |")
     print("|---|---|---|---|---|")
-    for tie in (True, False):
+    for tie in {"both": (True, False), "tied": (True,), "untied": (False,)}[args.tie]:
         weights = [table] if tie else [table, kernel]
         for state in STATES:
             fns = {name: step_fn(make(cls, args.vocab, args.dim, state, tie, weights))

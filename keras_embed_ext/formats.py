@@ -72,6 +72,10 @@ class FloatRows:
         """The stored rows at `ids` (all rows for `None`) of each row variable, as `decode` takes them."""
         return _rows_at(self.row_variables(layer), ids)
 
+    def logits(self, layer, x, dtype):
+        """`x @ table.T` in `dtype`, for a tied output projection."""
+        return ops.matmul(ops.cast(x, dtype), ops.transpose(ops.cast(self.dequantize(layer), dtype)))
+
     def gather(self, layer, ids):
         def gather_and_decode(ids):
             return self.decode(layer, *self.stored_rows(layer, ids))
@@ -103,6 +107,9 @@ class Int8Rows(FloatRows):
     def decode(self, layer, values, scale):
         values = ops.cast(values, "float32")  # int8 values: a new tensor
         return in_place("divide", values, ops.expand_dims(ops.cast(scale, "float32"), -1))
+
+    def logits(self, layer, x, dtype):
+        return scaled_logits(x, *self.stored_rows(layer), dtype)
 
     def encode(self, layer, table):
         values, scale = quantizers.abs_max_quantize(
@@ -167,6 +174,11 @@ class Int4Rows(FloatRows):
             values = values[..., : layer.output_dim]
         return [values, *_rows_at(params, ids)]
 
+    def logits(self, layer, x, dtype):
+        if self.block_size is not None:
+            return super().logits(layer, x, dtype)
+        return scaled_logits(x, *self.stored_rows(layer), dtype)
+
     def decode(self, layer, values, scale, zero=None):
         values = ops.cast(values, "float32")
         scale = ops.cast(scale, "float32")
@@ -220,6 +232,15 @@ def quantize_blocks(table, block_size):
     zero = np.clip(np.round(-low / scale) - 8, -128, 127)
     values = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], -8, 7)
     return values.reshape(rows, -1)[:, :dim].astype("int8"), scale.astype("float32"), zero.astype("int8")
+
+
+def scaled_logits(x, values, scale, dtype):
+    """`x @ (values / scale[:, None]).T` as `(x @ values.T) / scale`: each row's scale
+    divides its logit rather than the `V x D` table. The integer-valued product
+    runs in float32 where `dtype` is float16, whose range it can exceed."""
+    compute = "float32" if dtype == "float16" else dtype
+    logits = ops.matmul(ops.cast(x, compute), ops.transpose(ops.cast(values, compute)))
+    return ops.cast(logits / ops.cast(scale, compute), dtype)
 
 
 def format_for(mode, block_size=None):

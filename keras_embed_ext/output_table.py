@@ -17,6 +17,7 @@ from keras import quantizers
 from keras_embed_ext.backends import unpack_int4
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import quantize_blocks
+from keras_embed_ext.formats import scaled_logits
 
 _NAMES = ("reverse_embeddings", "reverse_embeddings_scale", "reverse_embeddings_zero")
 _ADAPTER_NAMES = ("lora_reverse_embeddings_a", "lora_reverse_embeddings_b")
@@ -48,6 +49,10 @@ class FloatColumns:
     def encode(self, layer, kernel):
         layer.reverse_embeddings.assign(kernel)
 
+    def logits(self, layer, x, dtype):
+        """`x @ kernel` in `dtype`."""
+        return ops.matmul(ops.cast(x, dtype), ops.cast(self.dequantize(layer), dtype))
+
 
 class Int8Columns(FloatColumns):
     """int8 `reverse_embeddings (D, V)` and `reverse_embeddings_scale (V,)`:
@@ -64,6 +69,10 @@ class Int8Columns(FloatColumns):
     def dequantize(self, layer):
         values = ops.cast(layer.reverse_embeddings, "float32")
         return values / ops.expand_dims(ops.cast(layer.reverse_embeddings_scale, "float32"), 0)
+
+    def logits(self, layer, x, dtype):
+        """`(x @ values) / scale`: the column scales divide the logits rather than the kernel."""
+        return scaled_logits(x, ops.transpose(layer.reverse_embeddings), layer.reverse_embeddings_scale, dtype)
 
     def encode(self, layer, kernel):
         values, scale = quantizers.abs_max_quantize(
@@ -94,9 +103,18 @@ class Int4Columns(FloatColumns):
         names = _NAMES if self.block_size is not None else _NAMES[:2]
         return [getattr(layer, name) for name in names]
 
-    def dequantize(self, layer):
+    def _columns(self, layer):
+        """The int4 values unpacked to int8, a vocabulary column per row: `(V, D)`."""
         packed = ops.transpose(layer.reverse_embeddings)  # (V, ceil(D / 2)): unpacked along its last axis
-        values = ops.cast(ops.transpose(unpack_int4(packed)[:, : layer.output_dim]), "float32")
+        return unpack_int4(packed)[:, : layer.output_dim]
+
+    def logits(self, layer, x, dtype):
+        if self.block_size is not None:
+            return super().logits(layer, x, dtype)
+        return scaled_logits(x, self._columns(layer), layer.reverse_embeddings_scale, dtype)
+
+    def dequantize(self, layer):
+        values = ops.cast(ops.transpose(self._columns(layer)), "float32")
         scale = ops.cast(layer.reverse_embeddings_scale, "float32")
         if self.block_size is None:
             return values / ops.expand_dims(scale, 0)

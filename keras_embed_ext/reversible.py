@@ -135,8 +135,7 @@ class ReversibleEmbedding(Embedding):
             self._check_projection_inputs(inputs)
             logits = self._tied_logits(inputs, dtype)
         else:
-            kernel = ops.cast(self._output_format.dequantize(self), dtype)
-            logits = ops.matmul(ops.cast(inputs, dtype), kernel)
+            logits = self._output_format.logits(self, inputs, dtype)
             if self.lora_enabled:
                 logits = logits + ops.cast(output_table.adapter_logits(self, inputs), dtype)
         if self.logit_soft_cap is not None:

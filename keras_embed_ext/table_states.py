@@ -124,9 +124,7 @@ class TableStates:
 
     def _tied_logits(self, x, dtype):
         """`x @ embeddings.T` in `dtype`, the adapter's part never forming `A @ B`."""
-        table = ops.cast(self._format.dequantize(self), dtype)
-        x = ops.cast(x, dtype)
-        logits = ops.matmul(x, ops.transpose(table))
+        logits = self._format.logits(self, x, dtype)
         if self.lora_enabled:
             logits = logits + ops.cast(lora.adapter_logits(self, x), logits.dtype)
         return logits
