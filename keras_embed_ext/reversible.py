@@ -18,7 +18,8 @@ class ReversibleEmbedding(Embedding):
     gather first in every state (LoRA, int8, int4), and `reverse=True` gives
     logits over the vocabulary, `x @ embeddings.T` when the weights are tied
     (the LoRA delta included, quantized or not), or `x @ reverse_embeddings`,
-    a separate trainable `(output_dim, input_dim)` kernel, when they are not.
+    a separate trainable `(output_dim, input_dim)` kernel, when they are not
+    (with LoRA, an adapter of its own: `enable_lora`).
     Variables, config and files are keras 3.15's.
 
     Example:
