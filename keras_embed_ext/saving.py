@@ -8,7 +8,6 @@ from keras import ops
 from keras import regularizers
 
 
-
 def layer_config(layer, base_config):
     """`Embedding.get_config`: keras' keys, then this layer's own ones where they are set."""
     config = {
@@ -50,7 +49,7 @@ def deserialize_config(config):
 
 
 def stored_variables(layer, optimizer_state=True):
-    """The stored table in keras 3.15's order, then `lora_embeddings_a`, `_b`, then the
+    """The stored table(s) in keras 3.15's order, then the LoRA adapter(s), then the
     state of the `sparse_optimizer`."""
     variables = layer._table_variables()
     if layer.lora_enabled:
