@@ -4,10 +4,11 @@ Each format owns the layer variables it stores (with the names, shapes, dtypes a
 order of `keras.layers.Embedding` 3.15) and knows how to `build` them, how to
 `encode` a float table into them, how to read them (`stored_rows`) and how to
 `decode` what it read into float32 rows. `gather` decodes only the rows of the
-ids looked up; `dequantize` decodes the whole table, for export, merging and
-`attend`.
+ids looked up; `logits` decodes a block of rows at a time, for `attend`;
+`dequantize` decodes the whole table, for export and merging.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -21,6 +22,7 @@ from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import reshape
 from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
+from keras_embed_ext.blocked_logits import blocked_logits
 
 
 def _stored(layer, name, shape, dtype=None, initializer="zeros"):
@@ -72,9 +74,18 @@ class FloatRows:
         """The stored rows at `ids` (all rows for `None`) of each row variable, as `decode` takes them."""
         return _rows_at(self.row_variables(layer), ids)
 
-    def logits(self, layer, x, dtype):
-        """`x @ table.T` in `dtype`, for a tied output projection."""
-        return ops.matmul(ops.cast(x, dtype), ops.transpose(ops.cast(self.dequantize(layer), dtype)))
+    def logits(self, layer, x, dtype, inputs_quantizer=None):
+        """`x @ table.T` in `dtype`, for a tied output projection. A quantized table
+        is read a block of rows at a time (`blocked_logits`), its inputs quantized
+        with `inputs_quantizer` if one is given."""
+        if self.mode is None:
+            return ops.matmul(ops.cast(x, dtype), ops.transpose(ops.cast(layer._embeddings, dtype)))
+        operands = functools.partial(self.logit_operands, layer)
+        return blocked_logits(x, self.row_variables(layer), operands, dtype, inputs_quantizer=inputs_quantizer)
+
+    def logit_operands(self, layer, *stored):
+        """`(values, scale)` of stored rows: the logits are `(x @ values.T) / scale`."""
+        return self.decode(layer, *stored), None
 
     def gather(self, layer, ids):
         def gather_and_decode(ids):
@@ -104,12 +115,12 @@ class Int8Rows(FloatRows):
 
     row_variables = variables
 
+    def logit_operands(self, layer, values, scale):
+        return values, scale
+
     def decode(self, layer, values, scale):
         values = ops.cast(values, "float32")  # int8 values: a new tensor
         return in_place("divide", values, ops.expand_dims(ops.cast(scale, "float32"), -1))
-
-    def logits(self, layer, x, dtype):
-        return scaled_logits(x, *self.stored_rows(layer), dtype)
 
     def encode(self, layer, table):
         values, scale = quantizers.abs_max_quantize(
@@ -174,10 +185,9 @@ class Int4Rows(FloatRows):
             values = values[..., : layer.output_dim]
         return [values, *_rows_at(params, ids)]
 
-    def logits(self, layer, x, dtype):
-        if self.block_size is not None:
-            return super().logits(layer, x, dtype)
-        return scaled_logits(x, *self.stored_rows(layer), dtype)
+    def logit_operands(self, layer, packed, scale, zero=None):
+        values = take_int4_rows(packed)[..., : layer.output_dim]
+        return (values, scale) if zero is None else (self.decode(layer, values, scale, zero), None)
 
     def decode(self, layer, values, scale, zero=None):
         values = ops.cast(values, "float32")
@@ -193,7 +203,7 @@ class Int4Rows(FloatRows):
             blocks = in_place("subtract", blocks, ops.expand_dims(zero, -1))
             blocks = in_place("multiply", blocks, ops.expand_dims(scale, -1))
             return reshape(blocks, shape)
-        groups = ops.cast(layer.g_idx, "int32")
+        groups = np.arange(layer.output_dim) // self.block_size
         values = in_place("subtract", values, ops.take(zero, groups, axis=-1))
         return in_place("multiply", values, ops.take(scale, groups, axis=-1))
 
@@ -232,15 +242,6 @@ def quantize_blocks(table, block_size):
     zero = np.clip(np.round(-low / scale) - 8, -128, 127)
     values = np.clip(np.round(blocks / scale[..., None]) + zero[..., None], -8, 7)
     return values.reshape(rows, -1)[:, :dim].astype("int8"), scale.astype("float32"), zero.astype("int8")
-
-
-def scaled_logits(x, values, scale, dtype):
-    """`x @ (values / scale[:, None]).T` as `(x @ values.T) / scale`: each row's scale
-    divides its logit rather than the `V x D` table. The integer-valued product
-    runs in float32 where `dtype` is float16, whose range it can exceed."""
-    compute = "float32" if dtype == "float16" else dtype
-    logits = ops.matmul(ops.cast(x, compute), ops.transpose(ops.cast(values, compute)))
-    return ops.cast(logits / ops.cast(scale, compute), dtype)
 
 
 def format_for(mode, block_size=None):

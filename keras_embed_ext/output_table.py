@@ -7,6 +7,7 @@ column, with a zero point), as keras' `ReversibleEmbedding` stores it, so files 
 both ways.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -15,9 +16,9 @@ from keras import ops
 from keras import quantizers
 
 from keras_embed_ext.backends import unpack_int4
+from keras_embed_ext.blocked_logits import blocked_logits
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import quantize_blocks
-from keras_embed_ext.formats import scaled_logits
 
 _NAMES = ("reverse_embeddings", "reverse_embeddings_scale", "reverse_embeddings_zero")
 _ADAPTER_NAMES = ("lora_reverse_embeddings_a", "lora_reverse_embeddings_b")
@@ -49,7 +50,7 @@ class FloatColumns:
     def encode(self, layer, kernel):
         layer.reverse_embeddings.assign(kernel)
 
-    def logits(self, layer, x, dtype):
+    def logits(self, layer, x, dtype, inputs_quantizer=None):
         """`x @ kernel` in `dtype`."""
         return ops.matmul(ops.cast(x, dtype), ops.cast(self.dequantize(layer), dtype))
 
@@ -67,12 +68,18 @@ class Int8Columns(FloatColumns):
         return [layer.reverse_embeddings, layer.reverse_embeddings_scale]
 
     def dequantize(self, layer):
-        values = ops.cast(layer.reverse_embeddings, "float32")
-        return values / ops.expand_dims(ops.cast(layer.reverse_embeddings_scale, "float32"), 0)
+        values, scale = self.logit_operands(layer, *self.variables(layer))
+        values = ops.cast(values, "float32")
+        return values if scale is None else values / ops.cast(scale, "float32")
 
-    def logits(self, layer, x, dtype):
-        """`(x @ values) / scale`: the column scales divide the logits rather than the kernel."""
-        return scaled_logits(x, ops.transpose(layer.reverse_embeddings), layer.reverse_embeddings_scale, dtype)
+    def logits(self, layer, x, dtype, inputs_quantizer=None):
+        """`x @ kernel`, read a block of columns at a time (`blocked_logits`)."""
+        operands = functools.partial(self.logit_operands, layer)
+        return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer)
+
+    def logit_operands(self, layer, values, scale):
+        """`(values, scale)` of stored columns: the logits are `(x @ values) / scale`."""
+        return values, scale
 
     def encode(self, layer, kernel):
         values, scale = quantizers.abs_max_quantize(
@@ -82,7 +89,7 @@ class Int8Columns(FloatColumns):
         layer.reverse_embeddings_scale.assign(ops.squeeze(scale, axis=0))
 
 
-class Int4Columns(FloatColumns):
+class Int4Columns(Int8Columns):
     """int4 values packed two per byte along `D`: `reverse_embeddings (ceil(D / 2), V)`,
     with `reverse_embeddings_scale (V,)` per column, or, block-wise with block `b`,
     `reverse_embeddings_scale` and `reverse_embeddings_zero` of shape
@@ -103,24 +110,13 @@ class Int4Columns(FloatColumns):
         names = _NAMES if self.block_size is not None else _NAMES[:2]
         return [getattr(layer, name) for name in names]
 
-    def _columns(self, layer):
-        """The int4 values unpacked to int8, a vocabulary column per row: `(V, D)`."""
-        packed = ops.transpose(layer.reverse_embeddings)  # (V, ceil(D / 2)): unpacked along its last axis
-        return unpack_int4(packed)[:, : layer.output_dim]
-
-    def logits(self, layer, x, dtype):
-        if self.block_size is not None:
-            return super().logits(layer, x, dtype)
-        return scaled_logits(x, self._columns(layer), layer.reverse_embeddings_scale, dtype)
-
-    def dequantize(self, layer):
-        values = ops.cast(ops.transpose(self._columns(layer)), "float32")
-        scale = ops.cast(layer.reverse_embeddings_scale, "float32")
-        if self.block_size is None:
-            return values / ops.expand_dims(scale, 0)
+    def logit_operands(self, layer, packed, scale, zero=None):
+        values = ops.transpose(unpack_int4(ops.transpose(packed))[:, : layer.output_dim])
+        if zero is None:
+            return values, scale
         groups = np.arange(layer.output_dim) // self.block_size
-        zero = ops.cast(layer.reverse_embeddings_zero, "float32")
-        return (values - ops.take(zero, groups, axis=0)) * ops.take(scale, groups, axis=0)
+        zero, scale = ops.cast(zero, "float32"), ops.cast(scale, "float32")
+        return (ops.cast(values, "float32") - ops.take(zero, groups, axis=0)) * ops.take(scale, groups, axis=0), None
 
     def encode(self, layer, kernel):
         if self.block_size is None:

@@ -132,11 +132,12 @@ class ReversibleEmbedding(Embedding):
                 set_keras_mask(outputs, mask)
             return outputs
         dtype = self.reverse_dtype or self.compute_dtype
+        quantizer = getattr(self, "inputs_quantizer", None) if self.quantization_mode else None
         if self.tie_weights:
             self._check_projection_inputs(inputs)
-            logits = self._tied_logits(inputs, dtype)
+            logits = self._tied_logits(inputs, dtype, quantizer)
         else:
-            logits = self._output_format.logits(self, inputs, dtype)
+            logits = self._output_format.logits(self, inputs, dtype, quantizer)
             if self.lora_enabled:
                 logits = logits + ops.cast(output_table.adapter_logits(self, inputs), dtype)
         if self.logit_soft_cap is not None:
@@ -184,8 +185,8 @@ class ReversibleEmbedding(Embedding):
         self._output_format.build(self)
 
     def _set_inputs_quantizer(self, config):
-        # keras' layer quantizes the inputs of a quantized reverse projection with it;
-        # this one projects float inputs (more precise) and keeps it for keras' API.
+        # Quantizes the inputs of a quantized reverse projection, as keras' layer does
+        # (by default for `quantize(mode)`; not with an `Int4QuantizationConfig`).
         self.inputs_quantizer = keras.quantizers.QuantizationConfig.activation_quantizer_or_default(
             config, keras.quantizers.AbsMaxQuantizer(axis=-1)
         )

@@ -122,9 +122,10 @@ class TableStates:
                 "sparse_optimizer=None to tie an output projection to the table."
             )
 
-    def _tied_logits(self, x, dtype):
-        """`x @ embeddings.T` in `dtype`, the adapter's part never forming `A @ B`."""
-        logits = self._format.logits(self, x, dtype)
+    def _tied_logits(self, x, dtype, inputs_quantizer=None):
+        """`x @ embeddings.T` in `dtype`, the adapter's part never forming `A @ B`; a
+        quantized table's part from inputs quantized by `inputs_quantizer`, if given."""
+        logits = self._format.logits(self, x, dtype, inputs_quantizer)
         if self.lora_enabled:
             logits = logits + ops.cast(lora.adapter_logits(self, x), logits.dtype)
         return logits

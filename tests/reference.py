@@ -11,6 +11,21 @@ def int8_quantize(table):
     return values, scale.astype("float32")
 
 
+def abs_max_inputs(x):
+    """keras' `AbsMaxQuantizer(axis=-1)`: int8-valued inputs and their scale, per row."""
+    scale = 127.0 / (np.abs(x).max(axis=-1, keepdims=True) + EPS)
+    return np.clip(np.round(x * scale), -127, 127), scale
+
+
+def projected_inputs(layer, x):
+    """The inputs a quantized reverse projection multiplies: rounded as keras rounds
+    them where the layer has an `inputs_quantizer`."""
+    if getattr(layer, "inputs_quantizer", None) is None or layer.quantization_mode is None:
+        return x
+    values, scale = abs_max_inputs(x)
+    return values / scale
+
+
 def int8_rows(values, scale, ids):
     return values[ids].astype("float32") / scale[ids][..., None]
 

@@ -1,0 +1,133 @@
+"""Logits of inputs against a quantized table, read a block of rows at a time.
+
+Decoding a whole quantized table for one product writes a float copy of it (4x the
+bytes of int8, 8x those of int4) and reads it back; a block of rows decoded while it
+is in cache costs only its arithmetic. The backward pass reads the blocks again
+rather than keeping a float copy for it, and gives the inputs their gradient only: a
+quantized table is frozen.
+
+Tables with a scale per row multiply their integer values: the scales divide the
+logits. Inputs quantized to int8 (keras' `inputs_quantizer`) then make an integer
+product, which XLA computes as int8 x int8; other backends compute the same integers
+in float32. Their gradient is the float product's (straight through the rounding).
+"""
+
+import math
+
+import keras
+from keras import ops
+
+BLOCK_BYTES = 4 * 2**20  # a float32 block that fits a core's cache
+MAX_BLOCKS = 64  # bounds the ops an unrolled call adds to a traced graph
+
+
+def block_rows(vocabulary: int, dim: int) -> int:
+    """Rows per block: a cache's worth, or more where that would exceed `MAX_BLOCKS`."""
+    return max(1, BLOCK_BYTES // (4 * dim), math.ceil(vocabulary / MAX_BLOCKS))
+
+
+def _on_xla():
+    # XLA runs a loop over the blocks faster than the same blocks unrolled, whose
+    # products it schedules one after another with the buffers of all of them; its
+    # int8 x int8 product is as fast as a float one, where torch's CPU kernels are not.
+    return keras.backend.backend() == "jax"
+
+
+def _over_blocks(vocabulary, size, step, carry):
+    """`carry = step(start, length, carry)` for each block of `size` rows, the last
+    one shorter; on JAX the whole blocks run as one loop, whose `start` is traced."""
+    whole, tail = divmod(vocabulary, size)
+    if _on_xla() and whole > 1:
+        carry = ops.fori_loop(0, whole, lambda i, carry: step(i * size, size, carry), carry)
+    else:
+        for start in range(0, whole * size, size):
+            carry = step(start, size, carry)
+    return step(whole * size, tail, carry) if tail else carry
+
+
+def _block(array, start, length, axis):
+    """`length` entries of `array` from `start` along `axis` (0 or -1)."""
+    axis = axis % len(array.shape)
+    starts = [start if i == axis else 0 for i in range(len(array.shape))]
+    shape = [length if i == axis else size for i, size in enumerate(array.shape)]
+    return ops.slice(array, starts, shape)
+
+
+def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
+    """`x @ table.T` in `dtype`, the table given by its stored arrays.
+
+    Args:
+        x: Float inputs of shape `(..., D)`.
+        stored: The table's stored arrays (values, scales, zero points), which
+            share their vocabulary axis `axis`.
+        decode: Takes a block of each stored array and returns `(values, scale)`:
+            values whose product with `x` divided by `scale` (one per row, or
+            `None`) gives the logits, as int8 or float32 `(B, D)` rows or, for
+            `axis=-1`, `(D, B)` columns.
+        dtype: The dtype of the logits; float16 logits are computed in float32,
+            whose range a product of integer values needs.
+        axis: The vocabulary axis of the stored arrays: 0, or -1 for a `(D, V)` kernel.
+        inputs_quantizer: Optional quantizer returning int8 inputs and their scale
+            (keras' `AbsMaxQuantizer`), which divides the logits.
+
+    Returns:
+        Logits of shape `(..., V)`.
+    """
+    compute = "float32" if dtype == "float16" else dtype
+    stored = [ops.convert_to_tensor(array) for array in stored]
+    vocabulary, dim = stored[0].shape[axis], x.shape[-1]
+    size = block_rows(vocabulary, dim)
+
+    def operands(arrays, start, length):
+        values, scale = decode(*(_block(array, start, length, axis) for array in arrays))
+        return (values if axis else ops.transpose(values)), scale  # values as (D, B)
+
+    @ops.custom_gradient
+    def logits(x, *arrays):
+        flat = ops.reshape(x, (-1, dim))
+        inputs_scale = None
+        if inputs_quantizer is not None and flat.shape[0] != 0:  # keras' torch max rejects no rows
+            flat, inputs_scale = inputs_quantizer(flat)
+
+        float_inputs = ops.cast(flat, compute)
+        integer_inputs = _on_xla() and keras.backend.standardize_dtype(flat.dtype) == "int8"
+
+        def product(start, length):
+            values, scale = operands(arrays, start, length)
+            if integer_inputs and keras.backend.standardize_dtype(values.dtype) == "int8":
+                block = ops.cast(ops.matmul(flat, values), compute)  # int32 sums
+            else:
+                block = ops.matmul(float_inputs, ops.cast(values, compute))
+            return block if scale is None else block / ops.cast(scale, compute)
+
+        if _on_xla():
+            buffer = ops.zeros((flat.shape[0], vocabulary), compute)
+            result = _over_blocks(
+                vocabulary, size, lambda start, length, out: ops.slice_update(out, (0, start), product(start, length)),
+                buffer,
+            )
+        else:
+            blocks = _over_blocks(vocabulary, size, lambda start, length, done: [*done, product(start, length)], [])
+            result = ops.concatenate(blocks, axis=-1)
+        if inputs_scale is not None:
+            result = result / ops.cast(inputs_scale, compute)
+        result = ops.reshape(result, (*ops.shape(x)[:-1], vocabulary))
+
+        def grad(*args, upstream=None):
+            # JAX and TensorFlow pass the upstream gradient alone; torch passes the
+            # inputs and `upstream`.
+            upstream = ops.reshape(ops.cast(args[0] if upstream is None else upstream, compute), (-1, vocabulary))
+
+            def accumulate(start, length, total):
+                values, scale = operands(arrays, start, length)
+                block = _block(upstream, start, length, -1)
+                if scale is not None:
+                    block = block / ops.cast(scale, compute)
+                return total + ops.matmul(block, ops.transpose(ops.cast(values, compute)))
+
+            total = _over_blocks(vocabulary, size, accumulate, ops.zeros((ops.shape(upstream)[0], dim), compute))
+            return (ops.cast(ops.reshape(total, ops.shape(x)), x.dtype), *(None for _ in arrays))
+
+        return ops.cast(result, dtype), grad
+
+    return logits(x, *stored)

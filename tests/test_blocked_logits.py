@@ -1,0 +1,160 @@
+"""Logits against a quantized table read in blocks: values and input gradients equal
+the product with the whole decoded table, for any block size, and keras' logits
+where the inputs are quantized as keras quantizes them."""
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import settings
+from hypothesis import strategies as st
+
+import keras_embed_ext as kee
+from conftest import BACKEND, table, to_numpy, traced
+import reference as ref
+from keras_embed_ext import blocked_logits as blocked
+
+
+def input_gradient(fn, x, upstream, compiled=False):
+    """d sum(fn(x) * upstream) / dx, as a numpy array."""
+    x = keras.ops.convert_to_tensor(x)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def tape_gradient(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.cast(fn(x), "float32") * upstream)
+            return tape.gradient(loss, x)
+
+        return to_numpy((traced(tape_gradient) if compiled else tape_gradient)(x))
+    if BACKEND == "jax":
+        import jax
+
+        gradient = jax.grad(lambda x: (fn(x).astype("float32") * upstream).sum())
+        return to_numpy((jax.jit(gradient) if compiled else gradient)(x))
+    import torch
+
+    x = x.clone().requires_grad_(True)
+    loss = (fn(x).float() * torch.as_tensor(upstream)).sum()
+    loss.backward()
+    return to_numpy(x.grad)
+
+
+@pytest.fixture
+def rows_per_block(monkeypatch):
+    """Sets the rows of each block, however few."""
+
+    def set_rows(rows, dim):
+        monkeypatch.setattr(blocked, "BLOCK_BYTES", 4 * dim * rows)
+        monkeypatch.setattr(blocked, "MAX_BLOCKS", 10**9)
+
+    return set_rows
+
+
+@given(
+    vocabulary=st.integers(1, 40),
+    dim=st.integers(1, 9),
+    rows=st.integers(1, 45),
+    leading=st.lists(st.integers(0, 3), max_size=2),
+    quantized_inputs=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+@settings(max_examples=30, deadline=None)
+def test_any_blocking_equals_the_whole_decoded_table(vocabulary, dim, rows, leading, quantized_inputs, seed):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(blocked, "BLOCK_BYTES", 4 * dim * rows)
+        patch.setattr(blocked, "MAX_BLOCKS", 10**9)
+        rng = np.random.default_rng(seed)
+        values = rng.integers(-127, 128, (vocabulary, dim)).astype("int8")
+        scale = rng.uniform(0.5, 2.0, vocabulary).astype("float32")
+        decoded = values / scale[:, None]
+        x = rng.standard_normal((*leading, dim)).astype("float32")
+        upstream = rng.standard_normal((*leading, vocabulary)).astype("float32")
+        quantizer = keras.quantizers.AbsMaxQuantizer(axis=-1) if quantized_inputs else None
+
+        def logits(x):
+            return blocked.blocked_logits(x, [values, scale], lambda v, s: (v, s), "float32", inputs_quantizer=quantizer)
+
+        if quantized_inputs:
+            integers, inputs_scale = ref.abs_max_inputs(x)
+            expected = (integers @ values.T.astype("float32")) / inputs_scale / scale
+        else:
+            expected = x @ decoded.T
+        np.testing.assert_allclose(to_numpy(logits(x)), expected, rtol=1e-5, atol=1e-4)
+        # Straight through the inputs' rounding: the float product's gradient.
+        np.testing.assert_allclose(input_gradient(logits, x, upstream), upstream @ decoded, rtol=1e-5, atol=1e-4)
+
+
+def test_blocks_bound_the_graph_and_fit_a_cache():
+    assert blocked.block_rows(256_000, 512) == 4_000  # 64 blocks
+    assert blocked.block_rows(256_000, 128) == 8_192  # 4 MiB of float32 each
+    assert blocked.block_rows(10, 2**30) == 1
+
+
+V, D = 70, 12
+X = np.random.default_rng(3).standard_normal((2, 5, D)).astype("float32")
+UPSTREAM = np.random.default_rng(4).standard_normal((2, 5, V)).astype("float32")
+CONFIGS = {
+    "int8": ("int8", None),  # inputs quantized, as keras' default
+    "int8_float_inputs": ("int8", keras.quantizers.Int8QuantizationConfig(activation_quantizer=None)),
+    "int4": ("int4", None),
+    "int4_per_row": ("int4", keras.quantizers.Int4QuantizationConfig(block_size=-1)),
+    "int4_per_row_int8_inputs": (
+        "int4", keras.quantizers.Int4QuantizationConfig(block_size=-1, activation_quantizer=keras.quantizers.AbsMaxQuantizer())
+    ),
+    "int4_blocks_of_4": ("int4", keras.quantizers.Int4QuantizationConfig(block_size=4)),
+    "int4_blocks_of_5": ("int4", keras.quantizers.Int4QuantizationConfig(block_size=5)),
+}
+
+
+def quantized(cls, tie, state):
+    layer = cls(V, D, tie_weights=tie)
+    layer.build()
+    layer.set_weights([table(V, D)] if tie else [table(V, D), table(D, V, seed=1)])
+    mode, config = CONFIGS[state]
+    layer.quantize(mode, config=config)
+    return layer
+
+
+def decoded_table(layer):
+    """The `(V, D)` table the reverse projection multiplies, decoded whole."""
+    if layer.tie_weights:
+        return to_numpy(layer.embeddings)
+    return to_numpy(layer._output_format.dequantize(layer)).T
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "traced"])
+@pytest.mark.parametrize("state", list(CONFIGS))
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_quantized_reverse_projection_in_blocks(rows_per_block, tie, state, compiled):
+    ours = quantized(kee.ReversibleEmbedding, tie, state)
+    rows_per_block(16, D)  # 5 blocks, the last one partial
+
+    def project(x):
+        return ours(x, reverse=True)
+
+    run = traced(project) if compiled else project
+    if ours.inputs_quantizer is None:
+        expected = X @ decoded_table(ours).T
+    else:
+        # keras' layer, with the same stored values, quantizes the inputs the same way.
+        keras_layer = quantized(keras.layers.ReversibleEmbedding, tie, state)
+        keras_layer.set_weights(ours.get_weights())
+        expected = to_numpy(keras_layer(X, reverse=True))
+        assert np.abs(expected - X @ decoded_table(ours).T).max() > 1e-3  # the inputs' rounding shows
+    np.testing.assert_allclose(to_numpy(run(X)), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(
+        input_gradient(project, X, UPSTREAM, compiled=compiled), UPSTREAM @ decoded_table(ours), rtol=1e-5, atol=1e-4
+    )
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_float16_logits_are_computed_in_float32(rows_per_block, tie):
+    layer = quantized(kee.ReversibleEmbedding, tie, "int8_float_inputs")
+    layer.reverse_dtype = "float16"
+    rows_per_block(16, D)
+    x = 100 * X  # logits beyond float16's precision, within its range
+    logits = layer(x, reverse=True)
+    assert keras.backend.standardize_dtype(logits.dtype) == "float16"
+    np.testing.assert_allclose(to_numpy(logits).astype("float32"), x @ decoded_table(layer).T, rtol=2e-3, atol=0.5)
