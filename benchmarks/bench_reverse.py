@@ -4,7 +4,10 @@ keras.layers.ReversibleEmbedding, forward and backward, on the backend of KERAS_
 For each state (float, LoRA, int8, int4 per-row, int4+LoRA) and tying, both layers hold
 the same weights; the two are timed in turn, round after round, and the median of each
 is printed with its spread, as a markdown table (ms per call; `x` of `tokens x D`).
-JAX runs under `jax.jit`, torch eagerly, TensorFlow in `tf.function`.
+JAX runs under `jax.jit`, torch eagerly, TensorFlow in `tf.function`. `--forward` times
+the forward pass alone: keras' quantized reverse projection quantizes its inputs, whose
+gradient then reaches only each row's largest input, through its scale, so its backward
+pass does almost none of the work of ours.
 
     KERAS_BACKEND=jax python benchmarks/bench_reverse.py --vocab 32000 --dim 256 --tokens 256
 """
@@ -33,11 +36,13 @@ def make(cls, vocab, dim, state, tie, weights):
     return layer
 
 
-def step_fn(layer):
-    """Forward and backward of the reverse projection, as each backend compiles it."""
+def step_fn(layer, forward_only=False):
+    """Forward and backward (or forward only) of the reverse projection, as each backend compiles it."""
     import keras
 
     backend = keras.backend.backend()
+    if forward_only:
+        return forward_fn(layer, backend)
     if backend == "jax":
         import jax
 
@@ -45,7 +50,9 @@ def step_fn(layer):
             logits, _ = layer.stateless_call(trainable, non_trainable, x, reverse=True)
             return keras.ops.mean(logits)
 
-        grad = jax.jit(jax.grad(loss, argnums=(0, 2)))
+        # The loss is returned too: otherwise XLA drops the forward pass, which the
+        # gradient of a mean does not read.
+        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 2)))
         trainable = [v.value for v in layer.trainable_variables]
         non_trainable = [v.value for v in layer.non_trainable_variables]
         return lambda x: jax.block_until_ready(grad(trainable, non_trainable, x))
@@ -65,9 +72,34 @@ def step_fn(layer):
         with tf.GradientTape() as tape:
             tape.watch(x)
             loss = tf.reduce_mean(layer(x, reverse=True))
-        return tape.gradient(loss, [x, *layer.trainable_variables])
+        return [loss, *tape.gradient(loss, [x, *layer.trainable_variables])]
 
     return lambda x: [t.numpy() for t in run(x) if t is not None]
+
+
+def forward_fn(layer, backend):
+    if backend == "jax":
+        import jax
+
+        @jax.jit
+        def run(trainable, non_trainable, x):
+            return layer.stateless_call(trainable, non_trainable, x, reverse=True)[0]
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+        return lambda x: jax.block_until_ready(run(trainable, non_trainable, x))
+    if backend == "torch":
+        import torch
+
+        def run(x):
+            with torch.no_grad():
+                return layer(x, reverse=True)
+
+        return run
+    import tensorflow as tf
+
+    run = tf.function(lambda x: layer(x, reverse=True))
+    return lambda x: run(x).numpy()
 
 
 def main():
@@ -77,6 +109,8 @@ def main():
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--tie", choices=("both", "tied", "untied"), default="both")
+    parser.add_argument("--states", default=",".join(STATES), help="comma-separated subset of " + ", ".join(STATES))
+    parser.add_argument("--forward", action="store_true", help="time the forward pass alone")
     args = parser.parse_args()
 
     import keras
@@ -87,14 +121,15 @@ def main():
     table = rng.standard_normal((args.vocab, args.dim)).astype("float32") * 0.05
     kernel = None if args.tie == "tied" else rng.standard_normal((args.dim, args.vocab)).astype("float32") * 0.05
     x = keras.ops.convert_to_tensor(rng.standard_normal((args.tokens, args.dim)).astype("float32"))
+    measured = "forward" if args.forward else "forward + backward"
     print(f"backend {keras.backend.backend()}, V = {args.vocab}, D = {args.dim}, {args.tokens} tokens; "
-          f"ms per forward + backward, median (min-max) of {args.rounds} rounds\n")
+          f"ms per {measured}, median (min-max) of {args.rounds} rounds\n")
     print("| state | tied | ours | keras | keras / ours |")
     print("|---|---|---|---|---|")
     for tie in {"both": (True, False), "tied": (True,), "untied": (False,)}[args.tie]:
         weights = [table] if tie else [table, kernel]
-        for state in STATES:
-            fns = {name: step_fn(make(cls, args.vocab, args.dim, state, tie, weights))
+        for state in args.states.split(","):
+            fns = {name: step_fn(make(cls, args.vocab, args.dim, state, tie, weights), args.forward)
                    for name, cls in (("ours", kee.ReversibleEmbedding), ("keras", keras.layers.ReversibleEmbedding))}
             times = {name: [] for name in fns}
             for fn in fns.values():
