@@ -50,6 +50,25 @@ def outputs_and_gradients(model):
     return np.asarray(out), [np.asarray(g) for g in grads]
 
 
+def reverse_outputs_and_gradient(state):
+    """A tied quantized `ReversibleEmbedding`'s logits of random inputs, their inputs'
+    gradient, and the per-device bytes of its table."""
+    initial = np.random.default_rng(2).standard_normal((V, D)).astype("float32")
+    layer = kee.ReversibleEmbedding(V, D, weights=initial, name="tokens")
+    layer.quantize(state)
+    hidden = np.random.default_rng(3).standard_normal((16, 10, D)).astype("float32")
+    upstream = np.random.default_rng(4).standard_normal((16, 10, V)).astype("float32")
+    frozen = [v.value for v in layer.non_trainable_variables]
+
+    def loss(hidden):
+        logits, _ = layer.stateless_call([], frozen, hidden, reverse=True)
+        return (logits * upstream).sum(), logits
+
+    (_, logits), gradient = jax.jit(jax.value_and_grad(loss, has_aux=True))(hidden)
+    shards = layer._embeddings.value.addressable_shards
+    return np.asarray(logits), np.asarray(gradient), [int(shards[0].data.nbytes), int(layer._embeddings.value.nbytes)]
+
+
 def main():
     report = {"devices": len(jax.devices())}
     layout_map = keras.distribution.LayoutMap(keras.distribution.DeviceMesh((8,), ["model"]))
@@ -82,6 +101,15 @@ def main():
             "max_trained_diff": float(max(
                 np.abs(np.asarray(a.value) - np.asarray(b.value)).max() for a, b in zip(layer.weights, single_layer.weights)
             )),
+        }
+    for state in ("int8", "int4"):
+        expected = reverse_outputs_and_gradient(state)
+        with keras.distribution.ModelParallel(layout_map=layout_map).scope():
+            got = reverse_outputs_and_gradient(state)
+        report[f"reverse_{state}"] = {
+            "per_device_bytes": got[2],
+            "max_output_diff": float(np.abs(got[0] - expected[0]).max()),
+            "max_grad_diff": float(np.abs(got[1] - expected[1]).max()),
         }
     print(json.dumps(report))
 

@@ -36,3 +36,12 @@ def test_rows_sharded_over_eight_devices_with_same_results(report, state):
     assert entry["fit_losses"][-1] < entry["fit_losses"][0]
     # Trained with fit (the sparse_optimizer's states too): the single-device weights.
     assert entry["max_trained_diff"] <= 1e-5
+
+
+@pytest.mark.parametrize("state", ["int8", "int4"])
+def test_reverse_projection_of_a_sharded_quantized_table(report, state):
+    entry = report[f"reverse_{state}"]
+    per_device, total = entry["per_device_bytes"]
+    assert per_device * 8 == total
+    assert entry["max_output_diff"] <= 1e-4
+    assert entry["max_grad_diff"] <= 1e-4

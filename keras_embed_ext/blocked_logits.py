@@ -22,7 +22,11 @@ MAX_BLOCKS = 64  # bounds the ops an unrolled call adds to a traced graph
 
 
 def block_rows(vocabulary: int, dim: int) -> int:
-    """Rows per block: a cache's worth, or more where that would exceed `MAX_BLOCKS`."""
+    """Rows per block: a cache's worth, or more where that would exceed `MAX_BLOCKS`.
+    Under a `keras.distribution`, which may shard the table by rows, one block: each
+    device then multiplies the rows it holds."""
+    if keras.distribution.distribution() is not None:
+        return max(vocabulary, 1)
     return max(1, BLOCK_BYTES // (4 * dim), math.ceil(vocabulary / MAX_BLOCKS))
 
 
@@ -100,15 +104,16 @@ def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
                 block = ops.matmul(float_inputs, ops.cast(values, compute))
             return block if scale is None else block / ops.cast(scale, compute)
 
+        def write(start, length, out):  # in place, within XLA's loop
+            return ops.slice_update(out, (0, start), product(start, length))
+
+        def append(start, length, blocks):
+            return [*blocks, product(start, length)]
+
         if _on_xla():
-            buffer = ops.zeros((flat.shape[0], vocabulary), compute)
-            result = _over_blocks(
-                vocabulary, size, lambda start, length, out: ops.slice_update(out, (0, start), product(start, length)),
-                buffer,
-            )
+            result = _over_blocks(vocabulary, size, write, ops.zeros((flat.shape[0], vocabulary), compute))
         else:
-            blocks = _over_blocks(vocabulary, size, lambda start, length, done: [*done, product(start, length)], [])
-            result = ops.concatenate(blocks, axis=-1)
+            result = ops.concatenate(_over_blocks(vocabulary, size, append, []), axis=-1)
         if inputs_scale is not None:
             result = result / ops.cast(inputs_scale, compute)
         result = ops.reshape(result, (*ops.shape(x)[:-1], vocabulary))

@@ -19,8 +19,10 @@ class ReversibleEmbedding(Embedding):
     logits over the vocabulary, `x @ embeddings.T` when the weights are tied
     (the LoRA delta included, quantized or not), or `x @ reverse_embeddings`,
     a separate trainable `(output_dim, input_dim)` kernel, when they are not
-    (with LoRA, an adapter of its own: `enable_lora`).
-    Variables, config and files are keras 3.15's.
+    (with LoRA, an adapter of its own: `enable_lora`). A quantized table is
+    read a block of rows at a time, its inputs rounded to int8 first where
+    keras' layer rounds them (`inputs_quantizer`); their gradient is the
+    float product's. Variables, config and files are keras 3.15's.
 
     Example:
 
