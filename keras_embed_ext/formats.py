@@ -180,13 +180,16 @@ class Int4Rows(FloatRows):
     def stored_rows(self, layer, ids=None):
         """The int4 values unpacked to int8, then the scale (and zero point) rows."""
         packed, *params = self.row_variables(layer)
+        return [self._unpacked(layer, packed, ids), *_rows_at(params, ids)]
+
+    def _unpacked(self, layer, packed, ids=None):
+        """int8 values of the packed rows at `ids` (all for `None`), without the padding
+        nibble of an odd `output_dim`."""
         values = take_int4_rows(packed, ids)
-        if values.shape[-1] != layer.output_dim:
-            values = values[..., : layer.output_dim]
-        return [values, *_rows_at(params, ids)]
+        return values if values.shape[-1] == layer.output_dim else values[..., : layer.output_dim]
 
     def logit_operands(self, layer, packed, scale, zero=None):
-        values = take_int4_rows(packed)[..., : layer.output_dim]
+        values = self._unpacked(layer, packed)
         return (values, scale) if zero is None else (self.decode(layer, values, scale, zero), None)
 
     def decode(self, layer, values, scale, zero=None):

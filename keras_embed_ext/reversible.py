@@ -135,8 +135,8 @@ class ReversibleEmbedding(Embedding):
             return outputs
         dtype = self.reverse_dtype or self.compute_dtype
         quantizer = getattr(self, "inputs_quantizer", None) if self.quantization_mode else None
+        self._check_projection_inputs(inputs, "call(reverse=True)", reads_table=self.tie_weights)
         if self.tie_weights:
-            self._check_projection_inputs(inputs)
             logits = self._tied_logits(inputs, dtype, quantizer)
         else:
             logits = self._output_format.logits(self, inputs, dtype, quantizer)

@@ -105,20 +105,21 @@ class TableStates:
         self._check_projection_inputs(x)
         return self._tied_logits(x, self.compute_dtype)
 
-    def _check_projection_inputs(self, x):
+    def _check_projection_inputs(self, x, caller="attend()", reads_table=True):
+        """Checks the inputs of an output projection, named in errors by `caller`."""
         shape = tuple(np.shape(x))
         if not shape or shape[-1] != self.output_dim:
             raise ValueError(
-                f"attend() expects inputs whose last axis is output_dim="
+                f"{caller} expects inputs whose last axis is output_dim="
                 f"{self.output_dim}. Received shape {shape}."
             )
         dtype = dtype_name(x)
         if not is_numeric(dtype):
-            raise TypeError(f"attend() expects float inputs. Received: dtype {dtype}.")
-        if self.sparse_optimizer is not None:
+            raise TypeError(f"{caller} expects float inputs. Received: dtype {dtype}.")
+        if reads_table and self.sparse_optimizer is not None:
             raise ValueError(
                 f"Embedding layer '{self.name}' trains its table with sparse_optimizer, which "
-                "updates only looked-up rows; attend() reads every row. Use "
+                f"updates only looked-up rows; {caller} reads every row. Use "
                 "sparse_optimizer=None to tie an output projection to the table."
             )
 

@@ -100,6 +100,16 @@ def test_attend_inputs(x, error, message):
         layer.attend(x)
 
 
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_reverse_call_inputs(tie):
+    layer = kee.ReversibleEmbedding(10, 3, tie_weights=tie)
+    layer.build()
+    with raises(ValueError, "call(reverse=True) expects inputs whose last axis is output_dim=3. Received shape (2, 4)."):
+        layer(np.ones((2, 4), "float32"), reverse=True)
+    with raises(TypeError, "call(reverse=True) expects float inputs. Received: dtype str32."):
+        layer(np.array([["a", "b", "c"]]), reverse=True)
+
+
 def test_replace_embeddings_takes_a_model():
     with raises(TypeError, "replace_embeddings() takes a keras.Model. Received: Embedding."):
         kee.replace_embeddings(kee.Embedding(10, 3))
