@@ -261,17 +261,24 @@ def unpack_int4(packed):
         low = torch.bitwise_left_shift(wide, 12).bitwise_right_shift_(12).bitwise_and_(0xFF)
         pairs = low.bitwise_or_(wide.bitwise_right_shift_(4).bitwise_left_shift_(8))
         return pairs.view(torch.int8).reshape(shape)
+    shape = keras.ops.shape(packed)
+    pairs = keras.ops.stack(int4_nibbles(packed), axis=-1)
+    return keras.ops.reshape(pairs, (*shape[:-1], 2 * shape[-1]))
+
+
+def int4_nibbles(packed):
+    """`(low, high)`: the signed 4-bit values of int8 bytes as int8 arrays of their shape."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.bitwise_left_shift(packed, 4).bitwise_right_shift_(4), torch.bitwise_right_shift(packed, 4)
     # Arithmetic on non-negative integers rather than bitwise ops, which ONNX
     # exporters lack or translate as logical shifts (or a division that truncates):
     # `byte + 128 = 16 * (high + 8) + low`, with `low` in [0, 16).
     shifted = keras.ops.add(keras.ops.cast(packed, "int32"), 128)
     high = keras.ops.floor_divide(shifted, 16)
     low = keras.ops.subtract(shifted, keras.ops.multiply(high, 16))
-    low = keras.ops.cast(keras.ops.where(low > 7, low - 16, low), "int8")
-    high = keras.ops.cast(high - 8, "int8")
-    shape = keras.ops.shape(packed)
-    pairs = keras.ops.stack([low, high], axis=-1)
-    return keras.ops.reshape(pairs, (*shape[:-1], 2 * shape[-1]))
+    return keras.ops.cast(keras.ops.where(low > 7, low - 16, low), "int8"), keras.ops.cast(high - 8, "int8")
 
 
 def on_device_of(variable, ids, gather):

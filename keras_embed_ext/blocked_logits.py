@@ -57,14 +57,14 @@ def _block(array, start, length, axis):
     return ops.slice(array, starts, shape)
 
 
-def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
+def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, decodes=True, feature_order=None):
     """`x @ table.T` in `dtype`, the table given by its stored arrays.
 
     Args:
         x: Float inputs of shape `(..., D)`.
         stored: The table's stored arrays (values, scales, zero points), which
             share their vocabulary axis `axis`.
-        decode: Takes a block of each stored array and returns `(values, scale)`:
+        operands: Takes a block of each stored array and returns `(values, scale)`:
             values whose product with `x` divided by `scale` (one per row, or
             `None`) gives the logits, as int8 or float32 `(B, D)` rows or, for
             `axis=-1`, `(D, B)` columns.
@@ -73,6 +73,10 @@ def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
         axis: The vocabulary axis of the stored arrays: 0, or -1 for a `(D, V)` kernel.
         inputs_quantizer: Optional quantizer returning int8 inputs and their scale
             (keras' `AbsMaxQuantizer`), which divides the logits.
+        decodes: False where `operands` returns the stored values as they are
+            (int8 values with a scale per row).
+        feature_order: The order of the `D` features in the values `operands`
+            returns, as indices of `x`'s last axis (`None`: their order in `x`).
 
     Returns:
         Logits of shape `(..., V)`.
@@ -82,8 +86,8 @@ def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
     vocabulary, dim = stored[0].shape[axis], x.shape[-1]
     size = block_rows(vocabulary, dim)
 
-    def operands(arrays, start, length):
-        values, scale = decode(*(_block(array, start, length, axis) for array in arrays))
+    def block_operands(arrays, start, length):
+        values, scale = operands(*(_block(array, start, length, axis) for array in arrays))
         return (values if axis else ops.transpose(values)), scale  # values as (D, B)
 
     @ops.custom_gradient
@@ -97,7 +101,7 @@ def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
         integer_inputs = _on_xla() and keras.backend.standardize_dtype(flat.dtype) == "int8"
 
         def product(start, length):
-            values, scale = operands(arrays, start, length)
+            values, scale = block_operands(arrays, start, length)
             if integer_inputs and keras.backend.standardize_dtype(values.dtype) == "int8":
                 block = ops.cast(ops.matmul(flat, values), compute)  # int32 sums
             else:
@@ -110,7 +114,11 @@ def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
         def append(start, length, blocks):
             return [*blocks, product(start, length)]
 
-        if _on_xla():
+        # A kernel's columns are sliced as strided copies; int8 columns that int8
+        # inputs multiply as stored need no decoding, so XLA multiplies them whole.
+        if integer_inputs and axis != 0 and not decodes:
+            result = product(0, vocabulary)
+        elif _on_xla():
             result = _over_blocks(vocabulary, size, write, ops.zeros((flat.shape[0], vocabulary), compute))
         else:
             result = ops.concatenate(_over_blocks(vocabulary, size, append, []), axis=-1)
@@ -124,7 +132,7 @@ def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
             upstream = ops.reshape(ops.cast(args[0] if upstream is None else upstream, compute), (-1, vocabulary))
 
             def accumulate(start, length, total):
-                values, scale = operands(arrays, start, length)
+                values, scale = block_operands(arrays, start, length)
                 block = _block(upstream, start, length, -1)
                 if scale is not None:
                     block = block / ops.cast(scale, compute)
@@ -135,4 +143,6 @@ def blocked_logits(x, stored, decode, dtype, axis=0, inputs_quantizer=None):
 
         return ops.cast(result, dtype), grad
 
+    if feature_order is not None:
+        x = ops.take(x, feature_order, axis=-1)
     return logits(x, *stored)

@@ -15,7 +15,7 @@ from keras import initializers
 from keras import ops
 from keras import quantizers
 
-from keras_embed_ext.backends import unpack_int4
+from keras_embed_ext.backends import int4_nibbles
 from keras_embed_ext.blocked_logits import blocked_logits
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import quantize_blocks
@@ -70,12 +70,21 @@ class Int8Columns(FloatColumns):
     def dequantize(self, layer):
         values, scale = self.logit_operands(layer, *self.variables(layer))
         values = ops.cast(values, "float32")
-        return values if scale is None else values / ops.cast(scale, "float32")
+        values = values if scale is None else values / ops.cast(scale, "float32")
+        order = self.feature_order(layer)
+        return values if order is None else ops.take(values, np.argsort(order), axis=0)
 
     def logits(self, layer, x, dtype, inputs_quantizer=None):
         """`x @ kernel`, read a block of columns at a time (`blocked_logits`)."""
         operands = functools.partial(self.logit_operands, layer)
-        return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer)
+        return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer,
+                              decodes=self.decodes, feature_order=self.feature_order(layer))
+
+    def feature_order(self, layer):
+        """The order of the features in the values `logit_operands` gives (`None`: as stored)."""
+        return None
+
+    decodes = False  # int8 columns multiply as stored
 
     def logit_operands(self, layer, values, scale):
         """`(values, scale)` of stored columns: the logits are `(x @ values) / scale`."""
@@ -95,6 +104,8 @@ class Int4Columns(Int8Columns):
     `reverse_embeddings_scale` and `reverse_embeddings_zero` of shape
     `(ceil(D / b), V)`, a value decoding as `(q - zero) * scale`."""
 
+    decodes = True  # unpacks its nibbles
+
     def __init__(self, block_size=None):
         self.block_size = None if block_size in (None, -1) else block_size
 
@@ -110,11 +121,19 @@ class Int4Columns(Int8Columns):
         names = _NAMES if self.block_size is not None else _NAMES[:2]
         return [getattr(layer, name) for name in names]
 
+    def feature_order(self, layer):
+        """Even features, then odd ones: the low nibbles of the packed columns, then the
+        high ones, which need no interleaving."""
+        return np.concatenate([np.arange(0, layer.output_dim, 2), np.arange(1, layer.output_dim, 2)])
+
     def logit_operands(self, layer, packed, scale, zero=None):
-        values = ops.transpose(unpack_int4(ops.transpose(packed))[:, : layer.output_dim])
+        low, high = int4_nibbles(packed)
+        if layer.output_dim % 2:
+            high = high[:-1]  # the padding nibble
+        values = ops.concatenate([low, high], axis=0)
         if zero is None:
             return values, scale
-        groups = np.arange(layer.output_dim) // self.block_size
+        groups = self.feature_order(layer) // self.block_size
         zero, scale = ops.cast(zero, "float32"), ops.cast(scale, "float32")
         return (ops.cast(values, "float32") - ops.take(zero, groups, axis=0)) * ops.take(scale, groups, axis=0), None
 

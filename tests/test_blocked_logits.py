@@ -58,10 +58,15 @@ def rows_per_block(monkeypatch):
     rows=st.integers(1, 45),
     leading=st.lists(st.integers(0, 3), max_size=2),
     quantized_inputs=st.booleans(),
+    columns=st.booleans(),
+    permuted=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-@settings(max_examples=30, deadline=None)
-def test_any_blocking_equals_the_whole_decoded_table(vocabulary, dim, rows, leading, quantized_inputs, seed):
+@settings(max_examples=40, deadline=None)
+def test_any_blocking_equals_the_whole_decoded_table(
+    vocabulary, dim, rows, leading, quantized_inputs, columns, permuted, seed
+):
+    """Rows or `(D, V)` columns, their features in `x`'s order or another."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(blocked, "BLOCK_BYTES", 4 * dim * rows)
         patch.setattr(blocked, "MAX_BLOCKS", 10**9)
@@ -72,9 +77,15 @@ def test_any_blocking_equals_the_whole_decoded_table(vocabulary, dim, rows, lead
         x = rng.standard_normal((*leading, dim)).astype("float32")
         upstream = rng.standard_normal((*leading, vocabulary)).astype("float32")
         quantizer = keras.quantizers.AbsMaxQuantizer(axis=-1) if quantized_inputs else None
+        order = rng.permutation(dim) if permuted else None
+        stored = values if order is None else values[:, order]
+        stored = stored.T if columns else stored
 
         def logits(x):
-            return blocked.blocked_logits(x, [values, scale], lambda v, s: (v, s), "float32", inputs_quantizer=quantizer)
+            return blocked.blocked_logits(
+                x, [stored, scale], lambda v, s: (v, s), "float32", axis=-1 if columns else 0,
+                inputs_quantizer=quantizer, decodes=False, feature_order=order,
+            )
 
         if quantized_inputs:
             integers, inputs_scale = ref.abs_max_inputs(x)
