@@ -62,7 +62,7 @@ def step_fn(layer, forward_only=False):
         def run(x):
             x = x.clone().requires_grad_(True)
             keras.ops.mean(layer(x, reverse=True)).backward()
-            return x.grad
+            return synchronized(x.grad)
 
         return run
     import tensorflow as tf
@@ -75,6 +75,15 @@ def step_fn(layer, forward_only=False):
         return [loss, *tape.gradient(loss, [x, *layer.trainable_variables])]
 
     return lambda x: [t.numpy() for t in run(x) if t is not None]
+
+
+def synchronized(tensor):
+    """`tensor` once a GPU has computed it: torch returns before its kernels run."""
+    import torch
+
+    if tensor.is_cuda:
+        torch.cuda.synchronize()
+    return tensor
 
 
 def forward_fn(layer, backend):
@@ -93,13 +102,25 @@ def forward_fn(layer, backend):
 
         def run(x):
             with torch.no_grad():
-                return layer(x, reverse=True)
+                return synchronized(layer(x, reverse=True))
 
         return run
     import tensorflow as tf
 
     run = tf.function(lambda x: layer(x, reverse=True))
     return lambda x: run(x).numpy()
+
+
+def device_name(x):
+    import keras
+
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(x.device) if x.is_cuda else "cpu"
+    if keras.backend.backend() == "jax":
+        return next(iter(x.devices())).device_kind
+    return x.device
 
 
 def main():
@@ -111,19 +132,26 @@ def main():
     parser.add_argument("--tie", choices=("both", "tied", "untied"), default="both")
     parser.add_argument("--states", default=",".join(STATES), help="comma-separated subset of " + ", ".join(STATES))
     parser.add_argument("--forward", action="store_true", help="time the forward pass alone")
+    parser.add_argument("--block-mib", type=float, help="float32 MiB per block of a quantized table (0: one block)")
     args = parser.parse_args()
 
     import keras
 
     import keras_embed_ext as kee
+    from keras_embed_ext import blocked_logits
+
+    if args.block_mib is not None:
+        blocked_logits.BLOCK_BYTES = int(args.block_mib * 2**20) or 2**62
+        blocked_logits.MAX_BLOCKS = 2**62
 
     rng = np.random.default_rng(0)
     table = rng.standard_normal((args.vocab, args.dim)).astype("float32") * 0.05
     kernel = None if args.tie == "tied" else rng.standard_normal((args.dim, args.vocab)).astype("float32") * 0.05
     x = keras.ops.convert_to_tensor(rng.standard_normal((args.tokens, args.dim)).astype("float32"))
     measured = "forward" if args.forward else "forward + backward"
-    print(f"backend {keras.backend.backend()}, V = {args.vocab}, D = {args.dim}, {args.tokens} tokens; "
-          f"ms per {measured}, median (min-max) of {args.rounds} rounds\n")
+    blocks = "" if args.block_mib is None else f"; quantized tables read in {args.block_mib} MiB blocks"
+    print(f"backend {keras.backend.backend()} on {device_name(x)}, V = {args.vocab}, D = {args.dim}, "
+          f"{args.tokens} tokens; ms per {measured}, median (min-max) of {args.rounds} rounds{blocks}\n")
     print("| state | tied | ours | keras | keras / ours |")
     print("|---|---|---|---|---|")
     for tie in {"both": (True, False), "tied": (True,), "untied": (False,)}[args.tie]:
