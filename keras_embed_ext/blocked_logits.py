@@ -57,7 +57,18 @@ def _block(array, start, length, axis):
     return ops.slice(array, starts, shape)
 
 
-def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, decodes=True, feature_order=None):
+def _read(array):
+    """A tensor of `array`. keras' TensorFlow tensor of a variable is the variable,
+    which `tf.custom_gradient` rejects as an input when it is trainable."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.identity(array)
+    return ops.convert_to_tensor(array)
+
+
+def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, decodes=True, feature_order=None,
+                   adapter=None):
     """`x @ table.T` in `dtype`, the table given by its stored arrays.
 
     Args:
@@ -77,12 +88,18 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
             (int8 values with a scale per row).
         feature_order: The order of the `D` features in the values `operands`
             returns, as indices of `x`'s last axis (`None`: their order in `x`).
+        adapter: Optional `(projected, factor)` of a low-rank adapter, whose logits
+            `projected @ factor.T` (`projected @ factor` for `axis=-1`) are added to
+            each block while it is in cache: float32 `projected (..., r)`, computed
+            from `x`, and `factor (V, r)` or `(r, V)`. Both get their gradients.
 
     Returns:
         Logits of shape `(..., V)`.
     """
     compute = "float32" if dtype == "float16" else dtype
+    x = ops.convert_to_tensor(x)
     stored = [ops.convert_to_tensor(array) for array in stored]
+    adapter = [] if adapter is None else [_read(array) for array in adapter]
     vocabulary, dim = stored[0].shape[axis], x.shape[-1]
     size = block_rows(vocabulary, dim)
 
@@ -90,15 +107,22 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
         values, scale = operands(*(_block(array, start, length, axis) for array in arrays))
         return (values if axis else ops.transpose(values)), scale  # values as (D, B)
 
+    def columns(factor):  # an adapter factor as (r, V)
+        return factor if axis else ops.transpose(factor)
+
     @ops.custom_gradient
     def logits(x, *arrays):
+        arrays, (projected, factor) = arrays[: len(stored)], (arrays[len(stored):] or (None, None))
         flat = ops.reshape(x, (-1, dim))
         inputs_scale = None
         if inputs_quantizer is not None and flat.shape[0] != 0:  # keras' torch max rejects no rows
             flat, inputs_scale = inputs_quantizer(flat)
+            inputs_scale = ops.cast(inputs_scale, compute)
 
         float_inputs = ops.cast(flat, compute)
         integer_inputs = _on_xla() and keras.backend.standardize_dtype(flat.dtype) == "int8"
+        if projected is not None:
+            projected_rows = ops.reshape(projected, (-1, projected.shape[-1]))
 
         def product(start, length):
             values, scale = block_operands(arrays, start, length)
@@ -106,7 +130,14 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
                 block = ops.cast(ops.matmul(flat, values), compute)  # int32 sums
             else:
                 block = ops.matmul(float_inputs, ops.cast(values, compute))
-            return block if scale is None else block / ops.cast(scale, compute)
+            if scale is not None:
+                block = block / ops.cast(scale, compute)
+            if inputs_scale is not None:
+                block = block / inputs_scale
+            if projected is not None:
+                factor_block = _block(columns(factor), start, length, -1)
+                block = block + ops.cast(ops.matmul(projected_rows, factor_block), compute)
+            return block
 
         def write(start, length, out):  # in place, within XLA's loop
             return ops.slice_update(out, (0, start), product(start, length))
@@ -122,8 +153,6 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
             result = _over_blocks(vocabulary, size, write, ops.zeros((flat.shape[0], vocabulary), compute))
         else:
             result = ops.concatenate(_over_blocks(vocabulary, size, append, []), axis=-1)
-        if inputs_scale is not None:
-            result = result / ops.cast(inputs_scale, compute)
         result = ops.reshape(result, (*ops.shape(x)[:-1], vocabulary))
 
         def grad(*args, upstream=None):
@@ -139,10 +168,17 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
                 return total + ops.matmul(block, ops.transpose(ops.cast(values, compute)))
 
             total = _over_blocks(vocabulary, size, accumulate, ops.zeros((ops.shape(upstream)[0], dim), compute))
-            return (ops.cast(ops.reshape(total, ops.shape(x)), x.dtype), *(None for _ in arrays))
+            grads = (ops.cast(ops.reshape(total, ops.shape(x)), x.dtype), *(None for _ in arrays))
+            if projected is None:
+                return grads
+            # The adapter's products read no quantized values: each is one matmul.
+            upstream = ops.cast(upstream, "float32")
+            projected_grad = ops.matmul(upstream, ops.transpose(columns(factor)))
+            factor_grad = columns(ops.matmul(ops.transpose(projected_rows), upstream))
+            return (*grads, ops.reshape(projected_grad, ops.shape(projected)), factor_grad)
 
         return ops.cast(result, dtype), grad
 
     if feature_order is not None:
         x = ops.take(x, feature_order, axis=-1)
-    return logits(x, *stored)
+    return logits(x, *stored, *adapter)

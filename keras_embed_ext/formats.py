@@ -74,14 +74,20 @@ class FloatRows:
         """The stored rows at `ids` (all rows for `None`) of each row variable, as `decode` takes them."""
         return _rows_at(self.row_variables(layer), ids)
 
-    def logits(self, layer, x, dtype, inputs_quantizer=None):
-        """`x @ table.T` in `dtype`, for a tied output projection. A quantized table
-        is read a block of rows at a time (`blocked_logits`), its inputs quantized
-        with `inputs_quantizer` if one is given."""
+    def logits(self, layer, x, dtype, inputs_quantizer=None, adapter=None):
+        """`x @ table.T` in `dtype`, for a tied output projection, plus an adapter's
+        logits `projected @ factor.T` for `adapter=(projected, factor)`. A quantized
+        table is read a block of rows at a time (`blocked_logits`), its inputs
+        quantized with `inputs_quantizer` if one is given."""
         if self.mode is None:
-            return ops.matmul(ops.cast(x, dtype), ops.transpose(ops.cast(layer._embeddings, dtype)))
+            logits = ops.matmul(ops.cast(x, dtype), ops.transpose(ops.cast(layer._embeddings, dtype)))
+            if adapter is None:
+                return logits
+            projected, factor = adapter
+            return logits + ops.cast(ops.matmul(projected, ops.transpose(factor)), dtype)
         operands = functools.partial(self.logit_operands, layer)
-        return blocked_logits(x, self.row_variables(layer), operands, dtype, inputs_quantizer=inputs_quantizer)
+        return blocked_logits(x, self.row_variables(layer), operands, dtype, inputs_quantizer=inputs_quantizer,
+                              adapter=adapter)
 
     def logit_operands(self, layer, *stored):
         """`(values, scale)` of stored rows: the logits are `(x @ values.T) / scale`."""

@@ -63,11 +63,11 @@ def adapter_table(layer):
     return ops.matmul(layer.lora_embeddings_a, _scaled_b(layer))
 
 
-def adapter_logits(layer, x):
-    """`x @ ((alpha / r) * A @ B).T` as `(x @ B.T) @ A.T`, never forming `A @ B`."""
-    x = ops.cast(x, "float32")
-    projected = ops.matmul(x, ops.transpose(_scaled_b(layer)))
-    return ops.matmul(projected, ops.transpose(layer.lora_embeddings_a))
+def logit_factors(layer, x):
+    """`(x @ B.T, A)` scaled: the adapter's logits `x @ ((alpha / r) * A @ B).T` are
+    their product `(x @ B.T) @ A.T`, which never forms `A @ B`."""
+    projected = ops.matmul(ops.cast(x, "float32"), ops.transpose(_scaled_b(layer)))
+    return projected, layer.lora_embeddings_a
 
 
 def enable(layer, rank, lora_alpha, a_initializer, b_initializer):

@@ -50,9 +50,14 @@ class FloatColumns:
     def encode(self, layer, kernel):
         layer.reverse_embeddings.assign(kernel)
 
-    def logits(self, layer, x, dtype, inputs_quantizer=None):
-        """`x @ kernel` in `dtype`."""
-        return ops.matmul(ops.cast(x, dtype), ops.cast(self.dequantize(layer), dtype))
+    def logits(self, layer, x, dtype, inputs_quantizer=None, adapter=None):
+        """`x @ kernel` in `dtype`, plus an adapter's logits `projected @ factor` for
+        `adapter=(projected, factor)`."""
+        logits = ops.matmul(ops.cast(x, dtype), ops.cast(self.dequantize(layer), dtype))
+        if adapter is None:
+            return logits
+        projected, factor = adapter
+        return logits + ops.cast(ops.matmul(projected, factor), dtype)
 
 
 class Int8Columns(FloatColumns):
@@ -74,11 +79,12 @@ class Int8Columns(FloatColumns):
         order = self.feature_order(layer)
         return values if order is None else ops.take(values, np.argsort(order), axis=0)
 
-    def logits(self, layer, x, dtype, inputs_quantizer=None):
-        """`x @ kernel`, read a block of columns at a time (`blocked_logits`)."""
+    def logits(self, layer, x, dtype, inputs_quantizer=None, adapter=None):
+        """`x @ kernel` (and the adapter's logits), read a block of columns at a time
+        (`blocked_logits`)."""
         operands = functools.partial(self.logit_operands, layer)
         return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer,
-                              decodes=self.decodes, feature_order=self.feature_order(layer))
+                              decodes=self.decodes, feature_order=self.feature_order(layer), adapter=adapter)
 
     def feature_order(self, layer):
         """The order of the features in the values `logit_operands` gives (`None`: as stored)."""
@@ -188,10 +194,10 @@ def _scaled_b(layer):
     return (layer.lora_alpha / layer.lora_rank) * ops.convert_to_tensor(layer.lora_reverse_embeddings_b)
 
 
-def adapter_logits(layer, x):
-    """`x @ ((alpha / r) * A @ B)` as `(x @ A) @ B`: `r` columns, never a `(D, V)` delta."""
-    projected = ops.matmul(ops.cast(x, "float32"), layer.lora_reverse_embeddings_a)
-    return ops.matmul(projected, _scaled_b(layer))
+def logit_factors(layer, x):
+    """`(x @ A, B)` scaled: the adapter's logits `x @ ((alpha / r) * A @ B)` are their
+    product, `r` columns wide, never a `(D, V)` delta."""
+    return ops.matmul(ops.cast(x, "float32"), layer.lora_reverse_embeddings_a), _scaled_b(layer)
 
 
 def merge_adapter(layer, output_format):

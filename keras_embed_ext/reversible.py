@@ -139,9 +139,8 @@ class ReversibleEmbedding(Embedding):
         if self.tie_weights:
             logits = self._tied_logits(inputs, dtype, quantizer)
         else:
-            logits = self._output_format.logits(self, inputs, dtype, quantizer)
-            if self.lora_enabled:
-                logits = logits + ops.cast(output_table.adapter_logits(self, inputs), dtype)
+            adapter = output_table.logit_factors(self, inputs) if self.lora_enabled else None
+            logits = self._output_format.logits(self, inputs, dtype, quantizer, adapter)
         if self.logit_soft_cap is not None:
             cap = self.logit_soft_cap
             logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)

@@ -126,7 +126,5 @@ class TableStates:
     def _tied_logits(self, x, dtype, inputs_quantizer=None):
         """`x @ embeddings.T` in `dtype`, the adapter's part never forming `A @ B`; a
         quantized table's part from inputs quantized by `inputs_quantizer`, if given."""
-        logits = self._format.logits(self, x, dtype, inputs_quantizer)
-        if self.lora_enabled:
-            logits = logits + ops.cast(lora.adapter_logits(self, x), logits.dtype)
-        return logits
+        adapter = lora.logit_factors(self, x) if self.lora_enabled else None
+        return self._format.logits(self, x, dtype, inputs_quantizer, adapter)

@@ -10,35 +10,38 @@ from hypothesis import settings
 from hypothesis import strategies as st
 
 import keras_embed_ext as kee
-from conftest import BACKEND, table, to_numpy, traced
+from conftest import BACKEND, gradients, table, to_numpy, traced
 import reference as ref
 from keras_embed_ext import blocked_logits as blocked
 
 
-def input_gradient(fn, x, upstream, compiled=False):
-    """d sum(fn(x) * upstream) / dx, as a numpy array."""
-    x = keras.ops.convert_to_tensor(x)
+def input_gradients(fn, inputs, upstream, compiled=False):
+    """d sum(fn(*inputs) * upstream) / d each input, as numpy arrays."""
+    inputs = [keras.ops.convert_to_tensor(x) for x in inputs]
     if BACKEND == "tensorflow":
         import tensorflow as tf
 
-        def tape_gradient(x):
+        def tape_gradients(*inputs):
             with tf.GradientTape() as tape:
-                tape.watch(x)
-                loss = tf.reduce_sum(tf.cast(fn(x), "float32") * upstream)
-            return tape.gradient(loss, x)
+                tape.watch(inputs)
+                loss = tf.reduce_sum(tf.cast(fn(*inputs), "float32") * upstream)
+            return tape.gradient(loss, inputs)
 
-        return to_numpy((traced(tape_gradient) if compiled else tape_gradient)(x))
+        return [to_numpy(g) for g in (traced(tape_gradients) if compiled else tape_gradients)(*inputs)]
     if BACKEND == "jax":
         import jax
 
-        gradient = jax.grad(lambda x: (fn(x).astype("float32") * upstream).sum())
-        return to_numpy((jax.jit(gradient) if compiled else gradient)(x))
-    import torch
+        loss = lambda *inputs: (fn(*inputs).astype("float32") * upstream).sum()  # noqa: E731
+        gradient = jax.grad(loss, argnums=tuple(range(len(inputs))))
+        return [to_numpy(g) for g in (jax.jit(gradient) if compiled else gradient)(*inputs)]
+    inputs = [x.clone().requires_grad_(True) for x in inputs]
+    (fn(*inputs).float() * keras.ops.convert_to_tensor(upstream)).sum().backward()
+    return [to_numpy(x.grad) for x in inputs]
 
-    x = x.clone().requires_grad_(True)
-    loss = (fn(x).float() * torch.as_tensor(upstream)).sum()
-    loss.backward()
-    return to_numpy(x.grad)
+
+def input_gradient(fn, x, upstream, compiled=False):
+    """d sum(fn(x) * upstream) / dx, as a numpy array."""
+    return input_gradients(fn, [x], upstream, compiled)[0]
 
 
 @pytest.fixture
@@ -60,13 +63,15 @@ def rows_per_block(monkeypatch):
     quantized_inputs=st.booleans(),
     columns=st.booleans(),
     permuted=st.booleans(),
+    rank=st.sampled_from([None, 1, 3]),
     seed=st.integers(0, 2**16),
 )
 @settings(max_examples=40, deadline=None)
 def test_any_blocking_equals_the_whole_decoded_table(
-    vocabulary, dim, rows, leading, quantized_inputs, columns, permuted, seed
+    vocabulary, dim, rows, leading, quantized_inputs, columns, permuted, rank, seed
 ):
-    """Rows or `(D, V)` columns, their features in `x`'s order or another."""
+    """Rows or `(D, V)` columns, their features in `x`'s order or another, with or
+    without an adapter's logits `projected @ factor.T`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(blocked, "BLOCK_BYTES", 4 * dim * rows)
         patch.setattr(blocked, "MAX_BLOCKS", 10**9)
@@ -81,10 +86,14 @@ def test_any_blocking_equals_the_whole_decoded_table(
         stored = values if order is None else values[:, order]
         stored = stored.T if columns else stored
 
-        def logits(x):
+        projected = rng.standard_normal((*leading, rank or 1)).astype("float32")
+        factor = rng.standard_normal((vocabulary, rank or 1)).astype("float32")
+
+        def logits(x, projected, factor):
+            adapter = None if rank is None else (projected, keras.ops.transpose(factor) if columns else factor)
             return blocked.blocked_logits(
                 x, [stored, scale], lambda v, s: (v, s), "float32", axis=-1 if columns else 0,
-                inputs_quantizer=quantizer, decodes=False, feature_order=order,
+                inputs_quantizer=quantizer, decodes=False, feature_order=order, adapter=adapter,
             )
 
         if quantized_inputs:
@@ -92,9 +101,17 @@ def test_any_blocking_equals_the_whole_decoded_table(
             expected = (integers @ values.T.astype("float32")) / inputs_scale / scale
         else:
             expected = x @ decoded.T
-        np.testing.assert_allclose(to_numpy(logits(x)), expected, rtol=1e-5, atol=1e-4)
+        if rank is not None:
+            expected = expected + projected @ factor.T
+        np.testing.assert_allclose(to_numpy(logits(x, projected, factor)), expected, rtol=1e-5, atol=1e-4)
+        x_grad, projected_grad, factor_grad = input_gradients(logits, [x, projected, factor], upstream)
         # Straight through the inputs' rounding: the float product's gradient.
-        np.testing.assert_allclose(input_gradient(logits, x, upstream), upstream @ decoded, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(x_grad, upstream @ decoded, rtol=1e-5, atol=1e-4)
+        if rank is not None:
+            flat_upstream = upstream.reshape(-1, vocabulary)
+            np.testing.assert_allclose(projected_grad, upstream @ factor, rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose(factor_grad, flat_upstream.T @ projected.reshape(-1, rank), rtol=1e-5,
+                                       atol=1e-4)
 
 
 def test_blocks_bound_the_graph_and_fit_a_cache():
@@ -173,3 +190,29 @@ def test_float16_logits_are_computed_in_float32(rows_per_block, tie):
     logits = layer(x, reverse=True)
     assert keras.backend.standardize_dtype(logits.dtype) == "float16"
     np.testing.assert_allclose(to_numpy(logits).astype("float32"), x @ decoded_table(layer).T, rtol=2e-3, atol=0.5)
+
+
+@pytest.mark.parametrize("state", ["int8", "int4_blocks_of_5"])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_adapter_gradients_through_blocks(rows_per_block, tie, state):
+    """The adapter added to each block gets `d/dA` and `d/dB` of `x @ (s * A @ B).T`
+    (untied: `x @ (s * A @ B)`), computed by hand."""
+    rank, alpha = 3, 6.0
+    ours = quantized(kee.ReversibleEmbedding, tie, state)
+    ours.enable_lora(rank, lora_alpha=alpha)
+    rng = np.random.default_rng(5)
+    names = ("lora_embeddings_a", "lora_embeddings_b") if tie else ("lora_reverse_embeddings_a",
+                                                                    "lora_reverse_embeddings_b")
+    a, b = (rng.standard_normal(getattr(ours, name).shape).astype("float32") for name in names)
+    for name, value in zip(names, (a, b)):
+        getattr(ours, name).assign(value)
+    rows_per_block(16, D)
+    x, upstream, s = X.reshape(-1, D), UPSTREAM.reshape(-1, V), alpha / rank
+    grads = dict(zip((v.path.split("/")[-1] for v in ours.trainable_variables),
+                     gradients(ours, x, upstream, reverse=True)))
+    if tie:
+        expected = {names[0]: s * upstream.T @ (x @ b.T), names[1]: s * (upstream @ a).T @ x}
+    else:
+        expected = {names[0]: s * x.T @ (upstream @ b.T), names[1]: s * (x @ a).T @ upstream}
+    for name, value in expected.items():
+        np.testing.assert_allclose(grads[name], value, rtol=1e-4, atol=1e-4)
