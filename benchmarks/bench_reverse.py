@@ -145,9 +145,9 @@ def main():
         blocked_logits.MAX_BLOCKS = 2**62
 
     rng = np.random.default_rng(0)
-    table = rng.standard_normal((args.vocab, args.dim)).astype("float32") * 0.05
-    kernel = None if args.tie == "tied" else rng.standard_normal((args.dim, args.vocab)).astype("float32") * 0.05
-    x = keras.ops.convert_to_tensor(rng.standard_normal((args.tokens, args.dim)).astype("float32"))
+    table = rng.standard_normal((args.vocab, args.dim), dtype="float32") * 0.05
+    kernel = None if args.tie == "tied" else rng.standard_normal((args.dim, args.vocab), dtype="float32") * 0.05
+    x = keras.ops.convert_to_tensor(rng.standard_normal((args.tokens, args.dim), dtype="float32"))
     measured = "forward" if args.forward else "forward + backward"
     blocks = "" if args.block_mib is None else f"; quantized tables read in {args.block_mib} MiB blocks"
     print(f"backend {keras.backend.backend()} on {device_name(x)}, V = {args.vocab}, D = {args.dim}, "
