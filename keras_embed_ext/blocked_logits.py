@@ -67,8 +67,7 @@ def _read(array):
     return ops.convert_to_tensor(array)
 
 
-def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, decodes=True, feature_order=None,
-                   adapter=None):
+def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, decodes=True, adapter=None):
     """`x @ table.T` in `dtype`, the table given by its stored arrays.
 
     Args:
@@ -86,8 +85,6 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
             (keras' `AbsMaxQuantizer`), which divides the logits.
         decodes: False where `operands` returns the stored values as they are
             (int8 values with a scale per row).
-        feature_order: The order of the `D` features in the values `operands`
-            returns, as indices of `x`'s last axis (`None`: their order in `x`).
         adapter: Optional `(projected, factor)` of a low-rank adapter, whose logits
             `projected @ factor.T` (`projected @ factor` for `axis=-1`) are added to
             each block while it is in cache: float32 `projected (..., r)`, computed
@@ -179,6 +176,4 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
 
         return ops.cast(result, dtype), grad
 
-    if feature_order is not None:
-        x = ops.take(x, feature_order, axis=-1)
     return logits(x, *stored, *adapter)

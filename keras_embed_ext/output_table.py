@@ -75,20 +75,14 @@ class Int8Columns(FloatColumns):
     def dequantize(self, layer):
         values, scale = self.logit_operands(layer, *self.variables(layer))
         values = ops.cast(values, "float32")
-        values = values if scale is None else values / ops.cast(scale, "float32")
-        order = self.feature_order(layer)
-        return values if order is None else ops.take(values, np.argsort(order), axis=0)
+        return values if scale is None else values / ops.cast(scale, "float32")
 
     def logits(self, layer, x, dtype, inputs_quantizer=None, adapter=None):
         """`x @ kernel` (and the adapter's logits), read a block of columns at a time
         (`blocked_logits`)."""
         operands = functools.partial(self.logit_operands, layer)
         return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer,
-                              decodes=self.decodes, feature_order=self.feature_order(layer), adapter=adapter)
-
-    def feature_order(self, layer):
-        """The order of the features in the values `logit_operands` gives (`None`: as stored)."""
-        return None
+                              decodes=self.decodes, adapter=adapter)
 
     decodes = False  # int8 columns multiply as stored
 
@@ -127,19 +121,15 @@ class Int4Columns(Int8Columns):
         names = _NAMES if self.block_size is not None else _NAMES[:2]
         return [getattr(layer, name) for name in names]
 
-    def feature_order(self, layer):
-        """Even features, then odd ones: the low nibbles of the packed columns, then the
-        high ones, which need no interleaving."""
-        return np.concatenate([np.arange(0, layer.output_dim, 2), np.arange(1, layer.output_dim, 2)])
-
     def logit_operands(self, layer, packed, scale, zero=None):
-        low, high = int4_nibbles(packed)
+        # Each packed row gives two whole rows of features, 2i (low nibbles) and
+        # 2i + 1: interleaving rows copies contiguous columns, without transposes.
+        values = ops.reshape(ops.stack(int4_nibbles(packed), axis=1), (-1, packed.shape[-1]))
         if layer.output_dim % 2:
-            high = high[:-1]  # the padding nibble
-        values = ops.concatenate([low, high], axis=0)
+            values = values[: layer.output_dim]  # the padding nibble
         if zero is None:
             return values, scale
-        groups = self.feature_order(layer) // self.block_size
+        groups = np.arange(layer.output_dim) // self.block_size
         zero, scale = ops.cast(zero, "float32"), ops.cast(scale, "float32")
         return (ops.cast(values, "float32") - ops.take(zero, groups, axis=0)) * ops.take(scale, groups, axis=0), None
 

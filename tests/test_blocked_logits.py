@@ -62,16 +62,14 @@ def rows_per_block(monkeypatch):
     leading=st.lists(st.integers(0, 3), max_size=2),
     quantized_inputs=st.booleans(),
     columns=st.booleans(),
-    permuted=st.booleans(),
     rank=st.sampled_from([None, 1, 3]),
     seed=st.integers(0, 2**16),
 )
 @settings(max_examples=40, deadline=None)
 def test_any_blocking_equals_the_whole_decoded_table(
-    vocabulary, dim, rows, leading, quantized_inputs, columns, permuted, rank, seed
+    vocabulary, dim, rows, leading, quantized_inputs, columns, rank, seed
 ):
-    """Rows or `(D, V)` columns, their features in `x`'s order or another, with or
-    without an adapter's logits `projected @ factor.T`."""
+    """Rows or `(D, V)` columns, with or without an adapter's logits `projected @ factor.T`."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(blocked, "BLOCK_BYTES", 4 * dim * rows)
         patch.setattr(blocked, "MAX_BLOCKS", 10**9)
@@ -82,9 +80,7 @@ def test_any_blocking_equals_the_whole_decoded_table(
         x = rng.standard_normal((*leading, dim)).astype("float32")
         upstream = rng.standard_normal((*leading, vocabulary)).astype("float32")
         quantizer = keras.quantizers.AbsMaxQuantizer(axis=-1) if quantized_inputs else None
-        order = rng.permutation(dim) if permuted else None
-        stored = values if order is None else values[:, order]
-        stored = stored.T if columns else stored
+        stored = values.T if columns else values
 
         projected = rng.standard_normal((*leading, rank or 1)).astype("float32")
         factor = rng.standard_normal((vocabulary, rank or 1)).astype("float32")
@@ -93,7 +89,7 @@ def test_any_blocking_equals_the_whole_decoded_table(
             adapter = None if rank is None else (projected, keras.ops.transpose(factor) if columns else factor)
             return blocked.blocked_logits(
                 x, [stored, scale], lambda v, s: (v, s), "float32", axis=-1 if columns else 0,
-                inputs_quantizer=quantizer, decodes=False, feature_order=order, adapter=adapter,
+                inputs_quantizer=quantizer, decodes=False, adapter=adapter,
             )
 
         if quantized_inputs:
