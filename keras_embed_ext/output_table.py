@@ -64,6 +64,8 @@ class Int8Columns(FloatColumns):
     """int8 `reverse_embeddings (D, V)` and `reverse_embeddings_scale (V,)`:
     a column is `reverse_embeddings[:, v] / reverse_embeddings_scale[v]`."""
 
+    decodes = False  # int8 columns multiply as stored
+
     def build(self, layer):
         layer.reverse_embeddings = _frozen(layer, "reverse_embeddings", (layer.output_dim, layer.input_dim), "int8")
         layer.reverse_embeddings_scale = _frozen(layer, "reverse_embeddings_scale", (layer.input_dim,),
@@ -83,8 +85,6 @@ class Int8Columns(FloatColumns):
         operands = functools.partial(self.logit_operands, layer)
         return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer,
                               decodes=self.decodes, adapter=adapter)
-
-    decodes = False  # int8 columns multiply as stored
 
     def logit_operands(self, layer, values, scale):
         """`(values, scale)` of stored columns: the logits are `(x @ values) / scale`."""
