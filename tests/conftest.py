@@ -54,8 +54,8 @@ def table(input_dim, output_dim, seed=0):
 
 def gradients(layer, ids, upstream, compiled=False, **call_kwargs):
     """d sum(layer(ids, **call_kwargs) * upstream) / d each trainable variable, as dense
-    numpy arrays (zeros for variables the output does not depend on); with `compiled`, computed by a function that `traced(..., compiled=True)`
-    compiles."""
+    numpy arrays (zeros for variables the output does not depend on); with `compiled`,
+    computed by a function that `traced(..., compiled=True)` compiles."""
     ids = keras.ops.convert_to_tensor(ids)
     run = (lambda fn: traced(fn, compiled=True)) if compiled else (lambda fn: fn)
     variables = layer.trainable_variables
