@@ -315,6 +315,26 @@ def to_device_of(x, reference):
     return x
 
 
+def on_accelerator(x) -> bool:
+    """Whether tensor or variable `x` lives on a GPU or another accelerator. Under
+    jax.jit, where arrays have no place, JAX's default backend decides; TensorFlow's
+    symbolic tensors likewise ask whether a GPU is visible."""
+    backend = keras.backend.backend()
+    x = getattr(x, "value", x)
+    if backend == "torch":
+        return x.device.type not in ("cpu", "meta")
+    if backend == "jax":
+        import jax
+
+        if isinstance(x, jax.core.Tracer):
+            return jax.default_backend() != "cpu"
+        return any(device.platform != "cpu" for device in x.devices())
+    import tensorflow as tf
+
+    device = getattr(x, "device", "") or ""
+    return ":CPU:" not in device.upper() if device else bool(tf.config.list_logical_devices("GPU"))
+
+
 class Fused:
     """`fn` compiled by XLA on TensorFlow, as is elsewhere.
 

@@ -8,8 +8,13 @@ quantized table is frozen.
 
 Tables with a scale per row multiply their integer values: the scales divide the
 logits. Inputs quantized to int8 (keras' `inputs_quantizer`) then make an integer
-product, which XLA computes as int8 x int8; other backends compute the same integers
-in float32. Their gradient is the float product's (straight through the rounding).
+product, which XLA and accelerators compute as int8 x int8; torch and TensorFlow on a
+CPU compute the same integers in float32. Their gradient is the float product's
+(straight through the rounding).
+
+On a GPU, where a loop of cache-sized blocks costs a launch each and int8 products
+run on tensor cores, int8 values multiply the whole table at once, as keras does, and
+only tables decoded to float are read in blocks, large ones that bound the copy.
 """
 
 import math
@@ -17,17 +22,21 @@ import math
 import keras
 from keras import ops
 
+from keras_embed_ext.backends import add_matmul, in_place, on_accelerator
+
 BLOCK_BYTES = 4 * 2**20  # a float32 block that fits a core's cache
+ACCELERATOR_BLOCK_BYTES = 256 * 2**20  # a float32 block that fills a GPU
 MAX_BLOCKS = 64  # bounds the ops an unrolled call adds to a traced graph
 
 
-def block_rows(vocabulary: int, dim: int) -> int:
-    """Rows per block: a cache's worth, or more where that would exceed `MAX_BLOCKS`.
-    Under a `keras.distribution`, which may shard the table by rows, one block: each
-    device then multiplies the rows it holds."""
+def block_rows(vocabulary: int, dim: int, accelerator: bool = False) -> int:
+    """Rows per block: a cache's worth (an accelerator's block's on one), or more where
+    that would exceed `MAX_BLOCKS`. Under a `keras.distribution`, which may shard the
+    table by rows, one block: each device then multiplies the rows it holds."""
     if keras.distribution.distribution() is not None:
         return max(vocabulary, 1)
-    return max(1, BLOCK_BYTES // (4 * dim), math.ceil(vocabulary / MAX_BLOCKS))
+    block_bytes = ACCELERATOR_BLOCK_BYTES if accelerator else BLOCK_BYTES
+    return max(1, block_bytes // (4 * dim), math.ceil(vocabulary / MAX_BLOCKS))
 
 
 def _on_xla():
@@ -67,7 +76,9 @@ def _read(array):
     return ops.convert_to_tensor(array)
 
 
-def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, decodes=True, adapter=None):
+def blocked_logits(
+    x, stored, operands, dtype, axis=0, inputs_quantizer=None, integers=False, decodes=True, adapter=None
+):
     """`x @ table.T` in `dtype`, the table given by its stored arrays.
 
     Args:
@@ -83,6 +94,8 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
         axis: The vocabulary axis of the stored arrays: 0, or -1 for a `(D, V)` kernel.
         inputs_quantizer: Optional quantizer returning int8 inputs and their scale
             (keras' `AbsMaxQuantizer`), which divides the logits.
+        integers: True where `operands` returns int8 values (with a scale per row,
+            or `None`): on an accelerator, int8 inputs then multiply them at once.
         decodes: False where `operands` returns the stored values as they are
             (int8 values with a scale per row).
         adapter: Optional `(projected, factor)` of a low-rank adapter, whose logits
@@ -98,7 +111,8 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
     stored = [ops.convert_to_tensor(array) for array in stored]
     adapter = [] if adapter is None else [_read(array) for array in adapter]
     vocabulary, dim = stored[0].shape[axis], x.shape[-1]
-    size = block_rows(vocabulary, dim)
+    accelerator = on_accelerator(stored[0])
+    size = block_rows(vocabulary, dim, accelerator)
 
     def block_operands(arrays, start, length):
         values, scale = operands(*(_block(array, start, length, axis) for array in arrays))
@@ -117,7 +131,10 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
             inputs_scale = ops.cast(inputs_scale, compute)
 
         float_inputs = ops.cast(flat, compute)
-        integer_inputs = _on_xla() and keras.backend.standardize_dtype(flat.dtype) == "int8"
+        # On a GPU, XLA's int8 x int8 product of 2 features gave twice the logits
+        # (H200, jax 0.11.2); int8 tensor cores take features in fours anyway.
+        integer_products = dim % 4 == 0 if accelerator else _on_xla()
+        integer_inputs = integer_products and keras.backend.standardize_dtype(flat.dtype) == "int8"
         if projected is not None:
             projected_rows = ops.reshape(projected, (-1, projected.shape[-1]))
 
@@ -127,13 +144,14 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
                 block = ops.cast(ops.matmul(flat, values), compute)  # int32 sums
             else:
                 block = ops.matmul(float_inputs, ops.cast(values, compute))
+            # `block` is new: on torch, the divisions and the adapter write into it.
             if scale is not None:
-                block = block / ops.cast(scale, compute)
+                block = in_place("divide", block, ops.cast(scale, compute))
             if inputs_scale is not None:
-                block = block / inputs_scale
+                block = in_place("divide", block, inputs_scale)
             if projected is not None:
                 factor_block = _block(columns(factor), start, length, -1)
-                block = block + ops.cast(ops.matmul(projected_rows, factor_block), compute)
+                block = ops.cast(add_matmul(block, projected_rows, factor_block), compute)
             return block
 
         def write(start, length, out):  # in place, within XLA's loop
@@ -142,14 +160,15 @@ def blocked_logits(x, stored, operands, dtype, axis=0, inputs_quantizer=None, de
         def append(start, length, blocks):
             return [*blocks, product(start, length)]
 
-        # A kernel's columns are sliced as strided copies; int8 columns that int8
-        # inputs multiply as stored need no decoding, so XLA multiplies them whole.
-        if integer_inputs and axis != 0 and not decodes:
+        # One product of int8 values: on an accelerator, and for int8 columns, which
+        # blocks would slice as strided copies and int8 inputs multiply as stored.
+        if integer_inputs and integers and (accelerator or (axis != 0 and not decodes)):
             result = product(0, vocabulary)
         elif _on_xla():
             result = _over_blocks(vocabulary, size, write, ops.zeros((flat.shape[0], vocabulary), compute))
         else:
-            result = ops.concatenate(_over_blocks(vocabulary, size, append, []), axis=-1)
+            blocks = _over_blocks(vocabulary, size, append, [])
+            result = blocks[0] if len(blocks) == 1 else ops.concatenate(blocks, axis=-1)
         result = ops.reshape(result, (*ops.shape(x)[:-1], vocabulary))
 
         def grad(*args, upstream=None):

@@ -46,6 +46,7 @@ class FloatRows:
     """A trainable float table: `embeddings (V, D)`."""
 
     mode = None
+    integer_operands = False  # whether `logit_operands` gives int8 values
 
     def build(self, layer, shape):
         layer._embeddings = layer.add_weight(
@@ -87,7 +88,7 @@ class FloatRows:
             return logits + ops.cast(ops.matmul(projected, ops.transpose(factor)), dtype)
         operands = functools.partial(self.logit_operands, layer)
         return blocked_logits(x, self.row_variables(layer), operands, dtype, inputs_quantizer=inputs_quantizer,
-                              adapter=adapter)
+                              integers=self.integer_operands, adapter=adapter)
 
     def logit_operands(self, layer, *stored):
         """`(values, scale)` of stored rows: the logits are `(x @ values.T) / scale`."""
@@ -111,6 +112,7 @@ class Int8Rows(FloatRows):
     """
 
     mode = "int8"
+    integer_operands = True
 
     def build(self, layer, shape):
         layer._embeddings = _stored(layer, "embeddings", shape, "int8")
@@ -152,6 +154,10 @@ class Int4Rows(FloatRows):
     def __init__(self, block_size=None):
         self.given_block_size = block_size
         self.block_size = None if block_size in (None, -1) else block_size
+
+    @property
+    def integer_operands(self):
+        return self.block_size is None  # block-wise values decode with their zero points
 
     def build(self, layer, shape):
         input_dim, output_dim = shape

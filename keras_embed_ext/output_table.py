@@ -65,6 +65,7 @@ class Int8Columns(FloatColumns):
     a column is `reverse_embeddings[:, v] / reverse_embeddings_scale[v]`."""
 
     decodes = False  # int8 columns multiply as stored
+    integer_operands = True
 
     def build(self, layer):
         layer.reverse_embeddings = _frozen(layer, "reverse_embeddings", (layer.output_dim, layer.input_dim), "int8")
@@ -84,7 +85,7 @@ class Int8Columns(FloatColumns):
         (`blocked_logits`)."""
         operands = functools.partial(self.logit_operands, layer)
         return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer,
-                              decodes=self.decodes, adapter=adapter)
+                              integers=self.integer_operands, decodes=self.decodes, adapter=adapter)
 
     def logit_operands(self, layer, values, scale):
         """`(values, scale)` of stored columns: the logits are `(x @ values) / scale`."""
@@ -108,6 +109,10 @@ class Int4Columns(Int8Columns):
 
     def __init__(self, block_size=None):
         self.block_size = None if block_size in (None, -1) else block_size
+
+    @property
+    def integer_operands(self):
+        return self.block_size is None  # block-wise values decode with their zero points
 
     def build(self, layer):
         dim, vocabulary = layer.output_dim, layer.input_dim

@@ -323,3 +323,29 @@ def test_take_int4_rows_in_one_compiled_function_with_the_whole_table():
     expected = ref.unpack_int4(packed, 16)
     np.testing.assert_array_equal(to_numpy(rows), expected[ids])
     np.testing.assert_array_equal(to_numpy(whole), expected)
+
+
+def default_device_is_an_accelerator():
+    """Where the backend puts a new tensor, by the backend's own account."""
+    if BACKEND == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if BACKEND == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    import tensorflow as tf
+
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
+def test_on_accelerator_says_where_a_tensor_lives():
+    from keras_embed_ext.backends import on_accelerator
+
+    accelerator = default_device_is_an_accelerator()
+    assert on_accelerator(keras.ops.zeros((2, 3))) == accelerator
+    assert on_accelerator(keras.Variable(np.zeros((2, 3), "float32"))) == accelerator
+    assert traced(lambda x: x + float(on_accelerator(x)))(np.zeros(2, "float32"))[0] == float(accelerator)
+    with keras.device("cpu:0"):
+        assert not on_accelerator(keras.ops.zeros((2, 3)))

@@ -44,15 +44,19 @@ def input_gradient(fn, x, upstream, compiled=False):
     return input_gradients(fn, [x], upstream, compiled)[0]
 
 
-@pytest.fixture
-def rows_per_block(monkeypatch):
-    """Sets the rows of each block, however few."""
+def set_plan(patch, rows, dim, accelerator):
+    """Blocks of `rows` rows, however few, planned as for a CPU or an accelerator
+    (where int8 values multiply at once), whichever device runs the test."""
+    patch.setattr(blocked, "BLOCK_BYTES", 4 * dim * rows)
+    patch.setattr(blocked, "ACCELERATOR_BLOCK_BYTES", 4 * dim * rows)
+    patch.setattr(blocked, "MAX_BLOCKS", 10**9)
+    patch.setattr(blocked, "on_accelerator", lambda array: accelerator)
 
-    def set_rows(rows, dim):
-        monkeypatch.setattr(blocked, "BLOCK_BYTES", 4 * dim * rows)
-        monkeypatch.setattr(blocked, "MAX_BLOCKS", 10**9)
 
-    return set_rows
+@pytest.fixture(params=[False, True], ids=["cpu_plan", "accelerator_plan"])
+def rows_per_block(monkeypatch, request):
+    """Sets the rows of each block, in each plan."""
+    return lambda rows, dim: set_plan(monkeypatch, rows, dim, request.param)
 
 
 @given(
@@ -63,16 +67,18 @@ def rows_per_block(monkeypatch):
     quantized_inputs=st.booleans(),
     columns=st.booleans(),
     rank=st.sampled_from([None, 1, 3]),
+    integers=st.booleans(),
+    accelerator=st.booleans(),
     seed=st.integers(0, 2**16),
 )
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=50, deadline=None)
 def test_any_blocking_equals_the_whole_decoded_table(
-    vocabulary, dim, rows, leading, quantized_inputs, columns, rank, seed
+    vocabulary, dim, rows, leading, quantized_inputs, columns, rank, integers, accelerator, seed
 ):
-    """Rows or `(D, V)` columns, with or without an adapter's logits `projected @ factor.T`."""
+    """Rows or `(D, V)` columns, with or without an adapter's logits `projected @ factor.T`,
+    in blocks or multiplied at once as int8 values."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(blocked, "BLOCK_BYTES", 4 * dim * rows)
-        patch.setattr(blocked, "MAX_BLOCKS", 10**9)
+        set_plan(patch, rows, dim, accelerator)
         rng = np.random.default_rng(seed)
         values = rng.integers(-127, 128, (vocabulary, dim)).astype("int8")
         scale = rng.uniform(0.5, 2.0, vocabulary).astype("float32")
@@ -89,12 +95,12 @@ def test_any_blocking_equals_the_whole_decoded_table(
             adapter = None if rank is None else (projected, keras.ops.transpose(factor) if columns else factor)
             return blocked.blocked_logits(
                 x, [stored, scale], lambda v, s: (v, s), "float32", axis=-1 if columns else 0,
-                inputs_quantizer=quantizer, decodes=False, adapter=adapter,
+                inputs_quantizer=quantizer, integers=integers, decodes=False, adapter=adapter,
             )
 
         if quantized_inputs:
-            integers, inputs_scale = ref.abs_max_inputs(x)
-            expected = (integers @ values.T.astype("float32")) / inputs_scale / scale
+            rounded, inputs_scale = ref.abs_max_inputs(x)
+            expected = (rounded @ values.T.astype("float32")) / inputs_scale / scale
         else:
             expected = x @ decoded.T
         if rank is not None:
@@ -114,6 +120,7 @@ def test_blocks_bound_the_graph_and_fit_a_cache():
     assert blocked.block_rows(256_000, 512) == 4_000  # 64 blocks
     assert blocked.block_rows(256_000, 128) == 8_192  # 4 MiB of float32 each
     assert blocked.block_rows(10, 2**30) == 1
+    assert blocked.block_rows(256_000, 2048, accelerator=True) == 32_768  # 256 MiB of float32 each
 
 
 V, D = 70, 12
@@ -148,16 +155,19 @@ def decoded_table(layer):
     return to_numpy(layer._output_format.dequantize(layer)).T
 
 
-# Every config eagerly; traced, the default int8 (rounded inputs) and the block-wise int4 whose last
-# block is partial, because torch.compile costs seconds per case.
-CASES = [(state, False) for state in CONFIGS] + [("int8", True), ("int4_blocks_of_5", True)]
+# Every config eagerly in both plans; traced, the default int8 (rounded inputs) multiplied at once
+# as on a GPU, and the block-wise int4 whose last block is partial, because torch.compile costs
+# seconds per case.
+CASES = [(state, False, plan) for state in CONFIGS for plan in (False, True)]
+CASES += [("int8", True, True), ("int4_blocks_of_5", True, False)]
+CASE_IDS = [f"{s}-{'traced' if c else 'eager'}-{'accelerator' if a else 'cpu'}_plan" for s, c, a in CASES]
 
 
-@pytest.mark.parametrize(("state", "compiled"), CASES, ids=[f"{s}-{'traced' if c else 'eager'}" for s, c in CASES])
+@pytest.mark.parametrize(("state", "compiled", "accelerator"), CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
-def test_quantized_reverse_projection_in_blocks(rows_per_block, tie, state, compiled):
+def test_quantized_reverse_projection_in_blocks(monkeypatch, tie, state, compiled, accelerator):
     ours = quantized(kee.ReversibleEmbedding, tie, state)
-    rows_per_block(16, D)  # 5 blocks, the last one partial
+    set_plan(monkeypatch, 16, D, accelerator)  # 5 blocks, the last one partial
 
     def project(x):
         return ours(x, reverse=True)
