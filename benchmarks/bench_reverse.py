@@ -22,18 +22,34 @@ import numpy as np
 STATES = ("float", "lora", "int8", "int4", "int4_lora")
 
 
-def make(cls, vocab, dim, state, tie, weights):
-    layer = cls(vocab, dim, tie_weights=tie)
-    layer.build()
-    layer.set_weights(weights)
-    if state.startswith("int"):
-        import keras
+def make_pair(vocab, dim, state, tie, weights):
+    """Ours and keras' layer holding `weights`. Only ours quantizes them; keras' is
+    built quantized and given our stored values, so that one float copy of the
+    tables exists at a time (two of a 256k x 2,048 table and kernel exceed 24 GiB)."""
+    import keras
 
-        config = keras.quantizers.Int4QuantizationConfig(block_size=-1) if state.startswith("int4") else None
-        layer.quantize(state[:4], config=config)
+    import keras_embed_ext as kee
+
+    ours = kee.ReversibleEmbedding(vocab, dim, tie_weights=tie)
+    ours.build()
+    ours.set_weights(weights)
+    if state.startswith("int"):
+        int4 = state.startswith("int4")
+        ours.quantize(state[:4], config=keras.quantizers.Int4QuantizationConfig(block_size=-1) if int4 else None)
+        policy = (keras.dtype_policies.Int4DTypePolicy("int4/-1", "float32") if int4
+                  else keras.dtype_policies.QuantizedDTypePolicy("int8", "float32"))
+        theirs = keras.layers.ReversibleEmbedding(vocab, dim, tie_weights=tie, dtype=policy)
+        theirs.build()
+        theirs.set_weights(ours.get_weights())
+        theirs.inputs_quantizer = ours.inputs_quantizer  # as keras' `quantize` sets it
+    else:
+        theirs = keras.layers.ReversibleEmbedding(vocab, dim, tie_weights=tie)
+        theirs.build()
+        theirs.set_weights(weights)
     if state.endswith("lora"):
-        layer.enable_lora(8)
-    return layer
+        ours.enable_lora(8)
+        theirs.enable_lora(8)
+    return {"ours": ours, "keras": theirs}
 
 
 def step_fn(layer, forward_only=False):
@@ -137,7 +153,6 @@ def main():
 
     import keras
 
-    import keras_embed_ext as kee
     from keras_embed_ext import blocked_logits
 
     if args.block_mib is not None:
@@ -145,8 +160,12 @@ def main():
         blocked_logits.MAX_BLOCKS = 2**62
 
     rng = np.random.default_rng(0)
-    table = rng.standard_normal((args.vocab, args.dim), dtype="float32") * 0.05
-    kernel = None if args.tie == "tied" else rng.standard_normal((args.dim, args.vocab), dtype="float32") * 0.05
+    table = rng.standard_normal((args.vocab, args.dim), dtype="float32")
+    table *= 0.05
+    kernel = None
+    if args.tie != "tied":
+        kernel = rng.standard_normal((args.dim, args.vocab), dtype="float32")
+        kernel *= 0.05
     x = keras.ops.convert_to_tensor(rng.standard_normal((args.tokens, args.dim), dtype="float32"))
     measured = "forward" if args.forward else "forward + backward"
     blocks = "" if args.block_mib is None else f"; quantized tables read in {args.block_mib} MiB blocks"
@@ -157,8 +176,9 @@ def main():
     for tie in {"both": (True, False), "tied": (True,), "untied": (False,)}[args.tie]:
         weights = [table] if tie else [table, kernel]
         for state in args.states.split(","):
-            fns = {name: step_fn(make(cls, args.vocab, args.dim, state, tie, weights), args.forward)
-                   for name, cls in (("ours", kee.ReversibleEmbedding), ("keras", keras.layers.ReversibleEmbedding))}
+            fns = None  # the last state's layers go before the next ones are built
+            fns = {name: step_fn(layer, args.forward)
+                   for name, layer in make_pair(args.vocab, args.dim, state, tie, weights).items()}
             times = {name: [] for name in fns}
             for fn in fns.values():
                 fn(x)
