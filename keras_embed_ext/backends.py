@@ -244,13 +244,18 @@ def take_int4_rows(packed, ids=None):
     return unpack_int4(table if ids is None else take_rows(table, ids))
 
 
-def unpack_int4(packed):
-    """Signed 4-bit values as int8 from int8 bytes packed along the last axis, low nibble first.
+def unpack_int4(packed, axis=-1):
+    """Signed 4-bit values as int8 from int8 bytes packed two per byte along `axis`
+    (-1 or 0), low nibble first.
 
-    On torch the shifts run on int16 in place and each (low, high) pair is
-    written as one little-endian int16 whose bytes are read as int8, where stacking
-    on a new last axis is a strided copy.
+    Along the first axis, packed row `i` gives whole rows `2i` (low nibbles) and
+    `2i + 1`: interleaving them copies contiguous rows. Along the last, on torch, the
+    shifts run on int16 in place and each (low, high) pair is written as one
+    little-endian int16 whose bytes are read as int8, where stacking on a new last
+    axis is a strided copy.
     """
+    if axis == 0:
+        return keras.ops.reshape(keras.ops.stack(_nibbles(packed), axis=1), (-1, *packed.shape[1:]))
     if keras.backend.backend() == "torch" and sys.byteorder == "little":
         import torch
 
@@ -262,11 +267,11 @@ def unpack_int4(packed):
         pairs = low.bitwise_or_(wide.bitwise_right_shift_(4).bitwise_left_shift_(8))
         return pairs.view(torch.int8).reshape(shape)
     shape = keras.ops.shape(packed)
-    pairs = keras.ops.stack(int4_nibbles(packed), axis=-1)
+    pairs = keras.ops.stack(_nibbles(packed), axis=-1)
     return keras.ops.reshape(pairs, (*shape[:-1], 2 * shape[-1]))
 
 
-def int4_nibbles(packed):
+def _nibbles(packed):
     """`(low, high)`: the signed 4-bit values of int8 bytes as int8 arrays of their shape."""
     if keras.backend.backend() == "torch":
         import torch

@@ -76,8 +76,24 @@ def _read(array):
     return ops.convert_to_tensor(array)
 
 
+def _columns(array, axis):
+    """A `(V, n)` array (`axis=0`) as `(n, V)`; a `(n, V)` one (`axis=-1`) as it is."""
+    return array if axis else ops.transpose(array)
+
+
+def dense_logits(x, table, dtype, axis=0, adapter=None):
+    """`x @ table.T` (`x @ table` for a `(D, V)` kernel, `axis=-1`) in `dtype` for a
+    float table, which needs no blocks, plus an adapter's logits as `blocked_logits`
+    adds them."""
+    logits = ops.matmul(ops.cast(x, dtype), _columns(ops.cast(table, dtype), axis))
+    if adapter is None:
+        return logits
+    projected, factor = adapter
+    return logits + ops.cast(ops.matmul(projected, _columns(factor, axis)), dtype)
+
+
 def blocked_logits(
-    x, stored, operands, dtype, axis=0, inputs_quantizer=None, integers=False, decodes=True, adapter=None
+    x, stored, operands, dtype, axis=0, inputs_quantizer=None, value_kind="float", adapter=None
 ):
     """`x @ table.T` in `dtype`, the table given by its stored arrays.
 
@@ -94,10 +110,11 @@ def blocked_logits(
         axis: The vocabulary axis of the stored arrays: 0, or -1 for a `(D, V)` kernel.
         inputs_quantizer: Optional quantizer returning int8 inputs and their scale
             (keras' `AbsMaxQuantizer`), which divides the logits.
-        integers: True where `operands` returns int8 values (with a scale per row,
-            or `None`): on an accelerator, int8 inputs then multiply them at once.
-        decodes: False where `operands` returns the stored values as they are
-            (int8 values with a scale per row).
+        value_kind: What `operands` returns as values: `"float"` decoded values,
+            `"int8"` values computed from the stored ones (unpacked nibbles), or
+            `"stored"` int8 values as they are stored. On an accelerator, int8
+            inputs multiply int8 values at once; so they do stored int8 columns,
+            which blocks would slice as strided copies.
         adapter: Optional `(projected, factor)` of a low-rank adapter, whose logits
             `projected @ factor.T` (`projected @ factor` for `axis=-1`) are added to
             each block while it is in cache: float32 `projected (..., r)`, computed
@@ -116,10 +133,7 @@ def blocked_logits(
 
     def block_operands(arrays, start, length):
         values, scale = operands(*(_block(array, start, length, axis) for array in arrays))
-        return (values if axis else ops.transpose(values)), scale  # values as (D, B)
-
-    def columns(factor):  # an adapter factor as (r, V)
-        return factor if axis else ops.transpose(factor)
+        return _columns(values, axis), scale  # values as (D, B)
 
     @ops.custom_gradient
     def logits(x, *arrays):
@@ -150,7 +164,7 @@ def blocked_logits(
             if inputs_scale is not None:
                 block = in_place("divide", block, inputs_scale)
             if projected is not None:
-                factor_block = _block(columns(factor), start, length, -1)
+                factor_block = _block(_columns(factor, axis), start, length, -1)
                 block = ops.cast(add_matmul(block, projected_rows, factor_block), compute)
             return block
 
@@ -160,9 +174,7 @@ def blocked_logits(
         def append(start, length, blocks):
             return [*blocks, product(start, length)]
 
-        # One product of int8 values: on an accelerator, and for int8 columns, which
-        # blocks would slice as strided copies and int8 inputs multiply as stored.
-        if integer_inputs and integers and (accelerator or (axis != 0 and not decodes)):
+        if integer_inputs and value_kind != "float" and (accelerator or (axis != 0 and value_kind == "stored")):
             result = product(0, vocabulary)
         elif _on_xla():
             result = _over_blocks(vocabulary, size, write, ops.zeros((flat.shape[0], vocabulary), compute))
@@ -189,8 +201,8 @@ def blocked_logits(
                 return grads
             # The adapter's products read no quantized values: each is one matmul.
             upstream = ops.cast(upstream, "float32")
-            projected_grad = ops.matmul(upstream, ops.transpose(columns(factor)))
-            factor_grad = columns(ops.matmul(ops.transpose(projected_rows), upstream))
+            projected_grad = ops.matmul(upstream, ops.transpose(_columns(factor, axis)))
+            factor_grad = _columns(ops.matmul(ops.transpose(projected_rows), upstream), axis)
             return (*grads, ops.reshape(projected_grad, ops.shape(projected)), factor_grad)
 
         return ops.cast(result, dtype), grad

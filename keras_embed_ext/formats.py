@@ -23,6 +23,7 @@ from keras_embed_ext.backends import reshape
 from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
 from keras_embed_ext.blocked_logits import blocked_logits
+from keras_embed_ext.blocked_logits import dense_logits
 
 
 def _stored(layer, name, shape, dtype=None, initializer="zeros"):
@@ -46,7 +47,7 @@ class FloatRows:
     """A trainable float table: `embeddings (V, D)`."""
 
     mode = None
-    integer_operands = False  # whether `logit_operands` gives int8 values
+    logit_value_kind = "float"  # the values `logit_operands` gives (see `blocked_logits`)
 
     def build(self, layer, shape):
         layer._embeddings = layer.add_weight(
@@ -81,14 +82,10 @@ class FloatRows:
         table is read a block of rows at a time (`blocked_logits`), its inputs
         quantized with `inputs_quantizer` if one is given."""
         if self.mode is None:
-            logits = ops.matmul(ops.cast(x, dtype), ops.transpose(ops.cast(layer._embeddings, dtype)))
-            if adapter is None:
-                return logits
-            projected, factor = adapter
-            return logits + ops.cast(ops.matmul(projected, ops.transpose(factor)), dtype)
+            return dense_logits(x, layer._embeddings, dtype, adapter=adapter)
         operands = functools.partial(self.logit_operands, layer)
         return blocked_logits(x, self.row_variables(layer), operands, dtype, inputs_quantizer=inputs_quantizer,
-                              integers=self.integer_operands, adapter=adapter)
+                              value_kind=self.logit_value_kind, adapter=adapter)
 
     def logit_operands(self, layer, *stored):
         """`(values, scale)` of stored rows: the logits are `(x @ values.T) / scale`."""
@@ -112,7 +109,7 @@ class Int8Rows(FloatRows):
     """
 
     mode = "int8"
-    integer_operands = True
+    logit_value_kind = "stored"
 
     def build(self, layer, shape):
         layer._embeddings = _stored(layer, "embeddings", shape, "int8")
@@ -154,10 +151,8 @@ class Int4Rows(FloatRows):
     def __init__(self, block_size=None):
         self.given_block_size = block_size
         self.block_size = None if block_size in (None, -1) else block_size
-
-    @property
-    def integer_operands(self):
-        return self.block_size is None  # block-wise values decode with their zero points
+        # Block-wise values decode with their zero points.
+        self.logit_value_kind = "int8" if self.block_size is None else "float"
 
     def build(self, layer, shape):
         input_dim, output_dim = shape

@@ -15,8 +15,9 @@ from keras import initializers
 from keras import ops
 from keras import quantizers
 
-from keras_embed_ext.backends import int4_nibbles
+from keras_embed_ext.backends import unpack_int4
 from keras_embed_ext.blocked_logits import blocked_logits
+from keras_embed_ext.blocked_logits import dense_logits
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import quantize_blocks
 
@@ -53,19 +54,14 @@ class FloatColumns:
     def logits(self, layer, x, dtype, inputs_quantizer=None, adapter=None):
         """`x @ kernel` in `dtype`, plus an adapter's logits `projected @ factor` for
         `adapter=(projected, factor)`."""
-        logits = ops.matmul(ops.cast(x, dtype), ops.cast(self.dequantize(layer), dtype))
-        if adapter is None:
-            return logits
-        projected, factor = adapter
-        return logits + ops.cast(ops.matmul(projected, factor), dtype)
+        return dense_logits(x, layer.reverse_embeddings, dtype, axis=-1, adapter=adapter)
 
 
 class Int8Columns(FloatColumns):
     """int8 `reverse_embeddings (D, V)` and `reverse_embeddings_scale (V,)`:
     a column is `reverse_embeddings[:, v] / reverse_embeddings_scale[v]`."""
 
-    decodes = False  # int8 columns multiply as stored
-    integer_operands = True
+    logit_value_kind = "stored"
 
     def build(self, layer):
         layer.reverse_embeddings = _frozen(layer, "reverse_embeddings", (layer.output_dim, layer.input_dim), "int8")
@@ -85,7 +81,7 @@ class Int8Columns(FloatColumns):
         (`blocked_logits`)."""
         operands = functools.partial(self.logit_operands, layer)
         return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer,
-                              integers=self.integer_operands, decodes=self.decodes, adapter=adapter)
+                              value_kind=self.logit_value_kind, adapter=adapter)
 
     def logit_operands(self, layer, values, scale):
         """`(values, scale)` of stored columns: the logits are `(x @ values) / scale`."""
@@ -105,14 +101,10 @@ class Int4Columns(Int8Columns):
     `reverse_embeddings_scale` and `reverse_embeddings_zero` of shape
     `(ceil(D / b), V)`, a value decoding as `(q - zero) * scale`."""
 
-    decodes = True  # unpacks its nibbles
-
     def __init__(self, block_size=None):
         self.block_size = None if block_size in (None, -1) else block_size
-
-    @property
-    def integer_operands(self):
-        return self.block_size is None  # block-wise values decode with their zero points
+        # Unpacked nibbles; block-wise values decode with their zero points.
+        self.logit_value_kind = "int8" if self.block_size is None else "float"
 
     def build(self, layer):
         dim, vocabulary = layer.output_dim, layer.input_dim
@@ -127,9 +119,7 @@ class Int4Columns(Int8Columns):
         return [getattr(layer, name) for name in names]
 
     def logit_operands(self, layer, packed, scale, zero=None):
-        # Each packed row gives two whole rows of features, 2i (low nibbles) and
-        # 2i + 1: interleaving rows copies contiguous columns, without transposes.
-        values = ops.reshape(ops.stack(int4_nibbles(packed), axis=1), (-1, packed.shape[-1]))
+        values = unpack_int4(packed, axis=0)
         if layer.output_dim % 2:
             values = values[: layer.output_dim]  # the padding nibble
         if zero is None:

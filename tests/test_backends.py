@@ -15,6 +15,7 @@ from keras_embed_ext.backends import in_place
 from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
 from keras_embed_ext.backends import to_host
+from keras_embed_ext.backends import unpack_int4
 from keras_embed_ext.backends import weighted_bag_sum
 
 IDS = np.random.default_rng(0).integers(0, 50, size=(6, 7)).astype("int32")
@@ -309,6 +310,16 @@ def test_take_int4_rows_equals_numpy(rows, width, ids_shape, seed):
     np.testing.assert_array_equal(to_numpy(result), ref.unpack_int4(packed, 2 * width)[ids])
     whole = take_int4_rows(keras.ops.convert_to_tensor(packed))
     np.testing.assert_array_equal(to_numpy(whole), ref.unpack_int4(packed, 2 * width))
+
+
+@given(rows=st.integers(1, 5), width=st.integers(1, 6), seed=st.integers(0, 2**16))
+@settings(max_examples=20, deadline=None)
+def test_unpack_int4_along_the_first_axis_equals_numpy(rows, width, seed):
+    """A `(D / 2, V)` kernel packed along `D`, as keras packs `reverse_embeddings`."""
+    packed = np.random.default_rng(seed).integers(-128, 128, size=(rows, width)).astype("int8")
+    result = unpack_int4(keras.ops.convert_to_tensor(packed), axis=0)
+    assert keras.backend.standardize_dtype(result.dtype) == "int8"
+    np.testing.assert_array_equal(to_numpy(result), ref.unpack_int4(packed.T, 2 * rows).T)
 
 
 def test_take_int4_rows_in_one_compiled_function_with_the_whole_table():

@@ -67,13 +67,13 @@ def rows_per_block(monkeypatch, request):
     quantized_inputs=st.booleans(),
     columns=st.booleans(),
     rank=st.sampled_from([None, 1, 3]),
-    integers=st.booleans(),
+    value_kind=st.sampled_from(["float", "int8", "stored"]),
     accelerator=st.booleans(),
     seed=st.integers(0, 2**16),
 )
 @settings(max_examples=40, deadline=None)
 def test_any_blocking_equals_the_whole_decoded_table(
-    vocabulary, dim, rows, leading, quantized_inputs, columns, rank, integers, accelerator, seed
+    vocabulary, dim, rows, leading, quantized_inputs, columns, rank, value_kind, accelerator, seed
 ):
     """Rows or `(D, V)` columns, with or without an adapter's logits `projected @ factor.T`,
     in blocks or multiplied at once as int8 values."""
@@ -95,7 +95,7 @@ def test_any_blocking_equals_the_whole_decoded_table(
             adapter = None if rank is None else (projected, keras.ops.transpose(factor) if columns else factor)
             return blocked.blocked_logits(
                 x, [stored, scale], lambda v, s: (v, s), "float32", axis=-1 if columns else 0,
-                inputs_quantizer=quantizer, integers=integers, decodes=False, adapter=adapter,
+                inputs_quantizer=quantizer, value_kind=value_kind, adapter=adapter,
             )
 
         if quantized_inputs:
