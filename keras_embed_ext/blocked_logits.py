@@ -13,8 +13,10 @@ CPU compute the same integers in float32. Their gradient is the float product's
 (straight through the rounding).
 
 On a GPU, where a loop of cache-sized blocks costs a launch each and int8 products
-run on tensor cores, int8 values multiply the whole table at once, as keras does, and
-only tables decoded to float are read in blocks, large ones that bound the copy.
+run on tensor cores, int8 values multiply the whole table at once, as keras does: by
+int8 inputs in one int8 product and, on XLA, by float inputs too, whose product
+converts the values as it reads them. Only tables decoded to float are read in
+blocks there, large ones that bound the copy.
 """
 
 import math
@@ -130,6 +132,9 @@ def blocked_logits(
     vocabulary, dim = stored[0].shape[axis], x.shape[-1]
     accelerator = on_accelerator(stored[0])
     size = block_rows(vocabulary, dim, accelerator)
+    # On an accelerator XLA can fuse the conversion of int8 values into its product,
+    # as keras' quantized layers rely on: one product of the whole table, both passes.
+    whole_table = accelerator and _on_xla() and value_kind != "float"
 
     def block_operands(arrays, start, length):
         values, scale = operands(*(_block(array, start, length, axis) for array in arrays))
@@ -174,7 +179,9 @@ def blocked_logits(
         def append(start, length, blocks):
             return [*blocks, product(start, length)]
 
-        if integer_inputs and value_kind != "float" and (accelerator or (axis != 0 and value_kind == "stored")):
+        if whole_table or (
+            integer_inputs and value_kind != "float" and (accelerator or (axis != 0 and value_kind == "stored"))
+        ):
             result = product(0, vocabulary)
         elif _on_xla():
             result = _over_blocks(vocabulary, size, write, ops.zeros((flat.shape[0], vocabulary), compute))
@@ -195,7 +202,8 @@ def blocked_logits(
                     block = block / ops.cast(scale, compute)
                 return total + ops.matmul(block, ops.transpose(ops.cast(values, compute)))
 
-            total = _over_blocks(vocabulary, size, accumulate, ops.zeros((ops.shape(upstream)[0], dim), compute))
+            zeros = ops.zeros((ops.shape(upstream)[0], dim), compute)
+            total = _over_blocks(vocabulary, vocabulary if whole_table else size, accumulate, zeros)
             grads = (ops.cast(ops.reshape(total, ops.shape(x)), x.dtype), *(None for _ in arrays))
             if projected is None:
                 return grads

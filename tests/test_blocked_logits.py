@@ -155,11 +155,12 @@ def decoded_table(layer):
     return to_numpy(layer._output_format.dequantize(layer)).T
 
 
-# Every config eagerly in the CPU's plan, and in the accelerator's those with int8 inputs (the others
-# differ only in block size); traced, the default int8 (rounded inputs) multiplied at once as on a
-# GPU, and the block-wise int4 whose last block is partial, because torch.compile costs seconds per case.
-INT8_INPUTS = ("int8", "int4_per_row_int8_inputs")
-CASES = [(state, False, False) for state in CONFIGS] + [(state, False, True) for state in INT8_INPUTS]
+# Every config eagerly in the CPU's plan, and in the accelerator's those with int8 values (int8, per-row
+# int4), which it multiplies at once (the others differ only in block size); traced, the default int8
+# (rounded inputs) multiplied at once as on a GPU, and the block-wise int4 whose last block is partial,
+# because torch.compile costs seconds per case.
+INT8_VALUES = ("int8", "int8_float_inputs", "int4_per_row", "int4_per_row_int8_inputs")
+CASES = [(state, False, False) for state in CONFIGS] + [(state, False, True) for state in INT8_VALUES]
 CASES += [("int8", True, True), ("int4_blocks_of_5", True, False)]
 CASE_IDS = [f"{s}-{'traced' if c else 'eager'}-{'accelerator' if a else 'cpu'}_plan" for s, c, a in CASES]
 
