@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The checks for a machine with a CUDA GPU: the unit tests on JAX and torch, the tables
+# The checks for a machine with a CUDA GPU: XLA's int8 products, the unit tests on JAX and torch, the tables
 # kept in host memory (integration/host_table_gpu.py), then the reverse projection
 # benchmark at V = 256k, each backend's runs after the tests, alone on the GPU.
 #
@@ -23,6 +23,9 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several JAX processes share the GP
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/device.txt"
 KERAS_BACKEND=jax python3 -c "import jax, torch, keras; print('jax', jax.__version__, 'torch', torch.__version__, 'keras', keras.__version__)" \
   | tee -a "$OUT/device.txt"
+
+# XLA's int8 products on this GPU, for the feature counts `blocked_logits` trusts to them.
+timeout 120 python3 benchmarks/xla_int8_dot.py 2>&1 | grep -v Warning | tee "$OUT/xla_int8_dot.txt"
 
 if [[ $what != bench ]]; then
   for backend in jax torch; do

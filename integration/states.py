@@ -1,7 +1,7 @@
 """Builds a small model in each storage state, saves it, or loads and runs one.
 
-    python states.py save OUT_DIR     # one .keras file and one output .npy per state
-    python states.py load IN_DIR OUT_DIR
+    python states.py save OUT_DIR               # one .keras file and one output .npy per state
+    python states.py load OUT_DIR IN_DIR...     # outputs of each IN_DIR's files in OUT_DIR/<its name>
 
 Run under each KERAS_BACKEND by the cross-backend test.
 """
@@ -52,12 +52,15 @@ def main(command, *dirs):
             model.save(os.path.join(dirs[0], f"{state}.keras"))
             np.save(os.path.join(dirs[0], f"{state}.npy"), run(model))
     else:
-        for state in STATES:
-            model = keras.saving.load_model(os.path.join(dirs[0], f"{state}.keras"))
-            layer = model.get_layer("emb")
-            assert layer.lora_enabled == ("lora" in state)
-            assert layer.quantization_mode == (state.split("_")[0] if state.startswith("int") else None)
-            np.save(os.path.join(dirs[1], f"{state}.npy"), run(model))
+        for source in dirs[1:]:
+            out = os.path.join(dirs[0], os.path.basename(source))
+            os.makedirs(out)
+            for state in STATES:
+                model = keras.saving.load_model(os.path.join(source, f"{state}.keras"))
+                layer = model.get_layer("emb")
+                assert layer.lora_enabled == ("lora" in state)
+                assert layer.quantization_mode == (state.split("_")[0] if state.startswith("int") else None)
+                np.save(os.path.join(out, f"{state}.npy"), run(model))
 
 
 if __name__ == "__main__":

@@ -29,12 +29,11 @@ def matrix(tmp_path_factory):
         saved[source] = root / f"saved_{source}"
         saved[source].mkdir()
         _run(source, "save", str(saved[source]))
-    for source in BACKENDS:
-        for target in BACKENDS:
-            out = root / f"{source}_to_{target}"
-            out.mkdir()
-            _run(target, "load", str(saved[source]), str(out))
-            loaded[source, target] = out
+    for target in BACKENDS:  # one process per backend loads every backend's files
+        out = root / f"loaded_on_{target}"
+        _run(target, "load", str(out), *(str(saved[source]) for source in BACKENDS))
+        for source in BACKENDS:
+            loaded[source, target] = out / saved[source].name
     return saved, loaded
 
 
