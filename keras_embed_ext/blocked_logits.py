@@ -114,9 +114,10 @@ def blocked_logits(
             (keras' `AbsMaxQuantizer`), which divides the logits.
         value_kind: What `operands` returns as values: `"float"` decoded values,
             `"int8"` values computed from the stored ones (unpacked nibbles), or
-            `"stored"` int8 values as they are stored. On an accelerator, int8
-            inputs multiply int8 values at once; so they do stored int8 columns,
-            which blocks would slice as strided copies.
+            `"stored"` int8 values as they are stored. int8 values multiply the
+            whole table at once on an accelerator, by int8 inputs (on XLA, by any
+            inputs), and stored as `(D, V)` columns, by int8 inputs anywhere: blocks
+            would slice them as strided copies.
         adapter: Optional `(projected, factor)` of a low-rank adapter, whose logits
             `projected @ factor.T` (`projected @ factor` for `axis=-1`) are added to
             each block while it is in cache: float32 `projected (..., r)`, computed
