@@ -21,6 +21,7 @@ ATTENTION_LORA = ["query_dense", "value_dense", "query", "value"]
 
 def build(name):
     """A tiny model with keras' layers, and its inputs."""
+    keras.utils.set_random_seed(0)
     if name == "gpt2":
         backbone = models.GPT2Backbone(vocabulary_size=V, num_layers=1, num_heads=2, hidden_dim=HIDDEN,
                                        intermediate_dim=32, max_sequence_length=16)
@@ -163,12 +164,14 @@ def run(name, directory):
     quantize(quantized)
     table = quantized.backbone.token_embedding
     assert table.quantization_mode == "int4"
-    float_logits = expected
-    spread = np.abs(logits(quantized, inputs) - float_logits).max()
-    assert spread < 0.5 * np.abs(float_logits).max(), spread
     keras_quantized = copy(reference, ours=False)
     quantize(keras_quantized)
-    print(name, f"int4: largest logit change {spread:.3g}, keras' {np.abs(logits(keras_quantized, inputs) - float_logits).max():.3g}")
+    # A tiny random model quantized throughout moves its logits a lot; keras' moves them alike.
+    quantized_logits = logits(quantized, inputs)
+    np.testing.assert_allclose(quantized_logits, logits(keras_quantized, inputs), rtol=1e-5, atol=1e-6)
+    spread = np.abs(quantized_logits - expected).max()
+    assert spread > 0, "int4 left the logits unchanged"
+    print(name, f"int4 logits equal keras' int4 (largest change from float {spread:.3g})")
     quantized.backbone.enable_lora(2, target_layer_names=["token_embedding"])
     table.lora_embeddings_b.assign(np.full(table.lora_embeddings_b.shape, 0.1, "float32"))
     adapted = logits(quantized, inputs)
