@@ -136,7 +136,21 @@ class Int8Rows(FloatRows):
         layer.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
 
 
-class Int4Rows(FloatRows):
+class Int4Blocks:
+    """The block size of an int4 table (`None`: one scale per row or column), shared
+    by its input and output forms."""
+
+    def __init__(self, block_size=None):
+        self.given_block_size = block_size  # as keras keeps it: -1 and None both mean per row
+        self.block_size = None if block_size in (None, -1) else block_size
+
+    @property
+    def logit_value_kind(self):
+        # Per row, the unpacked nibbles multiply; block-wise values decode with their zero points.
+        return "int8" if self.block_size is None else "float"
+
+
+class Int4Rows(Int4Blocks, FloatRows):
     """int4 values packed two per byte along D, as keras 3.15 stores them.
 
     Without a block size (per row, symmetric): `embeddings (V, ceil(D/2))` int8,
@@ -147,12 +161,6 @@ class Int4Rows(FloatRows):
     """
 
     mode = "int4"
-
-    def __init__(self, block_size=None):
-        self.given_block_size = block_size
-        self.block_size = None if block_size in (None, -1) else block_size
-        # Block-wise values decode with their zero points.
-        self.logit_value_kind = "int8" if self.block_size is None else "float"
 
     def build(self, layer, shape):
         input_dim, output_dim = shape

@@ -18,6 +18,7 @@ from keras import quantizers
 from keras_embed_ext.backends import unpack_int4
 from keras_embed_ext.blocked_logits import blocked_logits
 from keras_embed_ext.blocked_logits import dense_logits
+from keras_embed_ext.formats import Int4Blocks
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import quantize_blocks
 
@@ -95,16 +96,11 @@ class Int8Columns(FloatColumns):
         layer.reverse_embeddings_scale.assign(ops.squeeze(scale, axis=0))
 
 
-class Int4Columns(Int8Columns):
+class Int4Columns(Int4Blocks, Int8Columns):
     """int4 values packed two per byte along `D`: `reverse_embeddings (ceil(D / 2), V)`,
     with `reverse_embeddings_scale (V,)` per column, or, block-wise with block `b`,
     `reverse_embeddings_scale` and `reverse_embeddings_zero` of shape
     `(ceil(D / b), V)`, a value decoding as `(q - zero) * scale`."""
-
-    def __init__(self, block_size=None):
-        self.block_size = None if block_size in (None, -1) else block_size
-        # Unpacked nibbles; block-wise values decode with their zero points.
-        self.logit_value_kind = "int8" if self.block_size is None else "float"
 
     def build(self, layer):
         dim, vocabulary = layer.output_dim, layer.input_dim
