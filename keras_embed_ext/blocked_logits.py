@@ -180,9 +180,10 @@ def blocked_logits(
         def append(start, length, blocks):
             return [*blocks, product(start, length)]
 
-        if whole_table or (
-            integer_inputs and value_kind != "float" and (accelerator or (axis != 0 and value_kind == "stored"))
-        ):
+        # int8 values by int8 inputs are one product on an accelerator (its int8 kernels),
+        # and stored as (D, V) columns anywhere (blocks would slice them as strided copies).
+        integer_table = integer_inputs and value_kind != "float"
+        if whole_table or (integer_table and (accelerator or (axis != 0 and value_kind == "stored"))):
             result = product(0, vocabulary)
         elif _on_xla():
             result = _over_blocks(vocabulary, size, write, ops.zeros((flat.shape[0], vocabulary), compute))

@@ -12,6 +12,7 @@ import reference as ref
 from conftest import BACKEND, gradients, table, to_numpy, traced
 from keras_embed_ext.backends import add_matmul
 from keras_embed_ext.backends import in_place
+from keras_embed_ext.backends import on_accelerator
 from keras_embed_ext.backends import take_int4_rows
 from keras_embed_ext.backends import take_rows
 from keras_embed_ext.backends import to_host
@@ -352,8 +353,6 @@ def default_device_is_an_accelerator():
 
 
 def test_on_accelerator_says_where_a_tensor_lives():
-    from keras_embed_ext.backends import on_accelerator
-
     accelerator = default_device_is_an_accelerator()
     assert on_accelerator(keras.ops.zeros((2, 3))) == accelerator
     assert on_accelerator(keras.Variable(np.zeros((2, 3), "float32"))) == accelerator
