@@ -99,7 +99,7 @@ def main():
             "max_grad_diff": float(max(np.abs(a - b).max() for a, b in zip(grads, expected_grads))),
             "fit_losses": [float(l) for l in history.history["loss"]],
             "max_trained_diff": float(max(
-                np.abs(np.asarray(a.value) - np.asarray(b.value)).max() for a, b in zip(layer.weights, single_layer.weights)
+                np.abs(np.asarray(a.value) - np.asarray(b.value)).max() for a, b in zip(layer.variables, single_layer.variables)
             )),
         }
     for state in ("int8", "int4"):

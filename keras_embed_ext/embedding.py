@@ -266,7 +266,7 @@ class Embedding(TableStates, keras.layers.Layer):
         is read through its lookup, whose gradient is the step's update."""
         row_lookup = self._row_training.lookup
         if not self.lora_enabled:
-            return zero_invalid(row_lookup(ids, valid), valid)
+            return zero_invalid(row_lookup(ids), valid)
         rows = zero_invalid(self._format.gather(self, ids), valid)
         return lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid, row_lookup)
 
@@ -304,6 +304,22 @@ class Embedding(TableStates, keras.layers.Layer):
             raise self._not_implemented_error(self.quantize)
         requantize(self, mode, config)
         row_training.attach(self)
+
+    @property
+    def weights(self):
+        """The layer's weights, without the `sparse_optimizer`'s state: like keras'
+        optimizer state, it is among the layer's `variables` (trained and saved with
+        it) but not counted as the model's parameters."""
+        weights = super().weights
+        if self._row_training is None:
+            return weights
+        state = {id(v) for v in self._row_training.variables()}
+        return [w for w in weights if id(w) not in state]
+
+    @property
+    def row_optimizer_variables(self) -> list:
+        """The `sparse_optimizer`'s state (slots and step count), empty without one."""
+        return [] if self._row_training is None else self._row_training.variables()
 
     def _table_variables(self):
         """The variables of the stored table(s), in keras' order."""

@@ -52,7 +52,7 @@ def add_adapter_rows(layer, rows, ids, valid=None, row_lookup=None):
     """
     a = layer.lora_embeddings_a
     if row_lookup is not None:
-        rows_a = zero_invalid(row_lookup(ids, valid), valid)
+        rows_a = zero_invalid(row_lookup(ids), valid)
     else:
         rows_a = zero_invalid(on_device_of(a, ids, lambda ids: take_rows(a, ids)), valid)
     return add_matmul(rows, rows_a, to_device_of(_scaled_b(layer), rows))

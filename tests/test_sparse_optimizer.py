@@ -246,14 +246,39 @@ def test_a_keras_file_loads_and_starts_a_fresh_state(tmp_path):
     np.testing.assert_allclose(to_numpy(ours.layers[0]._row_training.slots[0]), 0.1)
 
 
-def test_a_layer_called_twice_in_a_step_is_a_clear_error():
+def called_twice(layer):
+    """`layer(ids) + layer(ids * 2 % V)` trained with MSE on `batches()`."""
     ids = keras.Input((L,), dtype="int32")
-    layer = kee.Embedding(V, D, sparse_optimizer="sgd")
-    model = keras.Model(ids, layer(ids) + layer(ids))
+    model = keras.Model(ids, layer(ids) + layer((ids * 2) % V))
     model.compile("sgd", "mse")
-    x, y = batches(1)[0]
-    with pytest.raises(Exception, match="called more than once"):
-        model.train_on_batch(x, y)
+    return model
+
+
+if BACKEND == "jax":
+
+    def test_a_layer_called_twice_in_a_step_is_a_clear_error():
+        model = called_twice(kee.Embedding(V, D, sparse_optimizer="sgd"))
+        x, y = batches(1)[0]
+        with pytest.raises(Exception, match="called more than once"):
+            model.train_on_batch(x, y)
+
+else:
+
+    @pytest.mark.parametrize("ours, theirs", [("sgd", keras.optimizers.SGD), ("adagrad", keras.optimizers.Adagrad)])
+    def test_a_layer_called_twice_in_a_step_makes_one_update_of_the_summed_gradient(ours, theirs):
+        # The two calls' gradients meet in one sparse gradient, summed per row: one
+        # update, as keras' dense optimizer makes it from the dense gradient.
+        initial = table(V, D)
+        reference = OneHotLookup(initial)
+        reference_model = called_twice(reference)
+        reference_model.compile(theirs(), "mse")
+        layer = kee.Embedding(V, D, weights=initial, sparse_optimizer=ours)
+        model = called_twice(layer)
+        for x, y in batches():
+            reference_model.train_on_batch(x, y)
+            model.train_on_batch(x, y)
+        np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(reference.table), rtol=1e-5, atol=1e-6)
+        assert int(to_numpy(layer.row_optimizer_variables[-1])) == len(batches())
 
 
 def test_default_gradient_sums_repeated_ids_for_keras_optimizers():
@@ -359,3 +384,70 @@ if BACKEND in ("tensorflow", "jax"):  # the backends whose keras models take spa
             dense_model.train_on_batch([ids, present.astype("float32")], y)
             model.train_on_batch(sparse_ids, y)
         np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(reference.table), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", [None, "sgd", "adagrad", "rowwise_adagrad", "adam"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_optimizer_state_is_not_counted_as_the_models_parameters(optimizer, lora):
+    def model(sparse_optimizer):
+        layer = kee.Embedding(1000, 8, combiner="sum", sparse_optimizer=sparse_optimizer, lora_rank=2 if lora else None)
+        return keras.Sequential([keras.Input((3,), dtype="int32"), layer, keras.layers.Dense(1)])
+
+    plain, ours = model(None), model(optimizer)
+    assert ours.count_params() == plain.count_params() == 1000 * 8 + 9 + (1000 * 2 + 2 * 8 if lora else 0)
+    for weights in ("weights", "trainable_weights", "non_trainable_weights"):
+        assert [(v.name, v.shape) for v in getattr(ours, weights)] == [(v.name, v.shape) for v in getattr(plain, weights)]
+    state = ours.layers[0].row_optimizer_variables
+    assert len(state) == (0 if optimizer is None else len(kee.optimizers.get(optimizer).slots) + 1)
+    # The state is the layer's, among its variables: trained, saved and sharded with it.
+    assert all(any(v is s for v in ours.variables) for s in state)
+    def counts(model):
+        lines = []
+        model.summary(print_fn=lambda text, **kwargs: lines.extend(text.splitlines()))
+        return [line for line in lines if "params:" in line]
+
+    assert len(counts(ours)) == 3 and counts(ours) == counts(plain)
+
+
+def test_a_row_whose_gradient_is_zero_keeps_its_values_and_state():
+    # Lazy Adam would move a row with momentum by a zero gradient: a row that a step
+    # looks up only with weight 0 (or as padding) is left as it is.
+    initial, rng = table(V, D), np.random.default_rng(2)
+    layer = kee.Embedding(V, D, weights=initial, mask_zero=True, combiner="sum", sparse_optimizer="adam")
+    ids_in, weights_in = keras.Input((L,), dtype="int32"), keras.Input((L,))
+    model = keras.Model([ids_in, weights_in], layer(ids_in, weights=weights_in))
+    model.compile("sgd", "mse")
+    ids = rng.integers(6, V // 2, size=(8, L)).astype("int32")
+    ids[:, -1] = 0  # padding
+    ids[:, 0] = 5  # only here
+    weights = np.ones((8, L), "float32")
+
+    def step(weights):
+        model.train_on_batch([ids, weights], rng.standard_normal((8, D)).astype("float32"))
+        return to_numpy(layer.embeddings), [to_numpy(s) for s in layer.row_optimizer_variables[:2]]
+
+    first, first_state = step(weights)
+    assert not np.allclose(first[5], initial[5])
+    weights[:, 0] = 0.0
+    later, later_state = step(weights)
+    np.testing.assert_array_equal(later[5], first[5])
+    np.testing.assert_array_equal(later[0], initial[0])
+    for before, after in zip(first_state, later_state):
+        np.testing.assert_array_equal(after[5], before[5])
+        assert not np.allclose(after[ids[0, 1]], before[ids[0, 1]])
+
+
+if BACKEND == "tensorflow":
+
+    @pytest.mark.parametrize("optimizer", ["adagrad", "adam"])
+    def test_a_train_step_compiled_by_xla_trains_as_the_uncompiled_one(optimizer):
+        # XLA compiles the train step by default where a GPU is present.
+        def trained(jit_compile):
+            layer = kee.Embedding(V, D, weights=table(V, D), sparse_optimizer=optimizer)
+            model = called_twice(layer)
+            model.compile("sgd", "mse", jit_compile=jit_compile)
+            for x, y in batches():
+                model.train_on_batch(x, y)
+            return to_numpy(layer.embeddings)
+
+        np.testing.assert_allclose(trained(True), trained(False), rtol=1e-5, atol=1e-6)
