@@ -1,6 +1,8 @@
-"""README.md's Python code runs as written, block after block in one namespace, as a
-reader pastes it; a block whose first line is `# On JAX:` runs on JAX only."""
+"""The Python code of README.md and of every page in docs/ runs as written, block after
+block in one namespace per page, as a reader pastes it; a block whose first line is
+`# On JAX:` runs on JAX only."""
 
+import glob
 import os
 import re
 
@@ -8,25 +10,30 @@ import pytest
 
 from conftest import BACKEND
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = os.path.join(ROOT, "README.md")
+PAGES = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 
-def python_blocks():
-    with open(README) as f:
+def python_blocks(path):
+    with open(path) as f:
         return re.findall(r"^```python\n(.*?)^```", f.read(), flags=re.S | re.M)
 
 
-def test_readme_has_code():
-    assert len(python_blocks()) >= 5
+def test_readme_and_the_topic_pages_have_code():
+    assert python_blocks(README)
+    with_code = [os.path.basename(page) for page in PAGES if python_blocks(page)]
+    assert len(with_code) >= 7, with_code
 
 
-def test_readme_code_runs(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", [README, *PAGES], ids=os.path.basename)
+def test_code_runs(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}
-    for block in python_blocks():
+    for block in python_blocks(path):
         if block.startswith("# On JAX:") and BACKEND != "jax":
             continue
         try:
-            exec(compile(block, README, "exec"), namespace)
+            exec(compile(block, path, "exec"), namespace)
         except Exception as error:
-            pytest.fail(f"README block failed on {BACKEND}: {error!r}\n{block}")
+            pytest.fail(f"{os.path.basename(path)} block failed on {BACKEND}: {error!r}\n{block}")
