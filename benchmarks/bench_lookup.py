@@ -16,7 +16,7 @@ import json
 import os
 import sys
 
-from workers import rows_from_workers, write_table
+from workers import charts_available, rows_from_workers, write_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATES = ("float", "lora", "int8", "int4", "int4_lora")
@@ -226,9 +226,8 @@ def main():
     rows = rows_from_workers(__file__, args.backends, ["--dim", str(args.dim), "--ids", str(args.ids),
                                                        "--vocab", *map(str, args.vocab), "--states", *states])
     write_table(args.out, "lookup.md", f"D={args.dim}, {args.ids} ids", markdown(rows))
-    import matplotlib
-
-    matplotlib.use("Agg")
+    if not charts_available():
+        return
     chart(rows, os.path.join(args.out, "lookup.png"))
     bandwidth_chart(rows, os.path.join(args.out, "bandwidth.png"))
 

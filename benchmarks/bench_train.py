@@ -27,7 +27,7 @@ import os
 import subprocess
 import sys
 
-from workers import write_table
+from workers import charts_available, write_table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, LENGTH, DIM, RANK = 256, 16, 256, 8
@@ -87,7 +87,7 @@ def pin_one_thread():
         tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def run_sparse_points(vocab, contender):
+def run_sparse_points(vocab, contender, optimizers=SPARSE_OPTIMIZERS):
     """One JSON line per optimizer: the step time of `contender` at `vocab` rows, and the
     memory its steps add after two warm-up steps."""
     sys.path.insert(0, HERE)
@@ -103,7 +103,7 @@ def run_sparse_points(vocab, contender):
     x = rng.integers(0, vocab, (SPARSE_BAGS, SPARSE_BAG)).astype("int32")
     y = rng.standard_normal((SPARSE_BAGS, 1)).astype("float32")
     points = []
-    for name in SPARSE_OPTIMIZERS:
+    for name in optimizers:
         table = random_table(vocab, SPARSE_DIM)
         if contender == "native":
             step = native_step(BACKEND, table, x, y, name)
@@ -142,8 +142,9 @@ def sparse_markdown(points):
     smallest = min(p["vocab"] for p in points)
     for backend, mode, vocab in sorted({k[:3] for k in index}):
         ours, keras_, native = (index.get((backend, mode, vocab, k)) for k in ("ours", "keras", "native"))
-        if not (ours and keras_ and native):
+        if not (ours and native):
             continue
+        keras_ = keras_ or {"step_ms": float("nan"), "training_mb": float("nan")}  # not run
         first = index.get((backend, mode, smallest, "ours"))
         lines.append(
             f"| {backend} | {mode} | {vocab:,} | {ours['step_ms']:.2f} | {keras_['step_ms']:.1f} | "
@@ -158,9 +159,9 @@ def sparse_main(args):
     vocabs = args.vocab if args.vocab_given else [100_000, 1_000_000, 4_000_000]
     for backend in args.backends:
         for vocab in vocabs:
-            for contender in ("ours", "native", "keras"):
+            for contender in args.contenders:
                 result = subprocess.run(
-                    [sys.executable, __file__, "--sparse-point", str(vocab), contender],
+                    [sys.executable, __file__, "--sparse-point", str(vocab), contender, *args.optimizers],
                     env={**os.environ, "KERAS_BACKEND": backend, "OMP_NUM_THREADS": "1",
                          "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
                     capture_output=True, text=True)
@@ -173,7 +174,8 @@ def sparse_main(args):
     write_table(args.out, "train_sparse.md", title, sparse_markdown(points))
     with open(os.path.join(args.out, "train_sparse.json"), "w") as f:
         json.dump(points, f, indent=1)
-    chart(points, os.path.join(args.out, "train_sparse.png"), layers=(("ours", "-"), ("native", "--"), ("keras", ":")))
+    if charts_available():
+        chart(points, os.path.join(args.out, "train_sparse.png"), layers=(("ours", "-"), ("native", "--"), ("keras", ":")))
 
 
 def reset_peak_memory():
@@ -239,13 +241,15 @@ def main():
     parser.add_argument("--sparse-optimizer", action="store_true",
                         help="row-wise table training (sparse_optimizer=) against keras and the native step")
     parser.add_argument("--point", nargs=3, help=argparse.SUPPRESS)
-    parser.add_argument("--sparse-point", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--sparse-point", nargs="+", help=argparse.SUPPRESS)
+    parser.add_argument("--optimizers", nargs="+", default=list(SPARSE_OPTIMIZERS), help="with --sparse-optimizer")
+    parser.add_argument("--contenders", nargs="+", default=["ours", "native", "keras"], help="with --sparse-optimizer")
     args = parser.parse_args()
     args.vocab_given = args.vocab is not None
     if args.point:
         return run_point(int(args.point[0]), args.point[1], args.point[2])
     if args.sparse_point:
-        return run_sparse_points(int(args.sparse_point[0]), args.sparse_point[1])
+        return run_sparse_points(int(args.sparse_point[0]), args.sparse_point[1], args.sparse_point[2:] or SPARSE_OPTIMIZERS)
     if args.sparse_optimizer:
         return sparse_main(args)
     args.vocab = args.vocab or [10_000, 200_000, 1_000_000]
@@ -261,7 +265,8 @@ def main():
                     points.append(json.loads(result.stdout.strip().splitlines()[-1]))
                     print(json.dumps(points[-1]), file=sys.stderr)
     write_table(args.out, "train.md", f"batch {BATCH}x{LENGTH} ids, D={DIM}, LoRA rank {RANK}", markdown(points))
-    chart(points, os.path.join(args.out, "train.png"))
+    if charts_available():
+        chart(points, os.path.join(args.out, "train.png"))
 
 
 def chart(points, path, layers=(("ours", "-"), ("keras", ":"))):

@@ -1,52 +1,86 @@
 #!/usr/bin/env bash
-# The checks for a machine with a CUDA GPU: XLA's int8 products, the unit tests on JAX and torch, the tables
-# kept in host memory (integration/host_table_gpu.py), then the reverse projection
-# benchmark at V = 256k, each backend's runs after the tests, alone on the GPU.
+# Every headline figure on a machine with a CUDA GPU, in one run of under 10 minutes (JAX and torch),
+# after a check of XLA's int8 products:
 #
-#   bash benchmarks/gpu.sh [all|tests|bench]
+#   bash benchmarks/gpu.sh [all|tests|bench|smoke]
 #
-# Where the machine's Python lacks keras, put wheels of keras, namex and optree for it
-# in .whl/ (pip download --no-deps --only-binary=:all: --python-version X.Y ...).
-# Logs go to $OUT (default ./gpu-results). Environment: WORKERS (pytest-xdist workers
-# per backend, 6), DIMS ("128 512 2048"), TOKENS (1024), ROUNDS (20), BENCH_SECONDS
-# (time left for the benchmarks, 240), FORWARD ("" or "--forward").
+#   tests  the unit tests on JAX and torch (in parallel) and the tables kept in
+#          host memory (integration/host_table_gpu.py)
+#   bench  lookups in every state at 65,536 ids (against the native gather and the copy bandwidth),
+#          training steps with sparse_optimizer against the native sparse step at 1M and 4M rows, the
+#          recommender collection (when benchmarks/bench_collection.py exists), and the reverse
+#          projection at V = 256k (forward at D = 512, forward + backward at D = 2,048, tied and untied)
+#   all    tests, then bench
+#   smoke  every part of bench at tiny sizes, on whatever device there is (the CPU in CI)
+#
+# Where the machine's Python lacks keras, put wheels of keras, namex and optree for it in .whl/
+# (pip download --no-deps --only-binary=:all: --python-version X.Y ...). Results go to $OUT (default
+# ./gpu-results), each part's table in a file of its own. Environment: WORKERS (pytest-xdist workers per
+# backend, 6), TEST_SECONDS (240), BENCH_SECONDS (the benchmarks' share, 330).
 set -u
 OUT=${OUT:-$PWD/gpu-results}
 mkdir -p "$OUT"
 what=${1:-all}
+cd "$(dirname "$0")/.."
 if compgen -G ".whl/*.whl" > /dev/null; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD TF_CPP_MIN_LOG_LEVEL=3 PYTHONUNBUFFERED=1
 export XLA_PYTHON_CLIENT_PREALLOCATE=false  # several JAX processes share the GPU
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/device.txt"
-KERAS_BACKEND=jax python3 -c "import jax, torch, keras; print('jax', jax.__version__, 'torch', torch.__version__, 'keras', keras.__version__)" \
-  | tee -a "$OUT/device.txt"
+PY=${PYTHON:-python3}
+failed=0
 
-# XLA's int8 products on this GPU, for the feature counts `blocked_logits` trusts to them.
-timeout 120 python3 benchmarks/xla_int8_dot.py 2>&1 | grep -v Warning | tee "$OUT/xla_int8_dot.txt"
+if [[ $what == smoke ]]; then
+  VOCAB=1000 BIG_VOCAB=2000 IDS=256 REVERSE_VOCAB=512 REVERSE_TOKENS=8 ROUNDS=1 BENCH_SECONDS=${BENCH_SECONDS:-900}
+else
+  VOCAB=1000000 BIG_VOCAB=4000000 IDS=65536 REVERSE_VOCAB=256000 REVERSE_TOKENS=1024 ROUNDS=10
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/device.txt"
+fi
+KERAS_BACKEND=jax $PY -c "import jax, torch, keras; print('jax', jax.__version__, jax.devices()[0].device_kind, \
+'torch', torch.__version__, 'keras', keras.__version__)" | tee -a "$OUT/device.txt"
 
-if [[ $what != bench ]]; then
+# Runs "$@" within what is left of the benchmarks' time, its output (but warnings) into $OUT/$name.
+part() {
+  local name=$1 left=$((deadline - SECONDS))
+  shift
+  if ((left < 10)); then echo "$name: skipped, no time left" | tee -a "$OUT/$name"; return; fi
+  timeout "$left" "$@" 2>&1 | grep -v Warning >> "$OUT/$name"
+  local status=${PIPESTATUS[0]}
+  echo "$name: exit $status"
+  ((status == 0)) || failed=1
+}
+
+# XLA's int8 products on this device, for the feature counts `blocked_logits` trusts to them.
+timeout 120 $PY benchmarks/xla_int8_dot.py 2>&1 | grep -v Warning | tee "$OUT/xla_int8_dot.txt"
+((PIPESTATUS[0] == 0)) || failed=1
+
+if [[ $what == all || $what == tests ]]; then
   for backend in jax torch; do
-    KERAS_BACKEND=$backend timeout "${TEST_SECONDS:-400}" python3 -m pytest tests -q -p no:cacheprovider \
+    KERAS_BACKEND=$backend timeout "${TEST_SECONDS:-240}" $PY -m pytest tests -q -p no:cacheprovider \
       -n "${WORKERS:-6}" > "$OUT/tests_$backend.log" 2>&1 &
-  done
-  for backend in jax torch; do
-    KERAS_BACKEND=$backend timeout 120 python3 integration/host_table_gpu.py > "$OUT/host_table_$backend.log" 2>&1 &
+    KERAS_BACKEND=$backend timeout 120 $PY integration/host_table_gpu.py > "$OUT/host_table_$backend.log" 2>&1 &
   done
   wait
   for log in "$OUT"/tests_*.log "$OUT"/host_table_*.log; do echo "$log: $(tail -n 1 "$log")"; done
 fi
 
 if [[ $what != tests ]]; then
-  deadline=$((SECONDS + ${BENCH_SECONDS:-240}))
-  for dim in ${DIMS:-128 512 2048}; do
+  deadline=$((SECONDS + ${BENCH_SECONDS:-330}))
+  part lookup.md $PY benchmarks/bench_lookup.py --backends jax torch --vocab "$VOCAB" --ids "$IDS" \
+    --out "$OUT/lookup"
+  part train_sparse.md $PY benchmarks/bench_train.py --sparse-optimizer --backends jax torch \
+    --vocab "$VOCAB" "$BIG_VOCAB" --contenders ours native --optimizers sgd adagrad adam --out "$OUT/train_sparse"
+  if [[ -f benchmarks/bench_collection.py ]]; then
     for backend in jax torch; do
-      left=$((deadline - SECONDS))
-      ((left > 10)) || break 2
-      KERAS_BACKEND=$backend timeout "$left" python3 benchmarks/bench_reverse.py --vocab 256000 --dim "$dim" \
-        --tokens "${TOKENS:-1024}" --rounds "${ROUNDS:-20}" ${FORWARD:-} 2>&1 | grep -v Warning | tee -a "$OUT/reverse.md"
+      part collection.md env KERAS_BACKEND=$backend $PY benchmarks/bench_collection.py ${SMOKE_COLLECTION:-}
     done
+  fi
+  for backend in jax torch; do
+    part reverse.md env KERAS_BACKEND=$backend $PY benchmarks/bench_reverse.py --vocab "$REVERSE_VOCAB" --dim 512 \
+      --tokens "$REVERSE_TOKENS" --rounds "$ROUNDS" --forward
+    part reverse.md env KERAS_BACKEND=$backend $PY benchmarks/bench_reverse.py --vocab "$REVERSE_VOCAB" --dim 2048 \
+      --tokens "$REVERSE_TOKENS" --rounds "$ROUNDS" --states int8,int4,int4_lora
   done
 fi
+exit $failed

@@ -26,3 +26,14 @@ def write_table(out, name, title, table):
     with open(os.path.join(out, name), "w") as f:
         f.write(f"{title}\n\n{table}\n")
     print(table)
+
+
+def charts_available() -> bool:
+    """Whether matplotlib can draw the charts here (a GPU machine may lack it)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("matplotlib is not installed: no charts", file=sys.stderr)
+        return False
+    matplotlib.use("Agg")
+    return True
