@@ -121,7 +121,7 @@ def run(name, directory):
     table = ours.backbone.token_embedding
     assert table.lora_enabled
     before = [keras.ops.convert_to_numpy(v) for v in ours.trainable_weights]
-    base = keras.ops.convert_to_numpy(table._format.dequantize(table))
+    base = keras.ops.convert_to_numpy(table._table.format.dequantize())
     ours.compile(optimizer=keras.optimizers.Adam(1e-2),
                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     targets = inputs["mask_positions"] if name == "bert" else inputs["token_ids"]
@@ -131,7 +131,7 @@ def run(name, directory):
     assert all(moved), [n for n, m in zip(names, moved) if not m]
     assert any("lora_embeddings" in n for n in names) and any("lora_kernel" in n for n in names), names
     assert any("lora_reverse_embeddings" in n for n in names) == (not table.tie_weights), names
-    np.testing.assert_array_equal(keras.ops.convert_to_numpy(table._format.dequantize(table)), base)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(table._table.format.dequantize()), base)
     tuned = logits(ours, inputs)
     print(name, "LoRA on table and attention trains:", len(names), "trainable variables")
 

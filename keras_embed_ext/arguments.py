@@ -51,12 +51,12 @@ def reject_unknown_arguments(kwargs):
             raise TypeError(f"Embedding.__init__() got an unexpected keyword argument {name!r}")
 
 
-def check_float_dtype(layer):
+def check_float_dtype(dtype_policy, layer_name):
     """The table is float (or quantized from float); an integer dtype cannot hold it."""
-    dtype = layer.dtype_policy.variable_dtype
+    dtype = dtype_policy.variable_dtype
     if not backend.is_float_dtype(dtype):
         raise ValueError(
-            f"Embedding layer '{layer.name}' stores a float table; its dtype must be a float "
+            f"Embedding layer '{layer_name}' stores a float table; its dtype must be a float "
             f"type (or a quantized or mixed policy of one). Received: dtype={dtype!r}"
         )
 
@@ -81,20 +81,20 @@ def initial_table(weights, shape, layer_name):
     return table
 
 
-def check_sparse_optimizer(layer):
+def check_sparse_optimizer(optimizer, regularizer, constraint, dtype_policy):
     """What a row-wise optimizer cannot train: a table read whole by a regularizer or a
     constraint, or gradients scaled by the loss scale of float16 mixed precision."""
-    if layer.sparse_optimizer is None:
+    if optimizer is None:
         return
-    for name in ("embeddings_regularizer", "embeddings_constraint"):
-        if getattr(layer, name) is not None:
+    for name, value in (("embeddings_regularizer", regularizer), ("embeddings_constraint", constraint)):
+        if value is not None:
             raise ValueError(
                 f"`sparse_optimizer` updates only the rows looked up in a step; `{name}` acts "
-                f"on the whole table. Use one or the other. Received: {name}={getattr(layer, name)!r}"
+                f"on the whole table. Use one or the other. Received: {name}={value!r}"
             )
-    if layer.compute_dtype == "float16":
+    if dtype_policy.compute_dtype == "float16":
         raise ValueError(
             "`sparse_optimizer` needs unscaled gradients; float16 mixed precision scales the "
             "loss. Use dtype='mixed_bfloat16' or float32. Received: "
-            f"dtype={layer.dtype_policy.name!r}"
+            f"dtype={dtype_policy.name!r}"
         )

@@ -12,7 +12,6 @@ from keras import ops
 from keras_embed_ext.backends import on_device_of
 from keras_embed_ext.backends import to_device_of
 from keras_embed_ext.backends import weighted_bag_sum
-from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.ids import dtype_name
 from keras_embed_ext.ids import is_numeric
 
@@ -62,21 +61,21 @@ def combine_sums(total, weights, combiner):
     return _normalize(total, weights, combiner, lambda x: ops.sum(x, axis=-1))
 
 
-def counted(layer, ids, valid):
+def counted(ids, valid, mask_zero=False):
     """1.0 for each id that counts in its bag (in range and, with `mask_zero`, not
     padding), else 0.0; `valid` as `ids.validate` returns it."""
     keep = ops.ones_like(ids, dtype="bool") if valid is None else valid
-    if layer.mask_zero:
+    if mask_zero:
         keep = ops.logical_and(keep, ops.not_equal(ids, 0))
     return ops.cast(keep, "float32")
 
 
-def check_bag_inputs(layer, ids, weights):
+def check_bag_inputs(ids, weights, combiner, layer_name):
     """A clear error for a scalar id, or per-id weights not numbers of the ids' shape."""
     ids_shape = tuple(np.shape(ids))
     if not ids_shape:
         raise ValueError(
-            f"Embedding layer '{layer.name}' has combiner={layer.combiner!r}, which reduces "
+            f"Embedding layer '{layer_name}' has combiner={combiner!r}, which reduces "
             "the last axis of the ids (a bag of ids). Received a scalar id; pass ids of "
             "shape (..., bag_size)."
         )
@@ -85,7 +84,7 @@ def check_bag_inputs(layer, ids, weights):
     dtype = dtype_name(weights)
     if not is_numeric(dtype):
         raise TypeError(
-            f"Embedding layer '{layer.name}' needs numeric per-id `weights`. Received: weights "
+            f"Embedding layer '{layer_name}' needs numeric per-id `weights`. Received: weights "
             f"of dtype {dtype}."
         )
     weights_shape = tuple(np.shape(weights))
@@ -93,49 +92,21 @@ def check_bag_inputs(layer, ids, weights):
         w != i for w, i in zip(weights_shape, ids_shape) if w is not None and i is not None
     ):
         raise ValueError(
-            f"Embedding layer '{layer.name}' needs per-id `weights` of the ids' shape "
+            f"Embedding layer '{layer_name}' needs per-id `weights` of the ids' shape "
             f"{ids_shape}. Received: weights of shape {weights_shape}."
         )
 
 
-def dense_bags(layer, ids, weights, training):
-    """The bags of `layer` for dense `ids (..., L)`: `(..., D)`."""
-    check_bag_inputs(layer, ids, weights)
-    if layer._is_quantized or layer.lora_enabled or layer._trains_rows(training):
-        rows, keep = layer._rows(ids, training)
-        return combine(rows, with_bag_weights(keep, weights), layer.combiner)
-    ids, valid = layer._checked_ids(ids)
-    keep_scale = None
-    if layer.dropout and training:
-        keep_scale = row_keep_scale(ids, layer.dropout, layer.seed_generator)
-    if weights is not None:
-        weights = ops.convert_to_tensor(weights)
-    key = (layer.combiner, layer.mask_zero)
-    return layer._fused_float_bags(key, (layer._embeddings,), ids, valid, weights, keep_scale)
-
-
-def float_bags(layer, ids, valid, weights, keep_scale):
-    """The bags of `layer`'s float table for in-range `ids (..., L)`; `keep_scale` is
-    word dropout's per-id scale, or None.
+def float_bags(table, ids, valid, weights, keep_scale, combiner, mask_zero=False):
+    """The bags of a float `table` for in-range `ids (..., L)`; `keep_scale` is word
+    dropout's per-id scale, or None.
 
     The bags are weighted sums of the table's rows, taken without writing the
-    `(..., L, D)` rows where the backend can (`backends.weighted_bag_sum`). On
-    TensorFlow the layer runs this compiled by XLA (`backends.Fused`), which fuses
-    the gather into the sum and the mask and division into a few small passes.
+    `(..., L, D)` rows where the backend can (`backends.weighted_bag_sum`).
     """
-    bag_weights = with_bag_weights(counted(layer, ids, valid), weights)
+    bag_weights = with_bag_weights(counted(ids, valid, mask_zero), weights)
     row_weights = bag_weights if keep_scale is None else bag_weights * keep_scale
-    table = layer._embeddings
     sums = on_device_of(
         table, ids, lambda ids: weighted_bag_sum(table, ids, to_device_of(row_weights, table))
     )
-    return combine_sums(sums, bag_weights, layer.combiner)
-
-
-def flat_bags(layer, flat, training):
-    """The bags of `layer` for ragged or sparse ids (`sparse.FlatIds`)."""
-    rows, keep = layer._rows(flat.ids, training)
-    bags = combine_segments(
-        rows, with_bag_weights(keep, flat.weights), flat.segments, flat.num_segments, layer.combiner
-    )
-    return ops.reshape(bags, (*flat.bag_shape, layer.output_dim))
+    return combine_sums(sums, bag_weights, combiner)

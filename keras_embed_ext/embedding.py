@@ -1,6 +1,5 @@
 """`keras_embed_ext.Embedding`: a gather-first embedding layer for Keras 3."""
 
-import functools
 import warnings
 
 import keras
@@ -10,31 +9,27 @@ from keras import ops
 from keras import regularizers
 
 from keras_embed_ext import combiners
-from keras_embed_ext import lora
 from keras_embed_ext import optimizers
-from keras_embed_ext import row_training
-from keras_embed_ext import saving
 from keras_embed_ext import sparse
 from keras_embed_ext.arguments import check_arguments
 from keras_embed_ext.arguments import check_float_dtype
 from keras_embed_ext.arguments import check_sparse_optimizer
-from keras_embed_ext.arguments import reject_unknown_arguments
 from keras_embed_ext.arguments import initial_table
+from keras_embed_ext.arguments import reject_unknown_arguments
 from keras_embed_ext.backends import Fused
 from keras_embed_ext.backends import gradients_summed_per_id
 from keras_embed_ext.dropout import row_keep_scale
-from keras_embed_ext.formats import format_for
 from keras_embed_ext.formats import int4_block_size
-from keras_embed_ext.formats import requantize
 from keras_embed_ext.ids import validate
-from keras_embed_ext.ids import zero_invalid
 from keras_embed_ext.legacy import input_shape_from_length
 from keras_embed_ext.legacy import pop_keras1_arguments
+from keras_embed_ext.saving import SavedTable
+from keras_embed_ext.table import Table
 from keras_embed_ext.table_states import TableStates
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
-class Embedding(TableStates, keras.layers.Layer):
+class Embedding(TableStates, SavedTable, keras.layers.Layer):
     """Turns nonnegative integers (indexes) into dense vectors of fixed size.
 
     e.g. `[[4], [20]] -> [[0.25, 0.1], [0.6, -0.2]]`
@@ -136,9 +131,7 @@ class Embedding(TableStates, keras.layers.Layer):
         # would wrap int64 ids into int32 on JAX before they could be checked.
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
-        check_float_dtype(self)
-        self._fused_lookup = Fused(self._lookup)
-        self._fused_float_bags = Fused(functools.partial(combiners.float_bags, self))
+        check_float_dtype(self.dtype_policy, self.name)
         self.input_dim = int(input_dim)
         self.output_dim = int(output_dim)
         self.embeddings_initializer = initializers.get(
@@ -166,10 +159,12 @@ class Embedding(TableStates, keras.layers.Layer):
             )
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
-        self.lora_enabled = False
         self.sparse_optimizer = optimizers.get(sparse_optimizer)
-        self._row_training = None
-        check_sparse_optimizer(self)
+        check_sparse_optimizer(self.sparse_optimizer, self.embeddings_regularizer, self.embeddings_constraint,
+                               self.dtype_policy)
+        self._table = Table(self, (self.input_dim, self.output_dim), self.embeddings_initializer,
+                            self.embeddings_regularizer, self.embeddings_constraint, self.sparse_optimizer)
+        self._fused_float_bags = Fused(self._float_bags)
         if weights is not None:
             # The given table is the base; an adapter asked for starts on it.
             self.lora_rank = None
@@ -182,13 +177,10 @@ class Embedding(TableStates, keras.layers.Layer):
         if self.built:
             return
         block_size = int4_block_size(self.dtype_policy, self.quantization_config, self.path)
-        self._format = format_for(self.quantization_mode, block_size)
-        self._format.build(self, (self.input_dim, self.output_dim))
-        self._is_quantized = self.quantization_mode is not None
+        self._table.build(self.quantization_mode, block_size)
         self.built = True
         if self.lora_rank:
             self.enable_lora(self.lora_rank, self.lora_alpha)
-        row_training.attach(self)
 
     # The pipeline: validate ids -> gather stored rows -> add adapter rows ->
     # dropout -> combine -> cast. A float table's dense bags skip the rows.
@@ -196,79 +188,65 @@ class Embedding(TableStates, keras.layers.Layer):
         """Looks up `inputs`; `weights` are optional per-id weights for a combiner
         (dense, ragged or sparse like the ids, as TF's `sp_weights` and torch's
         `per_sample_weights`)."""
-        with gradients_summed_per_id(training):
-            return self._call(inputs, weights, training)
-
-    def _call(self, inputs, weights, training):
         if weights is not None and not self.combiner:
             raise ValueError(
                 f"Embedding layer '{self.name}' got per-id `weights`, which weigh the ids "
                 "of a bag; it has no combiner. Pass combiner='sum', 'mean' or 'sqrtn', "
                 "or leave out `weights`."
             )
-        if sparse.is_ragged(inputs) or sparse.is_sparse(inputs):
-            return sparse.lookup(self, inputs, weights, training)
-        sparse.check_supported(inputs)
-        if self.combiner:
-            bags = combiners.dense_bags(self, inputs, weights, training)
-            return ops.cast(bags, self.compute_dtype)
-        rows, _ = self._rows(inputs, training)
-        return ops.cast(rows, self.compute_dtype)
+        with gradients_summed_per_id(training):
+            if sparse.is_ragged(inputs) or sparse.is_sparse(inputs):
+                outputs = self._flat_lookup(inputs, weights, training)
+            else:
+                sparse.check_supported(inputs)
+                outputs = self._dense_bags(inputs, weights, training) if self.combiner else self._rows(inputs, training)[0]
+        return ops.cast(outputs, self.compute_dtype)
 
     def _rows(self, ids, training):
         """Rows of `ids` before combining, and a per-id 0/1 float with a combiner:
         whether the id counts in the bag (in range and, with `mask_zero`, not
         padding)."""
-        ids, valid = self._checked_ids(ids)
-        # A float table's lookup is one gather; a decode and the adapter are passes
-        # of their own, which TensorFlow fuses only when compiled.
-        if self._trains_rows(training):
-            rows = self._training_lookup(ids, valid)
-        elif self._is_quantized or self.lora_enabled:
-            rows = self._fused_rows(ids, valid)
-        else:
-            rows = self._lookup(ids, valid)
+        ids, valid = validate(ids, self.input_dim, self.invalid_ids, self.name)
+        rows = self._table.lookup(ids, valid, train_rows=bool(training) and self.trainable)
         if self.dropout and training:
             keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)
         if not self.combiner:
             return rows, None
-        return rows, combiners.counted(self, ids, valid)
+        return rows, combiners.counted(ids, valid, self.mask_zero)
 
-    def _checked_ids(self, ids):
-        """`ids` as in-range integers and which were valid (`ids.validate`)."""
-        return validate(ids, self.input_dim, self.invalid_ids, self.name)
+    def _dense_bags(self, ids, weights, training):
+        """The bags of dense `ids (..., L)`: `(..., D)`. A float table's are weighted sums
+        of its rows, taken without writing the rows (`combiners.float_bags`)."""
+        combiners.check_bag_inputs(ids, weights, self.combiner, self.name)
+        table = self._table
+        if table.mode is not None or table.adapter is not None or (training and table.row_training is not None):
+            rows, keep = self._rows(ids, training)
+            return combiners.combine(rows, combiners.with_bag_weights(keep, weights), self.combiner)
+        ids, valid = validate(ids, self.input_dim, self.invalid_ids, self.name)
+        keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator) if self.dropout and training else None
+        if weights is not None:
+            weights = ops.convert_to_tensor(weights)
+        key = (self.combiner, self.mask_zero)
+        return self._fused_float_bags(key, (self._embeddings,), ids, valid, weights, keep_scale)
 
-    def _trains_rows(self, training):
-        """Whether this call is a training step of the row-wise `sparse_optimizer`."""
-        return bool(training) and self._row_training is not None and self.trainable
+    def _float_bags(self, ids, valid, weights, keep_scale):
+        """`combiners.float_bags` of this layer's float table; on TensorFlow the layer runs
+        it compiled by XLA (`backends.Fused`), which fuses the gather into the sum."""
+        return combiners.float_bags(self._embeddings, ids, valid, weights, keep_scale, self.combiner, self.mask_zero)
 
-    def _lookup(self, ids, valid):
-        """Stored rows, decoded, plus adapter rows of in-range `ids`.
-
-        Invalid ids get zero rows: their stored and adapter rows are zeroed as
-        they are gathered, where a compiler fuses it, not in a later pass.
-        """
-        rows = zero_invalid(self._format.gather(self, ids), valid)
-        if self.lora_enabled:
-            rows = lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid)
-        return rows
-
-    def _fused_rows(self, ids, valid):
-        """`_lookup` of a quantized or LoRA table, compiled by XLA on TensorFlow (`backends.Fused`)."""
-        adapter = lora.adapter_variables(self) if self.lora_enabled else []
-        key = (type(self._format), getattr(self._format, "block_size", None), self.output_dim,
-               self.lora_enabled and self.lora_alpha / self.lora_rank)
-        return self._fused_lookup(key, (*self._format.variables(self), *adapter), ids, valid)
-
-    def _training_lookup(self, ids, valid):
-        """`_lookup` in a training step of the `sparse_optimizer`: the variable it trains
-        is read through its lookup, whose gradient is the step's update."""
-        row_lookup = self._row_training.lookup
-        if not self.lora_enabled:
-            return zero_invalid(row_lookup(ids), valid)
-        rows = zero_invalid(self._format.gather(self, ids), valid)
-        return lora.add_adapter_rows(self, ops.cast(rows, "float32"), ids, valid, row_lookup)
+    def _flat_lookup(self, inputs, weights, training):
+        """Ragged or sparse `inputs`: their bags with a combiner; without one, ragged
+        rows, or the dense rows with zeros for missing entries."""
+        if sparse.is_ragged(inputs) and not self.combiner:
+            return sparse.map_ragged(lambda ids: self._rows(ids, training)[0], inputs)
+        flat = sparse.flat_ids(inputs, weights, self.combiner)
+        rows, keep = self._rows(flat.ids, training)
+        if not self.combiner:
+            return ops.scatter(flat.indices, rows, (*flat.dense_shape, self.output_dim))
+        bags = combiners.combine_segments(rows, combiners.with_bag_weights(keep, flat.weights), flat.segments,
+                                          flat.num_segments, self.combiner)
+        return ops.reshape(bags, (*flat.bag_shape, self.output_dim))
 
     @property
     def input_dtype(self):
@@ -302,42 +280,22 @@ class Embedding(TableStates, keras.layers.Layer):
         """
         if type_check and type(self) is not Embedding:
             raise self._not_implemented_error(self.quantize)
-        requantize(self, mode, config)
-        row_training.attach(self)
+        block_size = int4_block_size(None, config) if mode == "int4" else None
+        self._table.quantize(mode, block_size)
+        self.quantization_config = config
+        if self.dtype_policy.quantization_mode is None:
+            name = f"int4/{self._table.format.block_size or -1}" if mode == "int4" else mode
+            self.dtype_policy = keras.dtype_policies.get(f"{name}_from_{self.dtype_policy.name}")
 
     @property
     def weights(self):
         """The layer's weights, without the `sparse_optimizer`'s state: like keras'
         optimizer state, it is among the layer's `variables` (trained and saved with
         it) but not counted as the model's parameters."""
-        weights = super().weights
-        if self._row_training is None:
-            return weights
-        state = {id(v) for v in self._row_training.variables()}
-        return [w for w in weights if id(w) not in state]
+        state = {id(v) for v in self.row_optimizer_variables}
+        return [w for w in super().weights if id(w) not in state]
 
     @property
     def row_optimizer_variables(self) -> list:
         """The `sparse_optimizer`'s state (slots and step count), empty without one."""
-        return [] if self._row_training is None else self._row_training.variables()
-
-    def _table_variables(self):
-        """The variables of the stored table(s), in keras' order."""
-        return self._format.variables(self)
-
-    def _adapter_variables(self):
-        """The LoRA adapter's variables, saved after the table's."""
-        return lora.adapter_variables(self)
-
-    def save_own_variables(self, store):
-        saving.save_variables(self, store)
-
-    def load_own_variables(self, store):
-        saving.load_variables(self, store)
-
-    def get_config(self):
-        return saving.layer_config(self, super().get_config())
-
-    @classmethod
-    def from_config(cls, config):
-        return super().from_config(saving.deserialize_config(config))
+        return self._table.optimizer_variables()

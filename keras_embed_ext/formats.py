@@ -1,14 +1,13 @@
-"""Storage formats of the table: float, int8 and int4 rows.
+"""Storage formats of a table: float, int8 and int4 rows.
 
-Each format owns the layer variables it stores (with the names, shapes, dtypes and
-order of `keras.layers.Embedding` 3.15) and knows how to `build` them, how to
-`encode` a float table into them, how to read them (`stored_rows`) and how to
-`decode` what it read into float32 rows. `gather` decodes only the rows of the
-ids looked up; `logits` decodes a block of rows at a time, for `attend`;
-`dequantize` decodes the whole table, for export and merging.
+Each format owns the variables it stores (with the names, shapes, dtypes and order
+of `keras.layers.Embedding` 3.15, created through the owning layer's `add_weight`)
+and knows how to `build` them, how to `encode` a float table into them, how to read
+them (`stored_rows`) and how to `decode` what it read into float32 rows. `gather`
+decodes only the rows of the ids looked up; `logits` decodes a block of rows at a
+time, for `attend`; `dequantize` decodes the whole table, for export and merging.
 """
 
-import functools
 import math
 
 import numpy as np
@@ -26,16 +25,9 @@ from keras_embed_ext.blocked_logits import blocked_logits
 from keras_embed_ext.blocked_logits import dense_logits
 
 
-def _stored(layer, name, shape, dtype=None, initializer="zeros"):
+def _frozen(add_weight, name, shape, dtype=None, initializer="zeros"):
     """A frozen variable of a quantized table (keras' name, shape and dtype)."""
-    return layer.add_weight(
-        name=name,
-        shape=shape,
-        initializer=initializer,
-        dtype=dtype,
-        trainable=False,
-        autocast=False,
-    )
+    return add_weight(name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False, autocast=False)
 
 
 def _rows_at(variables, ids):
@@ -44,61 +36,66 @@ def _rows_at(variables, ids):
 
 
 class FloatRows:
-    """A trainable float table: `embeddings (V, D)`."""
+    """A float table: `embeddings (V, D)`, trainable."""
 
     mode = None
     logit_value_kind = "float"  # the values `logit_operands` gives (see `blocked_logits`)
 
-    def build(self, layer, shape):
-        layer._embeddings = layer.add_weight(
+    def build(self, add_weight, shape, initializer="zeros", regularizer=None, constraint=None):
+        """Creates the variables through `add_weight` (the owning layer's)."""
+        self.output_dim = shape[1]
+        self.embeddings = add_weight(
             shape=shape,
-            initializer=layer.embeddings_initializer,
+            initializer=initializer,
             name="embeddings",
-            regularizer=layer.embeddings_regularizer,
-            constraint=layer.embeddings_constraint,
+            regularizer=regularizer,
+            constraint=constraint,
             trainable=True,
             autocast=False,
         )
 
-    def variables(self, layer):
-        return [layer._embeddings]
+    def variables(self):
+        """The stored variables, in keras' order."""
+        return [self.embeddings]
 
-    def row_variables(self, layer):
-        return [layer._embeddings]
+    def row_variables(self):
+        """The variables with one row per table row, as `stored_rows` reads them."""
+        return [self.embeddings]
 
-    def decode(self, layer, rows):
+    def decode(self, rows):
         return rows
 
-    def encode(self, layer, table):
-        layer._embeddings.assign(table)
+    def encode(self, table):
+        self.embeddings.assign(table)
 
-    def stored_rows(self, layer, ids=None):
+    def stored_rows(self, ids=None):
         """The stored rows at `ids` (all rows for `None`) of each row variable, as `decode` takes them."""
-        return _rows_at(self.row_variables(layer), ids)
+        return _rows_at(self.row_variables(), ids)
 
-    def logits(self, layer, x, dtype, inputs_quantizer=None, adapter=None):
+    def logits(self, x, dtype, inputs_quantizer=None, adapter=None):
         """`x @ table.T` in `dtype`, for a tied output projection, plus an adapter's
         logits `projected @ factor.T` for `adapter=(projected, factor)`. A quantized
         table is read a block of rows at a time (`blocked_logits`), its inputs
         quantized with `inputs_quantizer` if one is given."""
         if self.mode is None:
-            return dense_logits(x, layer._embeddings, dtype, adapter=adapter)
-        operands = functools.partial(self.logit_operands, layer)
-        return blocked_logits(x, self.row_variables(layer), operands, dtype, inputs_quantizer=inputs_quantizer,
+            return dense_logits(x, self.embeddings, dtype, adapter=adapter)
+        return blocked_logits(x, self.row_variables(), self.logit_operands, dtype, inputs_quantizer=inputs_quantizer,
                               value_kind=self.logit_value_kind, adapter=adapter)
 
-    def logit_operands(self, layer, *stored):
+    def logit_operands(self, *stored):
         """`(values, scale)` of stored rows: the logits are `(x @ values.T) / scale`."""
-        return self.decode(layer, *stored), None
+        return self.decode(*stored), None
 
-    def gather(self, layer, ids):
+    def gather(self, ids):
+        """The decoded rows of in-range `ids`, gathered where the table lives."""
+
         def gather_and_decode(ids):
-            return self.decode(layer, *self.stored_rows(layer, ids))
+            return self.decode(*self.stored_rows(ids))
 
-        return on_device_of(self.row_variables(layer)[0], ids, gather_and_decode)
+        return on_device_of(self.embeddings, ids, gather_and_decode)
 
-    def dequantize(self, layer):
-        return self.decode(layer, *self.stored_rows(layer))
+    def dequantize(self):
+        return self.decode(*self.stored_rows())
 
 
 class Int8Rows(FloatRows):
@@ -111,29 +108,30 @@ class Int8Rows(FloatRows):
     mode = "int8"
     logit_value_kind = "stored"
 
-    def build(self, layer, shape):
-        layer._embeddings = _stored(layer, "embeddings", shape, "int8")
-        layer.embeddings_scale = _stored(layer, "embeddings_scale", shape[:1], initializer="ones")
+    def build(self, add_weight, shape, initializer=None, regularizer=None, constraint=None):
+        self.output_dim = shape[1]
+        self.embeddings = _frozen(add_weight, "embeddings", shape, "int8")
+        self.embeddings_scale = _frozen(add_weight, "embeddings_scale", shape[:1], initializer="ones")
 
-    def variables(self, layer):
-        return [layer._embeddings, layer.embeddings_scale]
+    def variables(self):
+        return [self.embeddings, self.embeddings_scale]
 
     row_variables = variables
 
-    def logit_operands(self, layer, values, scale):
+    def logit_operands(self, values, scale):
         return values, scale
 
-    def decode(self, layer, values, scale):
+    def decode(self, values, scale):
         values = ops.cast(values, "float32")  # int8 values: a new tensor
         return in_place("divide", values, ops.expand_dims(ops.cast(scale, "float32"), -1))
 
-    def encode(self, layer, table):
+    def encode(self, table):
         values, scale = quantizers.abs_max_quantize(
             table, axis=-1, value_range=(-127, 127), dtype="int8",
             to_numpy=True,
         )
-        layer._embeddings.assign(values)
-        layer.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
+        self.embeddings.assign(values)
+        self.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
 
 
 class Int4Blocks:
@@ -162,82 +160,74 @@ class Int4Rows(Int4Blocks, FloatRows):
 
     mode = "int4"
 
-    def build(self, layer, shape):
+    def build(self, add_weight, shape, initializer=None, regularizer=None, constraint=None):
         input_dim, output_dim = shape
-        layer._embeddings = _stored(layer, "embeddings", (input_dim, (output_dim + 1) // 2), "int8")
+        self.output_dim = output_dim
+        self.embeddings = _frozen(add_weight, "embeddings", (input_dim, (output_dim + 1) // 2), "int8")
         if self.block_size is None:
             scale_shape = (input_dim,)
         else:
             scale_shape = (input_dim, math.ceil(output_dim / self.block_size))
-        layer.embeddings_scale = _stored(layer, "embeddings_scale", scale_shape, initializer="ones")
+        self.embeddings_scale = _frozen(add_weight, "embeddings_scale", scale_shape, initializer="ones")
         if self.block_size is not None:
-            layer.embeddings_zero = _stored(layer, "embeddings_zero", scale_shape, "int8")
-            layer.g_idx = _stored(layer, "g_idx", (output_dim,), "float32")
-            layer.g_idx.assign(
-                ops.floor_divide(
-                    ops.arange(output_dim, dtype="float32"), self.block_size
-                )
-            )
+            self.embeddings_zero = _frozen(add_weight, "embeddings_zero", scale_shape, "int8")
+            self.g_idx = _frozen(add_weight, "g_idx", (output_dim,), "float32")
+            self.g_idx.assign(ops.floor_divide(ops.arange(output_dim, dtype="float32"), self.block_size))
 
-    def variables(self, layer):
+    def variables(self):
         if self.block_size is None:
-            return [layer._embeddings, layer.embeddings_scale]
-        return [
-            layer._embeddings,
-            layer.embeddings_scale,
-            layer.embeddings_zero,
-            layer.g_idx,
-        ]
+            return [self.embeddings, self.embeddings_scale]
+        return [self.embeddings, self.embeddings_scale, self.embeddings_zero, self.g_idx]
 
-    def row_variables(self, layer):
-        return self.variables(layer)[:3]
+    def row_variables(self):
+        return self.variables()[:3]
 
-    def stored_rows(self, layer, ids=None):
+    def stored_rows(self, ids=None):
         """The int4 values unpacked to int8, then the scale (and zero point) rows."""
-        packed, *params = self.row_variables(layer)
-        return [self._unpacked(layer, packed, ids), *_rows_at(params, ids)]
+        packed, *params = self.row_variables()
+        return [self._unpacked(packed, ids), *_rows_at(params, ids)]
 
-    def _unpacked(self, layer, packed, ids=None):
+    def _unpacked(self, packed, ids=None):
         """int8 values of the packed rows at `ids` (all for `None`), without the padding
         nibble of an odd `output_dim`."""
         values = take_int4_rows(packed, ids)
-        return values if values.shape[-1] == layer.output_dim else values[..., : layer.output_dim]
+        return values if values.shape[-1] == self.output_dim else values[..., : self.output_dim]
 
-    def logit_operands(self, layer, packed, scale, zero=None):
-        values = self._unpacked(layer, packed)
-        return (values, scale) if zero is None else (self.decode(layer, values, scale, zero), None)
+    def logit_operands(self, packed, scale, zero=None):
+        values = self._unpacked(packed)
+        return (values, scale) if zero is None else (self.decode(values, scale, zero), None)
 
-    def decode(self, layer, values, scale, zero=None):
+    def decode(self, values, scale, zero=None):
         values = ops.cast(values, "float32")
         scale = ops.cast(scale, "float32")
         if zero is None:
             return in_place("divide", values, ops.expand_dims(scale, -1))
         zero = ops.cast(zero, "float32")
-        if layer.output_dim % self.block_size == 0:
+        if self.output_dim % self.block_size == 0:
             # Whole blocks: broadcast each block's scale and zero point.
             shape = ops.shape(values)
-            groups = layer.output_dim // self.block_size  # not -1: rows may be empty
+            groups = self.output_dim // self.block_size  # not -1: rows may be empty
             blocks = reshape(values, (*shape[:-1], groups, self.block_size))
             blocks = in_place("subtract", blocks, ops.expand_dims(zero, -1))
             blocks = in_place("multiply", blocks, ops.expand_dims(scale, -1))
             return reshape(blocks, shape)
-        groups = np.arange(layer.output_dim) // self.block_size
+        groups = np.arange(self.output_dim) // self.block_size
         values = in_place("subtract", values, ops.take(zero, groups, axis=-1))
         return in_place("multiply", values, ops.take(scale, groups, axis=-1))
 
-    def encode(self, layer, table):
+    def encode(self, table):
         if self.block_size is None:
             values, scale = quantizers.abs_max_quantize(
                 table, axis=-1, value_range=(-8, 7), dtype="int8",
                 to_numpy=True,
             )
-            layer.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
+            self.embeddings_scale.assign(ops.squeeze(scale, axis=-1))
         else:
             values, scale, zero = quantize_blocks(ops.convert_to_numpy(table), self.block_size)
-            layer.embeddings_scale.assign(scale)
-            layer.embeddings_zero.assign(zero)
+            self.embeddings_scale.assign(scale)
+            self.embeddings_zero.assign(zero)
         packed, _, _ = quantizers.pack_int4(values, axis=-1)
-        layer._embeddings.assign(packed)
+        self.embeddings.assign(packed)
 
 
 def quantize_blocks(table, block_size):
@@ -283,19 +273,3 @@ def int4_block_size(policy, config, path=None):
     if isinstance(policy, dtype_policies.DTypePolicyMap):
         policy = policy[path] if path else None
     return getattr(policy, "block_size", None)
-
-
-def requantize(layer, mode, config):
-    """`Embedding.quantize`: the table moves to `mode`'s format; the dtype policy says so."""
-    block_size = int4_block_size(None, config) if mode == "int4" else None
-    target = format_for(mode, block_size)
-    table = layer._format.dequantize(layer)
-    layer.quantization_config = config
-    del layer._embeddings
-    target.build(layer, (layer.input_dim, layer.output_dim))
-    target.encode(layer, table)
-    layer._format = target
-    layer._is_quantized = True
-    if layer.dtype_policy.quantization_mode is None:
-        name = f"int4/{target.block_size or -1}" if mode == "int4" else mode
-        layer.dtype_policy = dtype_policies.get(f"{name}_from_{layer.dtype_policy.name}")

@@ -7,11 +7,9 @@ column, with a zero point), as keras' `ReversibleEmbedding` stores it, so files 
 both ways.
 """
 
-import functools
 import math
 
 import numpy as np
-from keras import initializers
 from keras import ops
 from keras import quantizers
 
@@ -19,81 +17,78 @@ from keras_embed_ext.backends import unpack_int4
 from keras_embed_ext.blocked_logits import blocked_logits
 from keras_embed_ext.blocked_logits import dense_logits
 from keras_embed_ext.formats import Int4Blocks
-from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.formats import quantize_blocks
+from keras_embed_ext.lora import Adapter
+from keras_embed_ext.tracking import unlocked
 
-_NAMES = ("reverse_embeddings", "reverse_embeddings_scale", "reverse_embeddings_zero")
 _ADAPTER_NAMES = ("lora_reverse_embeddings_a", "lora_reverse_embeddings_b")
 
 
-def _frozen(layer, name, shape, dtype=None, initializer="zeros"):
-    return layer.add_weight(
-        name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False, autocast=False
-    )
+def _frozen(add_weight, name, shape, dtype=None, initializer="zeros"):
+    return add_weight(name=name, shape=shape, initializer=initializer, dtype=dtype, trainable=False, autocast=False)
 
 
 class FloatColumns:
     """A trainable float kernel `reverse_embeddings (D, V)`."""
 
-    def build(self, layer):
-        layer.reverse_embeddings = layer.add_weight(
-            name="reverse_embeddings",
-            shape=(layer.output_dim, layer.input_dim),
-            initializer=layer.embeddings_initializer,
-            trainable=True,
-        )
+    mode = None
 
-    def variables(self, layer):
-        return [layer.reverse_embeddings]
+    def build(self, add_weight, shape, initializer="zeros"):
+        self.output_dim = shape[0]
+        self.reverse_embeddings = add_weight(name="reverse_embeddings", shape=shape, initializer=initializer,
+                                             trainable=True)
 
-    def dequantize(self, layer):
-        return layer.reverse_embeddings
+    def variables(self):
+        return [self.reverse_embeddings]
 
-    def encode(self, layer, kernel):
-        layer.reverse_embeddings.assign(kernel)
+    def dequantize(self):
+        return self.reverse_embeddings
 
-    def logits(self, layer, x, dtype, inputs_quantizer=None, adapter=None):
+    def encode(self, kernel):
+        self.reverse_embeddings.assign(kernel)
+
+    def logits(self, x, dtype, inputs_quantizer=None, adapter=None):
         """`x @ kernel` in `dtype`, plus an adapter's logits `projected @ factor` for
         `adapter=(projected, factor)`."""
-        return dense_logits(x, layer.reverse_embeddings, dtype, axis=-1, adapter=adapter)
+        return dense_logits(x, self.reverse_embeddings, dtype, axis=-1, adapter=adapter)
 
 
 class Int8Columns(FloatColumns):
     """int8 `reverse_embeddings (D, V)` and `reverse_embeddings_scale (V,)`:
     a column is `reverse_embeddings[:, v] / reverse_embeddings_scale[v]`."""
 
+    mode = "int8"
     logit_value_kind = "stored"
 
-    def build(self, layer):
-        layer.reverse_embeddings = _frozen(layer, "reverse_embeddings", (layer.output_dim, layer.input_dim), "int8")
-        layer.reverse_embeddings_scale = _frozen(layer, "reverse_embeddings_scale", (layer.input_dim,),
-                                                 initializer="ones")
+    def build(self, add_weight, shape, initializer=None):
+        self.output_dim = shape[0]
+        self.reverse_embeddings = _frozen(add_weight, "reverse_embeddings", shape, "int8")
+        self.reverse_embeddings_scale = _frozen(add_weight, "reverse_embeddings_scale", shape[1:], initializer="ones")
 
-    def variables(self, layer):
-        return [layer.reverse_embeddings, layer.reverse_embeddings_scale]
+    def variables(self):
+        return [self.reverse_embeddings, self.reverse_embeddings_scale]
 
-    def dequantize(self, layer):
-        values, scale = self.logit_operands(layer, *self.variables(layer))
+    def dequantize(self):
+        values, scale = self.logit_operands(*self.variables())
         values = ops.cast(values, "float32")
         return values if scale is None else values / ops.cast(scale, "float32")
 
-    def logits(self, layer, x, dtype, inputs_quantizer=None, adapter=None):
+    def logits(self, x, dtype, inputs_quantizer=None, adapter=None):
         """`x @ kernel` (and the adapter's logits), read a block of columns at a time
         (`blocked_logits`)."""
-        operands = functools.partial(self.logit_operands, layer)
-        return blocked_logits(x, self.variables(layer), operands, dtype, axis=-1, inputs_quantizer=inputs_quantizer,
-                              value_kind=self.logit_value_kind, adapter=adapter)
+        return blocked_logits(x, self.variables(), self.logit_operands, dtype, axis=-1,
+                              inputs_quantizer=inputs_quantizer, value_kind=self.logit_value_kind, adapter=adapter)
 
-    def logit_operands(self, layer, values, scale):
+    def logit_operands(self, values, scale):
         """`(values, scale)` of stored columns: the logits are `(x @ values) / scale`."""
         return values, scale
 
-    def encode(self, layer, kernel):
+    def encode(self, kernel):
         values, scale = quantizers.abs_max_quantize(
             kernel, axis=0, value_range=(-127, 127), dtype="int8", to_numpy=True
         )
-        layer.reverse_embeddings.assign(values)
-        layer.reverse_embeddings_scale.assign(ops.squeeze(scale, axis=0))
+        self.reverse_embeddings.assign(values)
+        self.reverse_embeddings_scale.assign(ops.squeeze(scale, axis=0))
 
 
 class Int4Columns(Int4Blocks, Int8Columns):
@@ -102,91 +97,110 @@ class Int4Columns(Int4Blocks, Int8Columns):
     `reverse_embeddings_scale` and `reverse_embeddings_zero` of shape
     `(ceil(D / b), V)`, a value decoding as `(q - zero) * scale`."""
 
-    def build(self, layer):
-        dim, vocabulary = layer.output_dim, layer.input_dim
-        layer.reverse_embeddings = _frozen(layer, "reverse_embeddings", ((dim + 1) // 2, vocabulary), "int8")
-        shape = (vocabulary,) if self.block_size is None else (math.ceil(dim / self.block_size), vocabulary)
-        layer.reverse_embeddings_scale = _frozen(layer, "reverse_embeddings_scale", shape, initializer="ones")
+    mode = "int4"
+
+    def build(self, add_weight, shape, initializer=None):
+        dim, vocabulary = shape
+        self.output_dim = dim
+        self.reverse_embeddings = _frozen(add_weight, "reverse_embeddings", ((dim + 1) // 2, vocabulary), "int8")
+        scale_shape = (vocabulary,) if self.block_size is None else (math.ceil(dim / self.block_size), vocabulary)
+        self.reverse_embeddings_scale = _frozen(add_weight, "reverse_embeddings_scale", scale_shape, initializer="ones")
         if self.block_size is not None:
-            layer.reverse_embeddings_zero = _frozen(layer, "reverse_embeddings_zero", shape)
+            self.reverse_embeddings_zero = _frozen(add_weight, "reverse_embeddings_zero", scale_shape)
 
-    def variables(self, layer):
-        names = _NAMES if self.block_size is not None else _NAMES[:2]
-        return [getattr(layer, name) for name in names]
+    def variables(self):
+        if self.block_size is None:
+            return [self.reverse_embeddings, self.reverse_embeddings_scale]
+        return [self.reverse_embeddings, self.reverse_embeddings_scale, self.reverse_embeddings_zero]
 
-    def logit_operands(self, layer, packed, scale, zero=None):
+    def logit_operands(self, packed, scale, zero=None):
         values = unpack_int4(packed, axis=0)
-        if layer.output_dim % 2:
-            values = values[: layer.output_dim]  # the padding nibble
+        if self.output_dim % 2:
+            values = values[: self.output_dim]  # the padding nibble
         if zero is None:
             return values, scale
-        groups = np.arange(layer.output_dim) // self.block_size
+        groups = np.arange(self.output_dim) // self.block_size
         zero, scale = ops.cast(zero, "float32"), ops.cast(scale, "float32")
         return (ops.cast(values, "float32") - ops.take(zero, groups, axis=0)) * ops.take(scale, groups, axis=0), None
 
-    def encode(self, layer, kernel):
+    def encode(self, kernel):
         if self.block_size is None:
             values, scale = quantizers.abs_max_quantize(
                 kernel, axis=0, value_range=(-8, 7), dtype="int8", to_numpy=True
             )
-            layer.reverse_embeddings_scale.assign(ops.squeeze(scale, axis=0))
+            self.reverse_embeddings_scale.assign(ops.squeeze(scale, axis=0))
         else:
             # The columns of the kernel are the rows `quantize_blocks` takes.
             values, scale, zero = quantize_blocks(ops.convert_to_numpy(kernel).T, self.block_size)
             values = values.T
-            layer.reverse_embeddings_scale.assign(scale.T)
-            layer.reverse_embeddings_zero.assign(zero.T)
+            self.reverse_embeddings_scale.assign(scale.T)
+            self.reverse_embeddings_zero.assign(zero.T)
         packed, _, _ = quantizers.pack_int4(values, axis=0)
-        layer.reverse_embeddings.assign(packed)
+        self.reverse_embeddings.assign(packed)
 
 
-def columns_for(mode, policy=None, config=None, path=None):
+def columns_for(mode, block_size=None):
     """The output table's format for a quantization mode (`None`: float)."""
     if mode == "int8":
         return Int8Columns()
     if mode == "int4":
-        return Int4Columns(int4_block_size(policy, config, path))
+        return Int4Columns(block_size)
     return FloatColumns()
 
 
-def remove(layer):
-    """Deletes the output table's variables, before it is built in another format."""
-    for name in _NAMES:
-        if hasattr(layer, name):
-            delattr(layer, name)
+class OutputTable:
+    """The untied output table `(output_dim, input_dim)` in a column format, with an
+    optional adapter; its variables are created through `owner.add_weight`."""
 
+    def __init__(self, owner, shape, initializer="uniform"):
+        self.owner = owner
+        self.shape = tuple(shape)
+        self.initializer = initializer
+        self.format = None
+        self.adapter = None
 
-def add_adapter(layer, rank, a_initializer="he_uniform", b_initializer="zeros"):
-    """Adds float32 `lora_reverse_embeddings_a (D, r)` and `_b (r, V)` and freezes a
-    float kernel: the kernel becomes `reverse_embeddings + (alpha / r) * A @ B`."""
-    shapes = ((layer.output_dim, rank), (rank, layer.input_dim))
-    for name, shape, initializer in zip(_ADAPTER_NAMES, shapes, (a_initializer, b_initializer)):
-        variable = layer.add_weight(name=name, shape=shape, initializer=initializers.get(initializer),
-                                    dtype="float32", autocast=False)
-        setattr(layer, name, variable)
-    layer.reverse_embeddings.trainable = False
+    def build(self, mode=None, block_size=None):
+        self.format = columns_for(mode, block_size)
+        self.format.build(self.owner.add_weight, self.shape, self.initializer)
 
+    def variables(self):
+        return self.format.variables()
 
-def adapter_variables(layer):
-    return [getattr(layer, name) for name in _ADAPTER_NAMES]
+    def logits(self, x, dtype, inputs_quantizer=None):
+        """`x @ kernel` in `dtype` for the effective kernel, the adapter's part `r`
+        columns wide."""
+        adapter = None if self.adapter is None else self.adapter.column_logit_factors(x)
+        return self.format.logits(x, dtype, inputs_quantizer, adapter)
 
+    def rebuild(self, mode, block_size=None):
+        """The variables built afresh in `mode`'s format (their values set by the caller)."""
+        for variable in self.format.variables() if self.format is not None else []:
+            self.owner._untrack_variable(variable)
+        with unlocked(self.owner):
+            self.build(mode, block_size)
 
-def _scaled_b(layer):
-    return (layer.lora_alpha / layer.lora_rank) * ops.convert_to_tensor(layer.lora_reverse_embeddings_b)
+    def quantize(self, mode, block_size=None):
+        """Stores the kernel in `mode`'s format, the adapter kept."""
+        # As numpy: the variables are untracked before the kernel is encoded again.
+        kernel = ops.convert_to_numpy(self.format.dequantize())
+        self.rebuild(mode, block_size)
+        self.format.encode(kernel)
 
+    def enable_lora(self, rank, alpha, a_initializer="he_uniform", b_initializer="zeros"):
+        """Adds float32 `lora_reverse_embeddings_a (D, r)` and `_b (r, V)` and freezes a
+        float kernel: the kernel becomes `reverse_embeddings + (alpha / r) * A @ B`."""
+        with unlocked(self.owner):
+            self.adapter = Adapter(self.owner.add_weight, self.shape, rank, alpha, _ADAPTER_NAMES, a_initializer,
+                                   b_initializer)
+        if self.format.mode is None:
+            self.format.reverse_embeddings.trainable = False
 
-def logit_factors(layer, x):
-    """`(x @ A, B)` scaled: the adapter's logits `x @ ((alpha / r) * A @ B)` are their
-    product, `r` columns wide, never a `(D, V)` delta."""
-    return ops.matmul(ops.cast(x, "float32"), layer.lora_reverse_embeddings_a), _scaled_b(layer)
-
-
-def merge_adapter(layer, output_format):
-    """Folds the adapter into the kernel (encoded again in its format) and removes it."""
-    kernel = ops.cast(output_format.dequantize(layer), "float32")
-    kernel = kernel + ops.matmul(layer.lora_reverse_embeddings_a, _scaled_b(layer))
-    for name in _ADAPTER_NAMES:
-        delattr(layer, name)
-    output_format.encode(layer, kernel)
-    if layer.quantization_mode is None:
-        layer.reverse_embeddings.trainable = True
+    def merge_lora(self):
+        """Folds the adapter into the kernel (encoded again in its format) and removes it."""
+        kernel = ops.cast(self.format.dequantize(), "float32") + self.adapter.delta()
+        for variable in self.adapter.variables():
+            self.owner._untrack_variable(variable)
+        self.adapter = None
+        self.format.encode(kernel)
+        if self.format.mode is None:
+            self.format.reverse_embeddings.trainable = True

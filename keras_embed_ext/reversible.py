@@ -5,9 +5,9 @@ import keras
 from keras import ops
 from keras.src.backend import set_keras_mask
 
-from keras_embed_ext import output_table
 from keras_embed_ext.embedding import Embedding
-from keras_embed_ext.tracking import unlocked
+from keras_embed_ext.formats import int4_block_size
+from keras_embed_ext.output_table import OutputTable
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
@@ -90,12 +90,12 @@ class ReversibleEmbedding(Embedding):
             return
         super().build(input_shape)
         if not self.tie_weights:
-            self._output_format = output_table.columns_for(
-                self.quantization_mode, self.dtype_policy, self.quantization_config, self.path
+            self._output_table = OutputTable(self, (self.output_dim, self.input_dim), self.embeddings_initializer)
+            self._output_table.build(
+                self.quantization_mode, int4_block_size(self.dtype_policy, self.quantization_config, self.path)
             )
-            self._output_format.build(self)
             if self.lora_enabled:  # `lora_rank=`: the table's adapter came first, in `super().build`
-                self._add_output_adapter()
+                self._output_table.enable_lora(self.lora_rank, self.lora_alpha)
 
     def enable_lora(
         self,
@@ -112,18 +112,13 @@ class ReversibleEmbedding(Embedding):
         and `_b (rank, input_dim)`, both deltas scaled by `lora_alpha / rank`.
         """
         super().enable_lora(rank, lora_alpha, a_initializer, b_initializer)
-        if not self.tie_weights and hasattr(self, "_output_format"):
-            self._add_output_adapter(a_initializer, b_initializer)
-
-    def _add_output_adapter(self, a_initializer="he_uniform", b_initializer="zeros"):
-        with unlocked(self):
-            output_table.add_adapter(self, self.lora_rank, a_initializer, b_initializer)
+        if not self.tie_weights and hasattr(self, "_output_table"):
+            self._output_table.enable_lora(rank, self.lora_alpha, a_initializer, b_initializer)
 
     def merge_lora(self) -> None:
         """Folds the adapters into the table and the untied kernel, and removes them."""
         if self.lora_enabled and not self.tie_weights:
-            with unlocked(self):
-                output_table.merge_adapter(self, self._output_format)
+            self._output_table.merge_lora()
         super().merge_lora()
 
     def call(self, inputs, reverse=False, weights=None, training=None):
@@ -136,11 +131,8 @@ class ReversibleEmbedding(Embedding):
         dtype = self.reverse_dtype or self.compute_dtype
         quantizer = getattr(self, "inputs_quantizer", None) if self.quantization_mode else None
         self._check_projection_inputs(inputs, "call(reverse=True)", reads_table=self.tie_weights)
-        if self.tie_weights:
-            logits = self._tied_logits(inputs, dtype, quantizer)
-        else:
-            adapter = output_table.logit_factors(self, inputs) if self.lora_enabled else None
-            logits = self._output_format.logits(self, inputs, dtype, quantizer, adapter)
+        projection = self._table if self.tie_weights else self._output_table
+        logits = projection.logits(inputs, dtype, quantizer)
         if self.logit_soft_cap is not None:
             cap = self.logit_soft_cap
             logits = ops.multiply(ops.tanh(ops.divide(logits, cap)), cap)
@@ -165,25 +157,18 @@ class ReversibleEmbedding(Embedding):
         """Stores the table, and an untied `reverse_embeddings`, as `"int8"` or `"int4"`."""
         if type_check and type(self) is not ReversibleEmbedding:
             raise self._not_implemented_error(self.quantize)
-        # As numpy: the output table's variables are deleted before it is encoded again.
-        kernel = None if self.tie_weights else ops.convert_to_numpy(self._output_format.dequantize(self))
         super().quantize(mode, type_check=False, config=config)
         self._set_inputs_quantizer(config)
-        if kernel is not None:
-            self._rebuild_output_table(mode, None, config)
-            self._output_format.encode(self, kernel)
+        if not self.tie_weights:
+            self._output_table.quantize(mode, int4_block_size(None, config) if mode == "int4" else None)
 
     def quantized_build(self, embeddings_shape, mode, config=None):
         super().quantized_build(embeddings_shape, mode, config)
         self._set_inputs_quantizer(config)
         if not self.tie_weights:
-            self._rebuild_output_table(mode, self.dtype_policy, config)
-
-    def _rebuild_output_table(self, mode, policy, config):
-        """The untied output table's variables, built afresh in `mode`'s format."""
-        output_table.remove(self)
-        self._output_format = output_table.columns_for(mode, policy, config, self.path)
-        self._output_format.build(self)
+            if "_output_table" not in vars(self):
+                self._output_table = OutputTable(self, (self.output_dim, self.input_dim), self.embeddings_initializer)
+            self._output_table.rebuild(mode, int4_block_size(self.dtype_policy, config, self.path))
 
     def _set_inputs_quantizer(self, config):
         # Quantizes the inputs of a quantized reverse projection, as keras' layer does
@@ -194,11 +179,38 @@ class ReversibleEmbedding(Embedding):
 
     def _table_variables(self):
         variables = super()._table_variables()
-        return variables if self.tie_weights else variables + self._output_format.variables(self)
+        return variables if self.tie_weights else variables + self._output_table.variables()
 
     def _adapter_variables(self):
         variables = super()._adapter_variables()
-        return variables if self.tie_weights else variables + output_table.adapter_variables(self)
+        return variables if self.tie_weights else variables + self._output_table.adapter.variables()
+
+    # keras' attribute names for the untied table's variables.
+    @property
+    def reverse_embeddings(self):
+        return self._untied("format", "reverse_embeddings")
+
+    @property
+    def reverse_embeddings_scale(self):
+        return self._untied("format", "reverse_embeddings_scale")
+
+    @property
+    def reverse_embeddings_zero(self):
+        return self._untied("format", "reverse_embeddings_zero")
+
+    @property
+    def lora_reverse_embeddings_a(self):
+        return self._untied("adapter", "a")
+
+    @property
+    def lora_reverse_embeddings_b(self):
+        return self._untied("adapter", "b")
+
+    def _untied(self, part, name):
+        owner = getattr(vars(self).get("_output_table"), part, None)
+        if not hasattr(owner, name):
+            raise AttributeError(f"ReversibleEmbedding layer '{self.name}' has no such variable in its state.")
+        return getattr(owner, name)
 
     def get_config(self):
         return {

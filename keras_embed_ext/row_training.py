@@ -26,7 +26,6 @@ from keras import initializers
 from keras import ops
 
 from keras_embed_ext.backends import take_rows
-from keras_embed_ext.tracking import unlocked
 
 
 def _state_travels_as_gradient() -> bool:
@@ -38,13 +37,14 @@ class RowTraining:
     """The row-wise optimizer of one row variable: its slots, its step count, and the
     lookup through which the variable gets its update."""
 
-    def __init__(self, layer, variable, optimizer):
+    def __init__(self, add_weight, variable, optimizer):
+        """Creates the optimizer's state through `add_weight` (the owning layer's)."""
         self.variable = variable
         self.optimizer = optimizer
         name = variable.path.split("/")[-1]
         as_gradient = _state_travels_as_gradient()
         self.slots = [
-            layer.add_weight(
+            add_weight(
                 name=f"{name}_{slot}",
                 shape=variable.shape[:1] if per_row else variable.shape,
                 initializer=initializers.Constant(optimizer.slot_initial_value(slot)),
@@ -54,7 +54,7 @@ class RowTraining:
             )
             for slot, per_row in optimizer.slots
         ]
-        self.step = layer.add_weight(
+        self.step = add_weight(
             name=f"{name}_step", shape=(), initializer="zeros", dtype="int32", trainable=False, autocast=False
         )
         self._differentiated_in = None
@@ -69,12 +69,13 @@ class RowTraining:
         """The optimizer's state, in the order it is saved."""
         return [*self.slots, self.step]
 
-    def release(self, layer):
-        """Stops training the variable row-wise (it is frozen or gone) and drops the state."""
+    def release(self, untrack):
+        """Stops training the variable row-wise (it is frozen or gone) and drops the
+        state, each variable through `untrack` (the owning layer's)."""
         self.variable.overwrite_with_gradient = False
         vars(self.variable).pop("assign", None)
         for state in self.variables():
-            layer._untrack_variable(state)
+            untrack(state)
 
     def lookup(self, ids):
         """The rows of `ids` (validated) in a training step, through which the variable
@@ -128,25 +129,6 @@ class RowTraining:
         if self._differentiated_in is not None and self._differentiated_in() is trace:
             raise ValueError(_called_twice(self.variable))
         self._differentiated_in = weakref.ref(trace)
-
-
-def attach(layer):
-    """Puts `layer.sparse_optimizer` on the variable it trains now: the float table, or
-    LoRA's `lora_embeddings_a`; none for a quantized table without LoRA. A variable
-    that takes over starts with a fresh state."""
-    if layer.sparse_optimizer is None:
-        return
-    if layer.lora_enabled:
-        target = layer.lora_embeddings_a
-    else:
-        target = layer._embeddings if layer._format.mode is None else None
-    current = layer._row_training
-    if current is not None and current.variable is target:
-        return
-    if current is not None:
-        current.release(layer)
-    with unlocked(layer):
-        layer._row_training = None if target is None else RowTraining(layer, target, layer.sparse_optimizer)
 
 
 def _lookup_jax(table, slots, ids, update):

@@ -12,8 +12,6 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from keras_embed_ext import combiners
-
 
 class FlatIds(NamedTuple):
     ids: Any  # (n,) present ids
@@ -131,26 +129,22 @@ def sparse_ids(x, weights=None, multi_hot=False) -> FlatIds:
     return FlatIds(ids, weights, segments, num_segments, bag_shape, indices, shape)
 
 
-def lookup(layer, inputs, weights, training):
-    """`layer`'s output for ragged or sparse `inputs`: their bags with a combiner;
-    without one, ragged rows, or the dense rows with zeros for missing entries."""
+def map_ragged(fn, ragged):
+    """`fn` applied to the flat values of a `tf.RaggedTensor`, keeping its row lengths."""
+    return _tf().ragged.map_flat_values(fn, ragged)
+
+
+def flat_ids(inputs, weights, combiner) -> FlatIds:
+    """The present ids of ragged or sparse `inputs`, as a layer with `combiner` reads
+    them: a 2-D ragged batch of bags needs one; sparse ids with float values are a
+    multi-hot `(..., input_dim)` tensor of per-id weights, which needs one too."""
     if is_ragged(inputs):
-        if layer.combiner:
-            bags = combiners.flat_bags(layer, ragged_bags(inputs, weights), training)
-            return ops.cast(bags, layer.compute_dtype)
-        return _tf().ragged.map_flat_values(
-            lambda ids: ops.cast(layer._rows(ids, training)[0], layer.compute_dtype), inputs
-        )
+        return ragged_bags(inputs, weights)
     multi_hot = "float" in keras.backend.standardize_dtype(inputs.dtype)
-    if multi_hot and not layer.combiner:
+    if multi_hot and not combiner:
         raise ValueError(
             "Sparse ids with float values are read as a multi-hot (..., input_dim) "
             "tensor of per-id weights, which needs a combiner. Pass integer ids, "
             "or set combiner='sum', 'mean' or 'sqrtn'."
         )
-    flat = sparse_ids(inputs, weights, multi_hot)
-    if layer.combiner:
-        return ops.cast(combiners.flat_bags(layer, flat, training), layer.compute_dtype)
-    rows, _ = layer._rows(flat.ids, training)
-    dense = ops.scatter(flat.indices, rows, (*flat.dense_shape, layer.output_dim))
-    return ops.cast(dense, layer.compute_dtype)
+    return sparse_ids(inputs, weights, multi_hot)

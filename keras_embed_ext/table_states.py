@@ -1,19 +1,15 @@
-"""What changes a table's state (LoRA, quantization, merge) and what reads the whole
-table: the `Embedding` methods of keras' LoRA and quantization API, and `attend`."""
+"""The layer's side of keras' LoRA and quantization API, and what reads its table whole
+(`embeddings`, `attend`): each a call on the layer's `Table`, under keras' names."""
 
 import numpy as np
-from keras import ops
 
-from keras_embed_ext import lora
-from keras_embed_ext import row_training
-from keras_embed_ext.formats import format_for
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.ids import dtype_name
 from keras_embed_ext.ids import is_numeric
 
 
 class TableStates:
-    """Mixed into `Embedding`: LoRA, quantization and the effective table."""
+    """Mixed into `Embedding`, whose `_table` is the layer's `Table`."""
 
     def enable_lora(
         self,
@@ -29,8 +25,11 @@ class TableStates:
         `lora_embeddings_b (rank, output_dim)`. Works on float and quantized
         tables, before or after `quantize`.
         """
-        lora.enable(self, rank, lora_alpha, a_initializer, b_initializer)
-        row_training.attach(self)
+        if not self.built:
+            raise ValueError("Cannot enable LoRA on a layer that isn't yet built.")
+        self._table.enable_lora(rank, lora_alpha, a_initializer, b_initializer)
+        self.lora_rank = rank
+        self.lora_alpha = self._table.adapter.alpha
 
     def merge_lora(self) -> None:
         """Folds the LoRA delta into the table and removes the adapter.
@@ -39,16 +38,26 @@ class TableStates:
         trainable again; a quantized table is decoded, merged and quantized
         again in its own format.
         """
-        lora.merge(self)
-        row_training.attach(self)
+        self._table.merge_lora()
+        self.lora_rank = None
+        self.lora_alpha = None
+
+    @property
+    def lora_enabled(self) -> bool:
+        return self._table.format is not None and self._table.adapter is not None
+
+    @property
+    def _is_quantized(self) -> bool:
+        """Whether the stored table is int8 or int4; keras reads it before quantizing a
+        layer whose dtype policy is set to a quantized one."""
+        return self._table.format is not None and self._table.mode is not None
 
     def quantized_build(self, embeddings_shape, mode, config=None):
         """Builds the variables of a `mode` table ("int8" or "int4"), as keras' layer does."""
         if mode not in ("int8", "int4"):
             raise self._quantization_mode_error(mode)
-        self._format = format_for(mode, int4_block_size(self.dtype_policy, config, self.path))
-        self._format.build(self, tuple(embeddings_shape))
-        self._is_quantized = True
+        self._table.shape = tuple(embeddings_shape)
+        self._table.build(mode, int4_block_size(self.dtype_policy, config, self.path))
 
     def quantized_call(self, *args, **kwargs):
         if self.quantization_mode not in ("int8", "int4"):
@@ -59,6 +68,41 @@ class TableStates:
         return NotImplementedError(
             f"Invalid quantization mode. Expected one of ('int8', 'int4'). Received: quantization_mode={mode}"
         )
+
+    # keras' attribute names for the table's variables.
+    @property
+    def _embeddings(self):
+        return self._table.format.embeddings
+
+    @property
+    def embeddings_scale(self):
+        return self._stored("embeddings_scale")
+
+    @property
+    def embeddings_zero(self):
+        return self._stored("embeddings_zero")
+
+    @property
+    def g_idx(self):
+        return self._stored("g_idx")
+
+    def _stored(self, name):
+        if not self.built or not hasattr(self._table.format, name):
+            raise AttributeError(f"Embedding layer '{self.name}' has no `{name}` in its state.")
+        return getattr(self._table.format, name)
+
+    @property
+    def lora_embeddings_a(self):
+        return self._adapter_factor("a")
+
+    @property
+    def lora_embeddings_b(self):
+        return self._adapter_factor("b")
+
+    def _adapter_factor(self, which):
+        if not self.lora_enabled:
+            raise AttributeError(f"Embedding layer '{self.name}' has no LoRA adapter.")
+        return getattr(self._table.adapter, which)
 
     @property
     def lora_kernel_a(self):
@@ -73,28 +117,21 @@ class TableStates:
     @property
     def _int4_block_size(self):
         """The int4 block size as given (`-1` or `None` for per-row scales), as keras keeps it."""
-        return getattr(self._format, "given_block_size", None)
+        return getattr(self._table.format, "given_block_size", None)
 
     @property
     def embeddings(self):
         """The effective float table: the base (dequantized) plus LoRA."""
         if not self.built:
-            raise AttributeError(
-                "You must build the layer before accessing `embeddings`."
-            )
-        if self._format.mode is None and not self.lora_enabled:
-            return self._embeddings
-        table = self._format.dequantize(self)
-        if self.lora_enabled:
-            table = ops.cast(table, "float32") + lora.adapter_table(self)
-        return table
+            raise AttributeError("You must build the layer before accessing `embeddings`.")
+        return self._table.dequantize()
 
     def attend(self, x):
         """Logits over the vocabulary: `x @ embeddings.T`.
 
         Ties an output projection to this table (float, quantized or with
-        LoRA). A quantized table is decoded for the call only; the LoRA part
-        is `(x @ B.T) @ A.T`, so `A @ B` is never formed.
+        LoRA). A quantized table is read a block of rows at a time; the LoRA
+        part is `(x @ B.T) @ A.T`, so `A @ B` is never formed.
 
         Args:
             x: Tensor of shape `(..., output_dim)`.
@@ -103,7 +140,7 @@ class TableStates:
             Tensor of shape `(..., input_dim)` in the compute dtype.
         """
         self._check_projection_inputs(x)
-        return self._tied_logits(x, self.compute_dtype)
+        return self._table.logits(x, self.compute_dtype)
 
     def _check_projection_inputs(self, x, caller="attend()", reads_table=True):
         """Checks the inputs of an output projection, named in errors by `caller`."""
@@ -122,9 +159,3 @@ class TableStates:
                 f"updates only looked-up rows; {caller} reads every row. Use "
                 "sparse_optimizer=None to tie an output projection to the table."
             )
-
-    def _tied_logits(self, x, dtype, inputs_quantizer=None):
-        """`x @ embeddings.T` in `dtype`, the adapter's part never forming `A @ B`; a
-        quantized table's part from inputs quantized by `inputs_quantizer`, if given."""
-        adapter = lora.logit_factors(self, x) if self.lora_enabled else None
-        return self._format.logits(self, x, dtype, inputs_quantizer, adapter)

@@ -26,17 +26,17 @@ def in_state(state):
 @pytest.mark.parametrize("state", ["float", "lora", "int8", "int4", "int8_lora", "int4_lora"])
 def test_logits_match_numpy(state):
     layer = in_state(state)
-    stored = [to_numpy(v) for v in layer._format.variables(layer)]
+    stored = [to_numpy(v) for v in layer._table.format.variables()]
     effective = to_numpy(layer.embeddings)
     if state.endswith("lora"):
         a, b = to_numpy(layer.lora_embeddings_a), to_numpy(layer.lora_embeddings_b)
         base = effective - (4 / R) * a @ b
-        np.testing.assert_allclose(to_numpy(layer._format.dequantize(layer)), base, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(to_numpy(layer._table.format.dequantize()), base, rtol=1e-5, atol=1e-5)
     out = to_numpy(layer.attend(X))
     assert out.shape == (3, 4, V)
     np.testing.assert_allclose(out, X @ effective.T, rtol=1e-4, atol=1e-4)
     assert stored  # the stored arrays are untouched by attend
-    for before, after in zip(stored, layer._format.variables(layer)):
+    for before, after in zip(stored, layer._table.format.variables()):
         np.testing.assert_array_equal(before, to_numpy(after))
 
 
@@ -70,11 +70,11 @@ def test_lora_gradients_reach_only_the_adapter():
     model = keras.Sequential([keras.Input((D,)), TiedLogits(layer)])
     model.compile(keras.optimizers.SGD(0.1), "mse")
     a, b = to_numpy(layer.lora_embeddings_a).copy(), to_numpy(layer.lora_embeddings_b).copy()
-    stored = [to_numpy(v).copy() for v in layer._format.variables(layer)]
+    stored = [to_numpy(v).copy() for v in layer._table.format.variables()]
     model.train_on_batch(X.reshape(-1, D), np.zeros((12, V), "float32"))
     assert not np.allclose(to_numpy(layer.lora_embeddings_a), a)
     assert not np.allclose(to_numpy(layer.lora_embeddings_b), b)
-    for before, after in zip(stored, layer._format.variables(layer)):
+    for before, after in zip(stored, layer._table.format.variables()):
         np.testing.assert_array_equal(before, to_numpy(after))
 
 

@@ -157,7 +157,7 @@ if BACKEND == "tensorflow":
             layer.enable_lora(2)
         ids = tf.constant([[1, 7, vocab - 1]])
         layer(ids)
-        fused = layer._fused_lookup
+        fused = layer._table._fused_lookup
         shapes = _written_shapes(fused.compiled, fused.variables, ids, None)
         assert shapes and not [shape for shape in shapes if shape.startswith(f"{vocab},")]
 

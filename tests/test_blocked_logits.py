@@ -152,7 +152,7 @@ def decoded_table(layer):
     """The `(V, D)` table the reverse projection multiplies, decoded whole."""
     if layer.tie_weights:
         return to_numpy(layer.embeddings)
-    return to_numpy(layer._output_format.dequantize(layer)).T
+    return to_numpy(layer._output_table.format.dequantize()).T
 
 
 # Every config eagerly in the CPU's plan, and in the accelerator's those with int8 values (int8, per-row

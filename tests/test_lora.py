@@ -31,7 +31,7 @@ def with_adapter(state, alpha=None, lora_first=False, **kwargs):
 
 def base_rows(layer, ids):
     """The base rows decoded in numpy from the stored arrays."""
-    stored = [to_numpy(v) for v in layer._format.variables(layer)]
+    stored = [to_numpy(v) for v in layer._table.format.variables()]
     if layer.quantization_mode is None:
         return stored[0][ids]
     if layer.quantization_mode == "int8":
@@ -48,7 +48,7 @@ def test_lookup_compiled_once_sees_the_variables_of_later_states():
     np.testing.assert_allclose(
         to_numpy(layer(ids)), base_rows(layer, IDS) + ref.lora_delta(a, b, IDS, R, R), rtol=1e-5, atol=1e-6
     )
-    first = layer._fused_lookup.compiled
+    first = layer._table._fused_lookup.compiled
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -136,11 +136,11 @@ def test_fine_tune_changes_only_the_adapter(state):
     model = keras.Sequential([keras.Input((5,), dtype="int32"), layer, keras.layers.Flatten(), keras.layers.Dense(1)])
     model.layers[-1].trainable = False
     model.compile(keras.optimizers.Adam(0.05), "mse")
-    base_before = [to_numpy(v).copy() for v in layer._format.variables(layer)]
+    base_before = [to_numpy(v).copy() for v in layer._table.format.variables()]
     b_before = to_numpy(layer.lora_embeddings_b).copy()
     rng = np.random.default_rng(0)
     model.fit(rng.integers(0, V, (32, 5)), rng.standard_normal((32, 1)), epochs=2, verbose=0)
-    for before, variable in zip(base_before, layer._format.variables(layer)):
+    for before, variable in zip(base_before, layer._table.format.variables()):
         np.testing.assert_array_equal(to_numpy(variable), before)
     assert not np.allclose(to_numpy(layer.lora_embeddings_b), b_before)
 
@@ -164,7 +164,7 @@ def test_merge_quantized_requantizes_within_one_step(state, levels):
     spread = np.abs(merged).max(-1, keepdims=True) if state == "int8" else np.ptp(merged, -1, keepdims=True)
     step = spread / levels
     assert np.all(np.abs(to_numpy(layer.embeddings) - merged) <= step)
-    assert [w.path.split("/")[-1] for w in layer.weights] == [w.path.split("/")[-1] for w in layer._format.variables(layer)]
+    assert [w.path.split("/")[-1] for w in layer.weights] == [w.path.split("/")[-1] for w in layer._table.format.variables()]
 
 
 @pytest.mark.parametrize("state", STATES + ["int8_lora", "int4_lora", "lora"])

@@ -18,7 +18,7 @@ HIDDEN = np.random.default_rng(1).standard_normal((2, 4, D)).astype("float32")
 
 def untied_kernel(layer):
     """`reverse_embeddings` decoded in numpy from its stored arrays (keras' layout)."""
-    stored = [to_numpy(v) for v in layer._output_format.variables(layer)]
+    stored = [to_numpy(v) for v in layer._output_table.format.variables()]
     if layer.quantization_mode is None:
         return stored[0]
     if layer.quantization_mode == "int8":
@@ -26,7 +26,7 @@ def untied_kernel(layer):
     values = ref.unpack_int4(stored[0].T, D).T.astype("float32")  # packed along D
     if len(stored) == 2:
         return values / stored[1][None, :]
-    groups = np.arange(D) // layer._output_format.block_size
+    groups = np.arange(D) // layer._output_table.format.block_size
     return (values - stored[2][groups].astype("float32")) * stored[1][groups]
 
 
@@ -68,7 +68,7 @@ def test_tied_reverse_includes_the_adapter(state):
     a, b = rng.standard_normal((V, R)).astype("float32"), rng.standard_normal((R, D)).astype("float32")
     layer.lora_embeddings_a.assign(a)
     layer.lora_embeddings_b.assign(b)
-    stored = [to_numpy(v) for v in layer._format.variables(layer)]
+    stored = [to_numpy(v) for v in layer._table.format.variables()]
     everything = np.arange(V)
     if state == "float":
         base = stored[0]
@@ -167,7 +167,7 @@ def test_a_dtype_policy_map_gives_the_block_size_of_the_layers_path(tmp_path, ti
     theirs.build()
     ours.build()
     assert [(v.path, tuple(v.shape)) for v in ours.weights] == [(v.path, tuple(v.shape)) for v in theirs.weights]
-    assert ours._format.block_size == 4
+    assert ours._table.format.block_size == 4
     ours.set_weights(theirs.get_weights())
     np.testing.assert_allclose(to_numpy(ours(IDS)), to_numpy(theirs(IDS)), rtol=1e-6)
 

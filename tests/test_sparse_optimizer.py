@@ -119,7 +119,7 @@ def test_rowwise_adagrad_and_lazy_adam_follow_numpy(seed, high):
 def test_rowwise_adagrad_state_is_one_float_per_row():
     layer = kee.Embedding(1000, 64, sparse_optimizer="rowwise_adagrad")
     layer.build()
-    assert [tuple(v.shape) for v in layer._row_training.variables()] == [(1000,), ()]
+    assert [tuple(v.shape) for v in layer._table.row_training.variables()] == [(1000,), ()]
 
 
 def test_learning_rate_schedule_is_evaluated_at_the_layers_step():
@@ -130,7 +130,7 @@ def test_learning_rate_schedule_is_evaluated_at_the_layers_step():
     layer = kee.Embedding(V, D, weights=initial, sparse_optimizer=keras.optimizers.SGD(schedule))
     fit_steps(layer, batches())
     np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(reference.table), rtol=1e-5, atol=1e-6)
-    assert int(to_numpy(layer._row_training.step)) == 4
+    assert int(to_numpy(layer._table.row_training.step)) == 4
 
 
 @pytest.mark.parametrize("combiner", ["sum", "mean", "sqrtn"])
@@ -243,7 +243,7 @@ def test_a_keras_file_loads_and_starts_a_fresh_state(tmp_path):
     ours = keras.Sequential([keras.Input((L,), dtype="int32"), kee.Embedding(V, D, sparse_optimizer="adagrad")])
     ours.load_weights(path)
     np.testing.assert_array_equal(to_numpy(ours.layers[0].embeddings), to_numpy(theirs.layers[0].embeddings))
-    np.testing.assert_allclose(to_numpy(ours.layers[0]._row_training.slots[0]), 0.1)
+    np.testing.assert_allclose(to_numpy(ours.layers[0]._table.row_training.slots[0]), 0.1)
 
 
 def called_twice(layer):
@@ -331,13 +331,13 @@ def test_attend_is_an_error_with_a_sparse_optimizer():
 def test_quantize_stops_and_lora_moves_the_row_training():
     layer = kee.Embedding(V, D, sparse_optimizer="adagrad")
     layer.build()
-    assert layer._row_training.variable is layer._embeddings
+    assert layer._table.row_training.variable is layer._embeddings
     layer.enable_lora(2)
-    assert layer._row_training.variable is layer.lora_embeddings_a
+    assert layer._table.row_training.variable is layer.lora_embeddings_a
     assert not layer._embeddings.overwrite_with_gradient
     layer.merge_lora()
     layer.quantize("int8")
-    assert layer._row_training is None
+    assert layer._table.row_training is None
     assert [v.path.split("/")[-1] for v in layer.weights] == ["embeddings", "embeddings_scale"]
 
 
@@ -348,7 +348,7 @@ def test_mixed_bfloat16_keeps_a_float32_table_and_state():
     keras.config.set_dtype_policy("mixed_bfloat16")
     layer = kee.Embedding(V, D, weights=initial, sparse_optimizer=keras.optimizers.Adagrad(0.1))
     fit_steps(layer, batches(2))
-    assert layer.embeddings.dtype == "float32" and layer._row_training.slots[0].dtype == "float32"
+    assert layer.embeddings.dtype == "float32" and layer._table.row_training.slots[0].dtype == "float32"
     # bfloat16 rows and gradients: within their precision of the float32 reference.
     np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(reference.table), rtol=2e-2, atol=2e-2)
 
