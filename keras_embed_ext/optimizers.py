@@ -3,7 +3,8 @@
 Each optimizer updates only the rows a training step looked up, from the
 gradient of each row summed over its occurrences in the step. Its state (the
 slots) has one row per table row, and a step updates only the looked-up rows of
-it too: SGD and Adagrad then equal keras' dense optimizers, and Adam is lazy Adam.
+it too: SGD and Adagrad then equal keras' dense optimizers, Adam is lazy Adam and
+FTRL is lazy FTRL (TensorFlow's sparse FTRL).
 """
 
 import keras
@@ -155,11 +156,55 @@ class Adam(RowOptimizer):
         }
 
 
-_BY_NAME = {"sgd": SGD, "adagrad": Adagrad, "rowwise_adagrad": RowwiseAdagrad, "adam": Adam}
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class Ftrl(RowOptimizer):
+    """FTRL-Proximal with keras' `Ftrl` update and hyperparameters, lazy as
+    TensorFlow's sparse FTRL: only the rows looked up in a step move. keras' dense
+    `Ftrl` recomputes every row from its state each step, which sets the rows never
+    looked up to zero; a row once looked up follows both alike."""
+
+    slots = (("accumulator", False), ("linear", False))
+
+    def __init__(self, learning_rate=0.001, learning_rate_power=-0.5, initial_accumulator_value=0.1,
+                 l1_regularization_strength=0.0, l2_regularization_strength=0.0,
+                 l2_shrinkage_regularization_strength=0.0, beta=0.0):
+        super().__init__(learning_rate)
+        self.learning_rate_power = float(learning_rate_power)
+        self.initial_accumulator_value = float(initial_accumulator_value)
+        self.l1_regularization_strength = float(l1_regularization_strength)
+        self.l2_regularization_strength = float(l2_regularization_strength)
+        self.l2_shrinkage_regularization_strength = float(l2_shrinkage_regularization_strength)
+        self.beta = float(beta)
+
+    def slot_initial_value(self, name):
+        return self.initial_accumulator_value if name == "accumulator" else 0.0
+
+    def update(self, rows, grads, slots, step):
+        accumulator, linear = slots
+        lr = self.current_learning_rate(step)
+        power = -self.learning_rate_power
+        l2 = self.l2_regularization_strength + self.beta / (2.0 * lr)
+        shrunk_grads = grads + 2 * self.l2_shrinkage_regularization_strength * rows
+        new_accumulator = accumulator + ops.square(grads)
+        linear = linear + shrunk_grads - (ops.power(new_accumulator, power) - ops.power(accumulator, power)) / lr * rows
+        quadratic = ops.power(new_accumulator, power) / lr + 2 * l2
+        l1 = self.l1_regularization_strength
+        rows = (ops.clip(linear, -l1, l1) - linear) / quadratic
+        return rows, [new_accumulator, linear]
+
+    def get_config(self):
+        names = ("learning_rate_power", "initial_accumulator_value", "l1_regularization_strength",
+                 "l2_regularization_strength", "l2_shrinkage_regularization_strength", "beta")
+        return {**super().get_config(), **{name: getattr(self, name) for name in names}}
+
+
+_BY_NAME = {"sgd": SGD, "adagrad": Adagrad, "rowwise_adagrad": RowwiseAdagrad, "adam": Adam, "ftrl": Ftrl}
 _FROM_KERAS = (
     (keras.optimizers.SGD, SGD, ()),
     (keras.optimizers.Adagrad, Adagrad, ("initial_accumulator_value", "epsilon")),
     (keras.optimizers.Adam, Adam, ("beta_1", "beta_2", "epsilon")),
+    (keras.optimizers.Ftrl, Ftrl, ("learning_rate_power", "initial_accumulator_value", "l1_regularization_strength",
+                                   "l2_regularization_strength", "l2_shrinkage_regularization_strength", "beta")),
 )
 
 
@@ -191,7 +236,7 @@ def get(identifier) -> RowOptimizer | None:
         return keras.saving.deserialize_keras_object(identifier)
     raise ValueError(
         "`sparse_optimizer` must be None, one of "
-        f"{', '.join(map(repr, _BY_NAME))}, an instance of keras.optimizers.SGD, Adagrad "
-        "or Adam, or a keras_embed_ext.optimizers object. "
+        f"{', '.join(map(repr, _BY_NAME))}, an instance of keras.optimizers.SGD, Adagrad, "
+        "Adam or Ftrl, or a keras_embed_ext.optimizers object. "
         f"Received: sparse_optimizer={identifier!r}"
     )

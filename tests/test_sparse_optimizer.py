@@ -451,3 +451,31 @@ if BACKEND == "tensorflow":
             return to_numpy(layer.embeddings)
 
         np.testing.assert_allclose(trained(True), trained(False), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "hyperparameters",
+    [{}, {"learning_rate": 0.3, "l1_regularization_strength": 0.01, "l2_regularization_strength": 0.1, "beta": 0.2,
+          "learning_rate_power": -0.7},
+     {"l2_shrinkage_regularization_strength": 0.05}],
+)
+def test_ftrl_equals_keras_dense_ftrl_on_the_rows_looked_up_and_leaves_the_others(hyperparameters):
+    # keras' dense Ftrl sets the rows its first step does not look up to zero, and
+    # shrinks every row in every step; TensorFlow's sparse FTRL, and this one, only the
+    # rows a step looks up. The rows of the first step follow one recurrence in both
+    # without shrinkage, and the rows of every step with it.
+    steps = batches()
+    for ids, _ in steps:
+        ids[-1] = np.arange(L)
+    initial = table(V, D)
+    reference = OneHotLookup(initial)
+    fit_steps(reference, steps, keras.optimizers.Ftrl(**hyperparameters))
+    layer = kee.Embedding(V, D, weights=initial, sparse_optimizer=keras.optimizers.Ftrl(**hyperparameters))
+    fit_steps(layer, steps)
+    seen = np.unique(np.concatenate([ids.reshape(-1) for ids, _ in steps]))
+    compared = np.arange(L) if hyperparameters.get("l2_shrinkage_regularization_strength") else np.unique(steps[0][0])
+    trained = to_numpy(layer.embeddings)
+    np.testing.assert_allclose(trained[compared], to_numpy(reference.table)[compared], rtol=1e-5, atol=1e-6)
+    unseen = np.setdiff1d(np.arange(V), seen)
+    np.testing.assert_array_equal(trained[unseen], initial[unseen])
+    assert not np.allclose(trained[seen], initial[seen])
