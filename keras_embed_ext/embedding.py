@@ -292,7 +292,7 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         """The layer's weights, without the `sparse_optimizer`'s state: like keras'
         optimizer state, it is among the layer's `variables` (trained and saved with
         it) but not counted as the model's parameters."""
-        state = {id(v) for v in self.row_optimizer_variables}
+        state = {id(v) for v in self.row_optimizer_variables + self._table.unsaved_variables()}
         return [w for w in super().weights if id(w) not in state]
 
     @property

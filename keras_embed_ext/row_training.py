@@ -57,6 +57,13 @@ class RowTraining:
         self.step = add_weight(
             name=f"{name}_step", shape=(), initializer="zeros", dtype="int32", trainable=False, autocast=False
         )
+        # JAX and torch: for each row, where in the step's ids it was first looked up
+        # (scratch, not saved): finding the distinct ids costs two scatters and a
+        # gather, not a sort.
+        self.first_positions = add_weight(
+            name=f"{name}_first_positions", shape=variable.shape[:1], initializer="zeros", dtype="int32",
+            trainable=False, autocast=False,
+        ) if keras.backend.backend() in ("jax", "torch") else None
         self._differentiated_in = None
         variable.overwrite_with_gradient = True
         if as_gradient:
@@ -69,12 +76,16 @@ class RowTraining:
         """The optimizer's state, in the order it is saved."""
         return [*self.slots, self.step]
 
+    def scratch_variables(self):
+        """What a step works in, neither saved nor a parameter."""
+        return [] if self.first_positions is None else [self.first_positions]
+
     def release(self, untrack):
         """Stops training the variable row-wise (it is frozen or gone) and drops the
         state, each variable through `untrack` (the owning layer's)."""
         self.variable.overwrite_with_gradient = False
         vars(self.variable).pop("assign", None)
-        for state in self.variables():
+        for state in self.variables() + self.scratch_variables():
             untrack(state)
 
     def lookup(self, ids):
@@ -87,7 +98,9 @@ class RowTraining:
         self._check_once_per_step()
         self.step.assign(self.step + 1)
         update = functools.partial(self._update, step=ops.convert_to_tensor(self.step.value))
-        return _lookup_jax(self.variable, self.slots, ids, update)
+        first, positions = _first_positions_jax(self.first_positions.value, ids)
+        self.first_positions.assign(positions)
+        return _lookup_jax(self.variable, self.slots, ids, first, update)
 
     def assign(self, value):
         """`variable.assign` on TensorFlow and torch. keras' optimizer assigns the
@@ -97,7 +110,7 @@ class RowTraining:
         backend = keras.backend.backend()
         if not _is_sparse(value):
             return type(self.variable).assign(self.variable, value)
-        rows, grads = _BY_ROW[backend](value)
+        rows, grads = _BY_ROW[backend](value, self.first_positions)
         self.step.assign(self.step + 1)
         values = [self.variable, *self.slots]
         old = [take_rows(v, rows) for v in values]
@@ -131,33 +144,51 @@ class RowTraining:
         self._differentiated_in = weakref.ref(trace)
 
 
-def _lookup_jax(table, slots, ids, update):
+def _first_positions_jax(positions, ids):
+    """`(first, positions)`: for each of the flat `ids`, the position of the id's first
+    occurrence among them, read from `positions` (a row's entry, reset and then
+    written by a scatter-min, only for the rows looked up) after the update."""
+    import jax.numpy as jnp
+
+    flat_ids = ids.reshape(-1)
+    order = jnp.arange(flat_ids.shape[0], dtype=positions.dtype)
+    positions = positions.at[flat_ids].set(flat_ids.shape[0]).at[flat_ids].min(order)
+    return positions[flat_ids], positions
+
+
+def _lookup_jax(table, slots, ids, first, update):
     """`table[ids]`, whose backward pass returns the table and slots with the looked-up
-    rows updated: distinct rows (padded with `input_dim`, which the scatter drops)
-    with their occurrences' gradients summed."""
+    rows updated: the gradients of an id's occurrences are summed at its first
+    occurrence (`first`, from `_first_positions_jax`), and each distinct row is
+    updated there (the other positions name row `input_dim`, which the scatter drops)."""
     import jax
 
     input_dim = table.shape[0]
 
     @jax.custom_vjp
-    def lookup(table, slots, ids):
+    def lookup(table, slots, ids, first):
         return take_rows(table, ids)
 
-    def forward(table, slots, ids):
-        return take_rows(table, ids), (table, slots, ids)
+    def forward(table, slots, ids, first):
+        rows = take_rows(table, ids)
+        return rows, (table, slots, ids, first, rows)
 
     def backward(saved, row_grads):
-        table, slots, ids = saved
+        # The update reads the rows the forward pass gathered (at each id's first
+        # position, its row), not the table again.
+        table, slots, ids, first, looked_up = saved
         flat_ids = ids.reshape(-1)
-        rows, inverse = jax.numpy.unique(flat_ids, return_inverse=True, size=flat_ids.shape[0], fill_value=input_dim)
+        count = flat_ids.shape[0]
+        rows = jax.numpy.where(first == jax.numpy.arange(count, dtype=first.dtype), flat_ids, input_dim)
         row_grads = row_grads.reshape(-1, row_grads.shape[-1]).astype("float32")
-        grads = jax.ops.segment_sum(row_grads, inverse.reshape(-1), num_segments=flat_ids.shape[0])
-        new_rows, new_slots = update(take_rows(table, rows), grads, [take_rows(s, rows) for s in slots])
+        grads = jax.ops.segment_sum(row_grads, first, num_segments=count)
+        old_rows = looked_up.reshape(-1, looked_up.shape[-1])
+        new_rows, new_slots = update(old_rows, grads, [take_rows(s, rows) for s in slots])
         new_slots = [s.at[rows].set(new, mode="drop") for s, new in zip(slots, new_slots)]
-        return table.at[rows].set(new_rows.astype(table.dtype), mode="drop"), new_slots, None
+        return table.at[rows].set(new_rows.astype(table.dtype), mode="drop"), new_slots, None, None
 
     lookup.defvjp(forward, backward)
-    return lookup(table.value, [s.value for s in slots], ids)
+    return lookup(table.value, [s.value for s in slots], ids, first)
 
 
 def _is_sparse(value) -> bool:
@@ -167,7 +198,7 @@ def _is_sparse(value) -> bool:
     return type(value).__name__ == "IndexedSlices"
 
 
-def _by_row_tensorflow(slices):
+def _by_row_tensorflow(slices, first_positions=None):
     """`(rows, grads)`: the distinct rows of `IndexedSlices`, each with its slices summed."""
     import tensorflow as tf
 
@@ -175,10 +206,23 @@ def _by_row_tensorflow(slices):
     return rows, tf.math.unsorted_segment_sum(slices.values, position, tf.size(rows))
 
 
-def _by_row_torch(gradient):
-    """`(rows, grads)` of a sparse torch gradient, summed per row by `coalesce`."""
-    gradient = gradient.coalesce()
-    return gradient.indices()[0], gradient.values()
+def _by_row_torch(gradient, first_positions):
+    """`(rows, grads)` of a sparse torch gradient: its distinct rows, each with its
+    entries summed (found with `first_positions`, as on JAX, without a sort)."""
+    import torch
+
+    ids, values = gradient._indices()[0], gradient._values()
+    if gradient.is_coalesced():
+        return ids, values
+    with torch.no_grad():
+        positions = first_positions.value
+        order = torch.arange(ids.shape[0], device=ids.device, dtype=positions.dtype)
+        positions.index_fill_(0, ids, ids.shape[0])
+        positions.scatter_reduce_(0, ids, order, reduce="amin")
+        first = positions[ids]
+        is_first = first == order
+        summed = torch.zeros_like(values).index_add_(0, first.long(), values)
+    return ids[is_first], summed[is_first]
 
 
 def _scatter_tensorflow(variable, rows, new):
@@ -200,7 +244,8 @@ def sparse_gradient_lookup(variable, ids):
         import torch
 
         return torch.nn.functional.embedding(ids, variable.value, sparse=True)
-    return take_rows(variable, ids)  # TensorFlow: IndexedSlices, a repeated id's slices summed
+    # TensorFlow: `IndexedSlices` of a slice per occurrence, which `assign` sums per row.
+    return variable.value.sparse_read(ids)
 
 
 _BY_ROW = {"tensorflow": _by_row_tensorflow, "torch": _by_row_torch}

@@ -116,6 +116,10 @@ class Table:
         """The row-wise optimizer's state: its slots and step count."""
         return [] if self.row_training is None else self.row_training.variables()
 
+    def unsaved_variables(self):
+        """What the row-wise optimizer's steps work in, not saved."""
+        return [] if self.row_training is None else self.row_training.scratch_variables()
+
     # State changes: each keeps the optimizer on the variable it trains now.
     def quantize(self, mode, block_size=None):
         """Moves the stored rows to `mode`'s format, the adapter kept."""
