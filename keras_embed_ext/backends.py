@@ -129,6 +129,17 @@ def _gather_summing_repeats(variable, ids):
     return tf.reshape(rows, tf.concat([tf.shape(ids), tf.shape(rows)[1:]], axis=0))
 
 
+def split_rows(rows, sizes):
+    """`rows` split along axis 0 into parts of `sizes` (ints, or on TensorFlow scalar
+    tensors of a batch size known only when run)."""
+    if all(isinstance(size, int) for size in sizes):
+        bounds = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+        return keras.ops.split(rows, bounds, axis=0)
+    import tensorflow as tf
+
+    return tf.split(rows, tf.stack(sizes), axis=0)
+
+
 def weighted_bag_sum(table, ids, weights):
     """`sum over l of weights[..., l] * table[ids[..., l]]`: `(..., D)` for `ids (..., L)`
     known to be in range.

@@ -48,6 +48,15 @@ def combine(rows, weights, combiner):
     return _reduce(rows, weights, combiner, lambda x: ops.sum(x, axis=bag_axis))
 
 
+def combine_full_bags(rows, combiner):
+    """Reduces `rows (..., L, D)` over L, every id of weight 1."""
+    total = ops.sum(rows, axis=-2)
+    if combiner == "sum":
+        return total
+    bag_size = rows.shape[-2]
+    return total / (bag_size if combiner == "mean" else bag_size**0.5) if bag_size else total
+
+
 def combine_segments(rows, weights, segments, num_segments, combiner):
     """Reduces flat `rows (n, D)` into `num_segments` bags given by `segments (n,)`."""
     return _reduce(

@@ -25,7 +25,7 @@ def is_numeric(dtype: str) -> bool:
     return dtype == "bool" or dtype.startswith(("int", "uint", "float", "bfloat"))
 
 
-def _checked_dtype(ids, layer_name):
+def _checked_dtype(ids, subject):
     """`(ids, dtype)`: tensor ids as they are, host ids (numpy, lists) as a numpy array,
     booleans as int32; ids of any dtype but integer and float are a TypeError that
     names it."""
@@ -38,7 +38,7 @@ def _checked_dtype(ids, layer_name):
         return array, dtype
     received = "None" if ids is None else f"ids of dtype {dtype}"
     raise TypeError(
-        f"Embedding layer '{layer_name}' expects integer ids (float ids are truncated "
+        f"{subject} expects integer ids (float ids are truncated "
         f"to integers, as Keras does). Received: {received}."
     )
 
@@ -55,27 +55,29 @@ def _as_int(ids, dtype):
     return ids if dtype in ("int32", "int64") else ops.cast(ids, "int32")
 
 
-def invalid_id_error(layer_name, input_dim, host_ids, valid):
+def invalid_id_error(subject, input_dim, host_ids, valid):
     """The ValueError for the first id that `valid` (host arrays) marks invalid."""
     first = np.flatnonzero(~valid)[0]
     position = tuple(int(p) for p in np.unravel_index(first, host_ids.shape))
     return ValueError(
-        f"Embedding layer '{layer_name}' got id {host_ids.reshape(-1)[first].item()} at "
+        f"{subject} got id {host_ids.reshape(-1)[first].item()} at "
         f"position {position}, outside [0, input_dim={input_dim}). Ids must be integers "
         f"with 0 <= id < {input_dim}."
     )
 
 
-def validate(ids, input_dim, policy, layer_name="embedding"):
+def validate(ids, input_dim, policy, layer_name="embedding", subject=None):
     """Returns `(safe_ids, valid)`.
 
     `safe_ids` are integer and always in range (invalid ones replaced by 0) and
     `valid` is a boolean mask of the ids that were in range, or `None` when all are
     known to be. With `policy="raise"`, an eager call with an invalid id raises
     `ValueError`; a traced call cannot, so it masks like `"zero"`. Host ids (numpy,
-    lists) are checked and cast on the host, before they become tensors.
+    lists) are checked and cast on the host, before they become tensors. Errors name
+    `subject`, by default the Embedding layer `layer_name`.
     """
-    ids, dtype = _checked_dtype(ids, layer_name)
+    subject = subject or f"Embedding layer '{layer_name}'"
+    ids, dtype = _checked_dtype(ids, subject)
     on_host = isinstance(ids, np.ndarray)
     if on_host or (policy == "raise" and not is_traced(ids)):
         # Tensor ids move to the host once; the check itself is numpy's.
@@ -87,7 +89,7 @@ def validate(ids, input_dim, policy, layer_name="embedding"):
             int_ids = ops.convert_to_tensor(host.astype("int32", copy=False)) if on_host else _as_int(ids, dtype)
             return int_ids, None
         if policy == "raise":
-            raise invalid_id_error(layer_name, input_dim, host, valid)
+            raise invalid_id_error(subject, input_dim, host, valid)
         # Only host ids under "zero" reach here.
         safe = np.where(valid, host, 0).astype("int32")
         return ops.convert_to_tensor(safe), ops.convert_to_tensor(valid)

@@ -1,0 +1,209 @@
+"""The configuration of `DistributedEmbedding`: features, tables, and which tables are
+stacked into one variable.
+
+`FeatureConfig` and `TableConfig` have the fields, defaults and serialized form of
+keras-rs 0.4.0's, whose own objects are accepted too (read by their fields), so a
+keras-rs model switches by its import.
+"""
+
+import dataclasses
+from typing import Any
+
+import keras
+
+from keras_embed_ext import optimizers
+from keras_embed_ext.arguments import is_positive_int
+from keras_embed_ext.combiners import COMBINERS
+
+PLACEMENTS = ("auto", "default_device")
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+@dataclasses.dataclass(order=True)
+class TableConfig:
+    """One embedding table, which one or more features look up.
+
+    Attributes:
+        name: The table's name.
+        vocabulary_size: Its number of rows.
+        embedding_dim: Its number of columns.
+        initializer: The initializer of the table, called with its own shape.
+        optimizer: What trains the table row-wise inside `fit` (`sparse_optimizer`
+            of `Embedding`): `"sgd"`, `"adagrad"`, `"rowwise_adagrad"`, `"adam"`,
+            `"ftrl"`, a keras `SGD`, `Adagrad`, `Adam` or `Ftrl`, or a
+            `keras_embed_ext.optimizers` object; `None`: the model's optimizer.
+        combiner: `"mean"`, `"sum"` or `"sqrtn"`: how a feature's bag of ids is reduced.
+        placement: `"auto"` or `"default_device"`: the device of the rest of the model
+            (keras-rs' `"sparsecore"` needs a TPU's SparseCore).
+        max_ids_per_partition, max_unique_ids_per_partition: keras-rs' buffer sizes for
+            SparseCore, kept in the config; nothing here is bounded by them.
+    """
+
+    name: str
+    vocabulary_size: int
+    embedding_dim: int
+    initializer: Any = dataclasses.field(default_factory=lambda: keras.initializers.VarianceScaling(mode="fan_out"))
+    optimizer: Any = "adam"
+    combiner: str = "mean"
+    placement: str = "auto"
+    max_ids_per_partition: int = 256
+    max_unique_ids_per_partition: int = 256
+
+    def get_config(self) -> dict:
+        config = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        config["initializer"] = keras.saving.serialize_keras_object(self.initializer)
+        config["optimizer"] = keras.saving.serialize_keras_object(self.optimizer)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> "TableConfig":
+        config = dict(config)
+        config["initializer"] = keras.saving.deserialize_keras_object(config["initializer"])
+        config["optimizer"] = keras.saving.deserialize_keras_object(config["optimizer"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+@dataclasses.dataclass(order=True)
+class FeatureConfig:
+    """One input feature and the table it is looked up in.
+
+    Attributes:
+        name: The feature's name.
+        table: Its `TableConfig`; features may share one.
+        input_shape: The shape of its ids: `(batch,)` for one id per example,
+            `(batch, bag_size)` for a bag (`None` for a ragged or any size).
+        output_shape: The shape of its output, `(batch, embedding_dim)`.
+    """
+
+    name: str
+    table: TableConfig
+    input_shape: Any
+    output_shape: Any
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "table": self.table.get_config(), "input_shape": self.input_shape,
+                "output_shape": self.output_shape}
+
+    @classmethod
+    def from_config(cls, config: dict) -> "FeatureConfig":
+        config = dict(config)
+        config["table"] = TableConfig.from_config(config["table"])
+        return cls(**config)
+
+
+def own_configs(feature_configs):
+    """The nested feature configs as this package's objects: keras-rs' (or any with
+    the same fields) are read by their fields, and a table shared by several features
+    stays one object. Each table is checked: a value that cannot be honoured is a
+    `ValueError` naming it."""
+    tables = {}
+
+    def table_of(table):
+        if id(table) not in tables:
+            fields = {field.name: getattr(table, field.name) for field in dataclasses.fields(TableConfig)}
+            tables[id(table)] = check_table(TableConfig(**fields))
+        return tables[id(table)]
+
+    def feature_of(feature):
+        if not all(hasattr(feature, name) for name in ("name", "table", "input_shape", "output_shape")):
+            raise ValueError(
+                "`feature_configs` must be a nested structure of FeatureConfig objects. "
+                f"Received: {feature!r}"
+            )
+        return FeatureConfig(feature.name, table_of(feature.table), tuple(feature.input_shape),
+                             tuple(feature.output_shape))
+
+    return keras.tree.map_structure(feature_of, feature_configs)
+
+
+def check_table(table: TableConfig) -> TableConfig:
+    name = table.name
+    if not isinstance(name, str) or not name or "/" in name:
+        raise ValueError(f"A table's `name` must be a non-empty string without '/'. Received: name={name!r}")
+    for field in ("vocabulary_size", "embedding_dim"):
+        if not is_positive_int(getattr(table, field)):
+            raise ValueError(
+                f"Table '{name}': `{field}` must be a positive integer. Received: {field}={getattr(table, field)!r}"
+            )
+    if table.combiner not in COMBINERS:
+        raise ValueError(f"Table '{name}': `combiner` must be one of {COMBINERS}. Received: combiner={table.combiner!r}")
+    if table.placement not in PLACEMENTS:
+        raise ValueError(
+            f"Table '{name}': `placement` must be one of {PLACEMENTS}; 'sparsecore' needs a TPU with "
+            f"SparseCore and keras-rs. Received: placement={table.placement!r}"
+        )
+    try:
+        optimizers.get(table.optimizer)
+    except ValueError as error:
+        raise ValueError(f"Table '{name}': {error}") from None
+    return table
+
+
+def optimizer_key(optimizer):
+    """What two tables need in common to share a row-wise optimizer's update."""
+    if optimizer is None:
+        return None
+    return type(optimizer).__name__, repr(sorted(optimizer.get_config().items()))
+
+
+def stacks(tables, table_stacking="auto"):
+    """The tables grouped into stacks, each stored as one variable: lists of tables of
+    one `embedding_dim` and one optimizer, in the order the tables come.
+
+    `table_stacking` is `"auto"` (every table that can share a stack does), `None`
+    (one stack per table), or a list of table names, or of lists of them (each list
+    one stack; the tables it leaves out are stacked alone).
+    """
+    if table_stacking is None:
+        return [[table] for table in tables]
+    by_name = {table.name: table for table in tables}
+    if len(by_name) != len(tables):
+        raise ValueError(f"Tables must have distinct names. Received: {[table.name for table in tables]}")
+
+    def key(table):
+        return table.embedding_dim, optimizer_key(optimizers.get(table.optimizer))
+
+    if table_stacking == "auto":
+        groups = {}
+        for table in tables:
+            groups.setdefault(key(table), []).append(table)
+        return list(groups.values())
+    if isinstance(table_stacking, str) or not isinstance(table_stacking, (list, tuple)):
+        raise ValueError(
+            "`table_stacking` must be 'auto', None, or a list of table names or of lists of them. "
+            f"Received: table_stacking={table_stacking!r}"
+        )
+    groups = [table_stacking] if all(isinstance(name, str) for name in table_stacking) else table_stacking
+    stacked, result = set(), []
+    for group in groups:
+        for name in group:
+            if name not in by_name or name in stacked:
+                problem = "is not a table of the layer" if name not in by_name else "is in two stacks"
+                raise ValueError(f"`table_stacking`: table {name!r} {problem}. Tables: {sorted(by_name)}")
+            stacked.add(name)
+        members = [by_name[name] for name in group]
+        if len({key(table) for table in members}) > 1:
+            raise ValueError(
+                f"`table_stacking`: tables {list(group)} cannot share a stack: a stack's tables have one "
+                "`embedding_dim` and one optimizer."
+            )
+        result.append(members)
+    return result + [[table] for table in tables if table.name not in stacked]
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class StackedInitializer(keras.initializers.Initializer):
+    """The rows of several tables, each drawn by its own initializer with its own shape,
+    one after another."""
+
+    def __init__(self, initializers, rows):
+        self.initializers = [keras.initializers.get(initializer) for initializer in initializers]
+        self.rows = [int(count) for count in rows]
+
+    def __call__(self, shape, dtype=None):
+        parts = [initializer((count, shape[1]), dtype=dtype) for initializer, count in zip(self.initializers, self.rows)]
+        return parts[0] if len(parts) == 1 else keras.ops.concatenate(parts, axis=0)
+
+    def get_config(self):
+        return {"initializers": [keras.initializers.serialize(i) for i in self.initializers], "rows": self.rows}
