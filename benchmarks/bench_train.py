@@ -39,7 +39,7 @@ def run_point(vocab, layer_kind, mode):
     import numpy as np
 
     import keras_embed_ext as kee
-    from common import BACKEND, device_name, median_ms, random_table
+    from common import BACKEND, device_name, median_ms, peak_memory, random_table, reset_peak_memory
 
     cls = kee.Embedding if layer_kind == "ours" else keras.layers.Embedding
     embedding = cls(vocab, DIM)
@@ -72,31 +72,17 @@ SPARSE_BAGS, SPARSE_BAG, SPARSE_DIM = 512, 8, 64
 SPARSE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 
 
-def pin_one_thread():
-    """One CPU thread for every backend, so that contenders compare work, not threading."""
-    from common import BACKEND
-
-    if BACKEND == "torch":
-        import torch
-
-        torch.set_num_threads(1)
-    elif BACKEND == "tensorflow":
-        import tensorflow as tf
-
-        tf.config.threading.set_intra_op_parallelism_threads(1)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
-
-
 def run_sparse_points(vocab, contender, optimizers=SPARSE_OPTIMIZERS):
     """One JSON line per optimizer: the step time of `contender` at `vocab` rows, and the
     memory its steps add after two warm-up steps."""
     sys.path.insert(0, HERE)
+    from common import BACKEND, device_name, median_ms, peak_memory, pin_one_thread, random_table, reset_peak_memory
+
     pin_one_thread()
     import keras
     import numpy as np
 
     import keras_embed_ext as kee
-    from common import BACKEND, device_name, median_ms, random_table
     from native_sparse import native_step
 
     rng = np.random.default_rng(0)
@@ -176,44 +162,6 @@ def sparse_main(args):
         json.dump(points, f, indent=1)
     if charts_available():
         chart(points, os.path.join(args.out, "train_sparse.png"), layers=(("ours", "-"), ("native", "--"), ("keras", ":")))
-
-
-def reset_peak_memory():
-    """Starts a new peak and returns the memory in use now, in MB (GPU memory on a GPU)."""
-    from common import BACKEND, on_gpu
-
-    if on_gpu() and BACKEND == "torch":
-        import torch
-
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated() / 2**20
-    if on_gpu():
-        import jax
-
-        return jax.devices()[0].memory_stats()["bytes_in_use"] / 2**20
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets the resident set's high-water mark (VmHWM)
-    return _proc_status_mb("VmRSS")
-
-
-def peak_memory():
-    from common import BACKEND, on_gpu
-
-    if on_gpu() and BACKEND == "torch":
-        import torch
-
-        return torch.cuda.max_memory_allocated() / 2**20
-    if on_gpu():
-        import jax
-
-        return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
-    return _proc_status_mb("VmHWM")
-
-
-def _proc_status_mb(field):
-    with open("/proc/self/status") as f:
-        line = next(line for line in f if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
 
 
 def markdown(points):

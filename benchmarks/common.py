@@ -109,3 +109,50 @@ def copy_bandwidth_gbs(megabytes=256):
         return 2 * 4 * n / median_ms(lambda: jax.numpy.array(source, copy=True)) / 1e6
     source, target = np.ones(n, dtype=np.float32), np.empty(n, dtype=np.float32)
     return 2 * 4 * n / median_ms(lambda: np.copyto(target, source)) / 1e6
+
+
+def pin_one_thread():
+    """One CPU thread for every backend, so that contenders compare work, not threading."""
+    if BACKEND == "torch":
+        import torch
+
+        torch.set_num_threads(1)
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+
+
+def reset_peak_memory():
+    """Starts a new peak and returns the memory in use now, in MB (GPU memory on a GPU)."""
+    if on_gpu() and BACKEND == "torch":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    if on_gpu():
+        import jax
+
+        return jax.devices()[0].memory_stats()["bytes_in_use"] / 2**20
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets the resident set's high-water mark (VmHWM)
+    return _proc_status_mb("VmRSS")
+
+
+def peak_memory():
+    if on_gpu() and BACKEND == "torch":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    if on_gpu():
+        import jax
+
+        return jax.devices()[0].memory_stats()["peak_bytes_in_use"] / 2**20
+    return _proc_status_mb("VmHWM")
+
+
+def _proc_status_mb(field):
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024

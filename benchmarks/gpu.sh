@@ -8,7 +8,7 @@
 #          host memory (integration/host_table_gpu.py)
 #   bench  lookups in every state at 65,536 ids (against the native gather and the copy bandwidth),
 #          training steps with sparse_optimizer against the native sparse step at 1M and 4M rows, the
-#          recommender collection (when benchmarks/bench_collection.py exists), and the reverse
+#          DLRM-like recommender collection (benchmarks/bench_collection.py), and the reverse
 #          projection at V = 256k (forward at D = 512, forward + backward at D = 2,048, tied and untied)
 #   all    tests, then bench
 #   smoke  every part of bench at tiny sizes, on whatever device there is (the CPU in CI)
@@ -33,8 +33,9 @@ failed=0
 
 if [[ $what == smoke ]]; then
   VOCAB=1000 BIG_VOCAB=2000 IDS=256 REVERSE_VOCAB=512 REVERSE_TOKENS=8 ROUNDS=1 BENCH_SECONDS=${BENCH_SECONDS:-900}
+  COLLECTION="--scale 0.001 --batch 64 --rounds 1 --steps 1"
 else
-  VOCAB=1000000 BIG_VOCAB=4000000 IDS=65536 REVERSE_VOCAB=256000 REVERSE_TOKENS=1024 ROUNDS=10
+  VOCAB=1000000 BIG_VOCAB=4000000 IDS=65536 REVERSE_VOCAB=256000 REVERSE_TOKENS=1024 ROUNDS=10 COLLECTION="--rounds 5"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/device.txt"
 fi
 KERAS_BACKEND=jax $PY -c "import jax, torch, keras; print('jax', jax.__version__, jax.devices()[0].device_kind, \
@@ -71,11 +72,9 @@ if [[ $what != tests ]]; then
     --out "$OUT/lookup"
   part train_sparse.md $PY benchmarks/bench_train.py --sparse-optimizer --backends jax torch \
     --vocab "$VOCAB" "$BIG_VOCAB" --contenders ours native --optimizers sgd adagrad adam --out "$OUT/train_sparse"
-  if [[ -f benchmarks/bench_collection.py ]]; then
-    for backend in jax torch; do
-      part collection.md env KERAS_BACKEND=$backend $PY benchmarks/bench_collection.py ${SMOKE_COLLECTION:-}
-    done
-  fi
+  for backend in jax torch; do
+    part collection.md env KERAS_BACKEND=$backend $PY benchmarks/bench_collection.py $COLLECTION
+  done
   for backend in jax torch; do
     part reverse.md env KERAS_BACKEND=$backend $PY benchmarks/bench_reverse.py --vocab "$REVERSE_VOCAB" --dim 512 \
       --tokens "$REVERSE_TOKENS" --rounds "$ROUNDS" --forward

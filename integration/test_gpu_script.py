@@ -12,9 +12,8 @@ def test_every_part_of_the_gpu_script_runs(tmp_path):
     result = subprocess.run(["bash", "benchmarks/gpu.sh", "smoke"], cwd=ROOT, capture_output=True, text=True,
                             timeout=900, env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    expected = {"lookup.md": "| jax |", "train_sparse.md": "| torch |", "reverse.md": "| int4_lora | False |"}
-    if os.path.exists(os.path.join(ROOT, "benchmarks", "bench_collection.py")):
-        expected["collection.md"] = "|"
+    expected = {"lookup.md": "| jax |", "train_sparse.md": "| torch |", "reverse.md": "| int4_lora | False |",
+                "collection.md": "| kee_per_feature |"}
     for name, row in expected.items():
         with open(tmp_path / name) as f:
             text = f.read()

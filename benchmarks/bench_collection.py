@@ -1,0 +1,167 @@
+"""A DLRM-like recommender's training step: `kee.DistributedEmbedding` against keras-rs'
+`DistributedEmbedding` and one embedding layer per feature.
+
+The 26 categorical features of Criteo Kaggle (their cardinalities capped at 1M rows:
+5.6M rows in all), D = 16: 20 features of one id and 6 bags of 8 ids, 13 dense
+features, an MLP 256-128-1 over the concatenation, batch 1,024, binary
+cross-entropy; Adam for the model, Adagrad(0.05) for the tables. Contenders, built in
+one process and timed interleaved, a block of steps each per round, one thread:
+
+- `kee`: `kee.DistributedEmbedding`, its tables stacked; `kee_small`: the same with
+  tables 10x smaller (the step should not follow the table size);
+- `kee_per_feature`: one `kee.Embedding(sparse_optimizer=Adagrad(0.05))` per feature;
+- `keras_per_feature`: one `keras.layers.Embedding` per feature (mean pooling for the
+  bags), trained by the model's Adam;
+- `keras_rs`: keras-rs' `DistributedEmbedding` with the same configs (when installed);
+- `mlp`: the model without tables, what the rest of the step costs.
+
+    KERAS_BACKEND=jax python benchmarks/bench_collection.py [--scale 0.01] [--rounds 5]
+"""
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992, 5461306, 10,
+          5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+CAP, DIM, BAGS_FROM, BAG, DENSE = 1_000_000, 16, 20, 8, 13
+CONTENDERS = ("kee", "kee_small", "kee_per_feature", "keras_per_feature", "keras_rs", "mlp")
+
+
+def cardinalities(scale):
+    return [max(2, int(min(c, CAP) * scale)) for c in CRITEO]
+
+
+def feature_configs(module, sizes, batch):
+    """`{name: FeatureConfig}` of `module` (keras_embed_ext or keras_rs.layers)."""
+    import keras
+
+    configs = {}
+    for i, size in enumerate(sizes):
+        table = module.TableConfig(f"t{i}", size, DIM, optimizer=keras.optimizers.Adagrad(0.05), combiner="mean")
+        shape = (batch,) if i < BAGS_FROM else (batch, BAG)
+        configs[f"c{i:02d}"] = module.FeatureConfig(f"c{i:02d}", table, shape, (batch, DIM))
+    return configs
+
+
+def build(contender, sizes, batch):
+    import keras
+
+    import keras_embed_ext as kee
+
+    inputs = {f"c{i:02d}": keras.Input((BAG,) if i >= BAGS_FROM else (), dtype="int32", name=f"c{i:02d}")
+              for i in range(len(sizes))}
+    dense = keras.Input((DENSE,), name="numeric")
+    if contender == "mlp":
+        embedded = []
+    elif contender in ("kee", "kee_small"):
+        outputs = kee.DistributedEmbedding(feature_configs(kee, sizes, batch))(inputs)
+        embedded = [outputs[name] for name in sorted(outputs)]
+    elif contender == "keras_rs":
+        import keras_rs
+
+        outputs = keras_rs.layers.DistributedEmbedding(feature_configs(keras_rs.layers, sizes, batch))(inputs)
+        embedded = [outputs[name] for name in sorted(outputs)]
+    else:
+        embedded = []
+        for i, size in enumerate(sizes):
+            ids = inputs[f"c{i:02d}"]
+            if contender == "kee_per_feature":
+                layer = kee.Embedding(size, DIM, combiner="mean" if i >= BAGS_FROM else None,
+                                      sparse_optimizer=keras.optimizers.Adagrad(0.05))
+                embedded.append(layer(ids))
+            else:
+                rows = keras.layers.Embedding(size, DIM)(ids)
+                embedded.append(keras.ops.mean(rows, axis=1) if i >= BAGS_FROM else rows)
+    hidden = keras.layers.Concatenate()([dense, *embedded])
+    for width in (256, 128):
+        hidden = keras.layers.Dense(width, activation="relu")(hidden)
+    model = keras.Model({**inputs, "numeric": dense}, keras.layers.Dense(1, activation="sigmoid")(hidden))
+    model.compile(keras.optimizers.Adam(0.001), "binary_crossentropy")
+    return model
+
+
+def batches(sizes, batch, count=4, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        x = {f"c{i:02d}": rng.integers(0, size, (batch, BAG) if i >= BAGS_FROM else (batch,)).astype("int32")
+             for i, size in enumerate(sizes)}
+        x["numeric"] = rng.standard_normal((batch, DENSE)).astype("float32")
+        out.append((x, rng.integers(0, 2, (batch, 1)).astype("float32")))
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="table sizes times this (0.01 for a smoke run)")
+    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=4, help="steps per contender in a round")
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
+    args = parser.parse_args()
+
+    from common import BACKEND, device_name, peak_memory, pin_one_thread, reset_peak_memory, synchronize
+
+    pin_one_thread()
+    import keras
+
+    contenders = [c for c in args.contenders if c != "keras_rs" or _has_keras_rs()]
+    full = cardinalities(args.scale)
+    small = cardinalities(args.scale / 10)
+    data = {size_key: batches(sizes, args.batch) for size_key, sizes in (("full", full), ("small", small))}
+    models, memory = {}, {}
+    for contender in contenders:
+        sizes_key = "small" if contender == "kee_small" else "full"
+        keras.utils.set_random_seed(0)
+        model = models[contender] = build(contender, full if sizes_key == "full" else small, args.batch)
+        for x, y in data[sizes_key][:2]:  # compiling and first-step copies are not a step's cost
+            model.train_on_batch(x, y)
+        gc.collect()
+        before = reset_peak_memory()
+        for x, y in data[sizes_key]:
+            model.train_on_batch(x, y)
+        memory[contender] = peak_memory() - before
+    times = {c: [] for c in contenders}
+    for _ in range(args.rounds):
+        for contender in contenders:
+            steps = data["small" if contender == "kee_small" else "full"]
+            start = time.perf_counter()
+            for step in range(args.steps):
+                x, y = steps[step % len(steps)]
+                synchronize(models[contender].train_on_batch(x, y))
+            times[contender].append(1e3 * (time.perf_counter() - start) / args.steps)
+    rows = [{"backend": BACKEND, "device": device_name(), "contender": c, "rows": sum(small if c == "kee_small" else full),
+             "ms": float(np.median(times[c])), "min_ms": min(times[c]), "max_ms": max(times[c]), "mb_added": memory[c]}
+            for c in contenders]
+    print(f"backend {BACKEND} on {device_name()}, batch {args.batch}, one thread, ms per train_on_batch, median "
+          f"(min-max) of {args.rounds} rounds of {args.steps} steps, contenders interleaved\n")
+    print("| contender | table rows | ms per step | / kee | MB a step adds |")
+    print("|---|---:|---|---:|---:|")
+    ours = next((r["ms"] for r in rows if r["contender"] == "kee"), float("nan"))
+    for r in rows:
+        print(f"| {r['contender']} | {r['rows']:,} | {r['ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
+              f"{r['ms'] / ours:.2f} | {r['mb_added']:.0f} |")
+    print(json.dumps(rows), file=sys.stderr)
+
+
+def _has_keras_rs():
+    try:
+        import keras_rs  # noqa: F401
+    except ImportError:
+        print("keras-rs is not installed: no keras_rs contender", file=sys.stderr)
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()
