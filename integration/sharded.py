@@ -69,6 +69,31 @@ def reverse_outputs_and_gradient(state):
     return np.asarray(logits), np.asarray(gradient), [int(shards[0].data.nbytes), int(layer._embeddings.value.nbytes)]
 
 
+def collection():
+    """A `DistributedEmbedding` of three tables, two stacked, trained by Adagrad and SGD
+    with `fit`: its outputs and trained tables, and each stack's per-device bytes."""
+    keras.utils.set_random_seed(0)
+    tables = [kee.TableConfig("a", 1000, 16, optimizer="adagrad", initializer=keras.initializers.RandomNormal(seed=1)),
+              kee.TableConfig("b", 24, 16, optimizer="adagrad", combiner="sum"),
+              kee.TableConfig("c", 512, 8, optimizer="sgd")]
+    configs = {"a": kee.FeatureConfig("a", tables[0], (16,), (16, 16)),
+               "bag_a": kee.FeatureConfig("bag_a", tables[0], (16, 10), (16, 16)),
+               "b": kee.FeatureConfig("b", tables[1], (16, 10), (16, 16)),
+               "c": kee.FeatureConfig("c", tables[2], (16,), (16, 8))}
+    rng = np.random.default_rng(5)
+    ids = {name: rng.integers(0, f.table.vocabulary_size, f.input_shape).astype("int32") for name, f in configs.items()}
+    inputs = {name: keras.Input(f.input_shape[1:], dtype="int32", name=name) for name, f in configs.items()}
+    layer = kee.DistributedEmbedding(configs)
+    outputs = layer(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.Concatenate()([outputs[n] for n in sorted(outputs)])))
+    before = {name: np.asarray(x) for name, x in layer(ids).items()}
+    initial = {name: np.asarray(t) for name, t in layer.get_embedding_tables().items()}
+    model.compile(keras.optimizers.SGD(0.01), "mse")
+    model.fit(ids, TARGET, epochs=3, batch_size=8, verbose=0, shuffle=False)
+    shards = {v.path: [int(v.value.addressable_shards[0].data.nbytes), int(v.value.nbytes)] for v in layer.weights}
+    return before, {name: np.asarray(t) for name, t in layer.get_embedding_tables().items()}, shards, initial
+
+
 def main():
     report = {"devices": len(jax.devices())}
     layout_map = keras.distribution.LayoutMap(keras.distribution.DeviceMesh((8,), ["model"]))
@@ -102,6 +127,15 @@ def main():
                 np.abs(np.asarray(a.value) - np.asarray(b.value)).max() for a, b in zip(layer.variables, single_layer.variables)
             )),
         }
+    single_outputs, single_tables, _, _ = collection()
+    with keras.distribution.ModelParallel(layout_map=layout_map).scope():
+        outputs, tables, shards, initial = collection()
+    report["collection"] = {
+        "per_device_bytes": shards,
+        "max_output_diff": float(max(np.abs(outputs[n] - single_outputs[n]).max() for n in outputs)),
+        "max_trained_diff": float(max(np.abs(tables[n] - single_tables[n]).max() for n in tables)),
+        "max_moved": float(max(np.abs(tables[n] - initial[n]).max() for n in tables)),
+    }
     for state in ("int8", "int4"):
         expected = reverse_outputs_and_gradient(state)
         with keras.distribution.ModelParallel(layout_map=layout_map).scope():

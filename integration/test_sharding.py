@@ -45,3 +45,13 @@ def test_reverse_projection_of_a_sharded_quantized_table(report, state):
     assert per_device * 8 == total
     assert entry["max_output_diff"] <= 1e-4
     assert entry["max_grad_diff"] <= 1e-4
+
+
+def test_a_collection_of_stacked_tables_sharded_over_eight_devices(report):
+    entry = report["collection"]
+    assert len(entry["per_device_bytes"]) == 2  # the stack of "a" and "b", and "c"
+    for per_device, total in entry["per_device_bytes"].values():
+        assert per_device * 8 == total
+    assert entry["max_output_diff"] <= 1e-6
+    assert entry["max_trained_diff"] <= 1e-6
+    assert entry["max_moved"] > 1e-4
