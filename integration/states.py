@@ -16,12 +16,34 @@ import numpy as np  # noqa: E402
 
 import keras_embed_ext as kee  # noqa: E402
 
-STATES = ("float", "lora", "int8", "int4", "int8_lora", "int4_lora")
+STATES = ("float", "lora", "int8", "int4", "int8_lora", "int4_lora", "collection")
 V, D, RANK = 64, 10, 3
 IDS = np.random.default_rng(1).integers(0, V, size=(4, 7)).astype("int32")
 
 
+def build_collection():
+    """A DistributedEmbedding of a shared Adagrad table and an FTRL one, trained a step so
+    that the optimizers' state the file holds is not the initial one."""
+    shared = kee.TableConfig("shared", V, D, optimizer="adagrad", initializer=keras.initializers.RandomNormal(seed=2))
+    other = kee.TableConfig("other", 9, 4, optimizer="ftrl", combiner="sum")
+    configs = {"one": kee.FeatureConfig("one", shared, (4,), (4, D)),
+               "bag": kee.FeatureConfig("bag", shared, (4, 7), (4, D)),
+               "other": kee.FeatureConfig("other", other, (4, 7), (4, 4))}
+    inputs = {name: keras.Input(f.input_shape[1:], dtype="int32", name=name) for name, f in configs.items()}
+    outputs = kee.DistributedEmbedding(configs, name="emb")(inputs)
+    model = keras.Model(inputs, keras.layers.Concatenate()([outputs[n] for n in sorted(outputs)]))
+    model.compile("sgd", "mse")
+    model.train_on_batch(collection_ids(), np.ones((4, 2 * D + 4), "float32"))
+    return model
+
+
+def collection_ids():
+    return {"one": IDS[:, 0], "bag": IDS, "other": IDS % 9}
+
+
 def build(state):
+    if state == "collection":
+        return build_collection()
     rng = np.random.default_rng(0)
     table = rng.standard_normal((V, D)).astype("float32")
     inputs = keras.Input((IDS.shape[1],), dtype="int32")
@@ -42,7 +64,11 @@ def build(state):
 
 
 def run(model):
-    return np.asarray(keras.ops.convert_to_numpy(model(IDS)))
+    """The model's outputs, and for the collection its optimizers' state too."""
+    if model.get_layer("emb").__class__.__name__ != "DistributedEmbedding":
+        return np.asarray(keras.ops.convert_to_numpy(model(IDS)))
+    state = [np.ravel(keras.ops.convert_to_numpy(v)) for v in model.get_layer("emb").row_optimizer_variables]
+    return np.concatenate([np.ravel(keras.ops.convert_to_numpy(model(collection_ids()))), *state]).astype("float64")
 
 
 def main(command, *dirs):
@@ -58,8 +84,9 @@ def main(command, *dirs):
             for state in STATES:
                 model = keras.saving.load_model(os.path.join(source, f"{state}.keras"))
                 layer = model.get_layer("emb")
-                assert layer.lora_enabled == ("lora" in state)
-                assert layer.quantization_mode == (state.split("_")[0] if state.startswith("int") else None)
+                if state != "collection":
+                    assert layer.lora_enabled == ("lora" in state)
+                    assert layer.quantization_mode == (state.split("_")[0] if state.startswith("int") else None)
                 np.save(os.path.join(out, f"{state}.npy"), run(model))
 
 
