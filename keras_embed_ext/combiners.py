@@ -119,3 +119,37 @@ def float_bags(table, ids, valid, weights, keep_scale, combiner, mask_zero=False
         table, ids, lambda ids: weighted_bag_sum(table, ids, to_device_of(row_weights, table))
     )
     return combine_sums(sums, bag_weights, combiner)
+
+
+class DenseBags:
+    """A feature of dense ids, one id per example `(batch,)` or bags `(..., bag_size)`:
+    `ids` is `(ids, valid)` as `ids.validate` gives them, `weights` per id or None."""
+
+    def __init__(self, ids, weights, combiner):
+        self.ids, self.weights, self.combiner = ids, weights, combiner
+
+    def reduce(self, rows):
+        """The feature's output from its looked-up rows (invalid ids' rows are zeros)."""
+        ids, valid = self.ids
+        if len(rows.shape) <= 2:  # one id per example: weighted by a "sum" only, as in keras-rs
+            if self.weights is None or self.combiner != "sum":
+                return rows
+            return rows * ops.cast(ops.expand_dims(self.weights, -1), rows.dtype)
+        if self.weights is None and valid is None:
+            return combine_full_bags(rows, self.combiner)
+        weights = with_bag_weights(counted(ids, valid), self.weights)
+        return combine(rows, weights, self.combiner)
+
+
+class FlatBags:
+    """A feature of ragged or sparse ids, bags of their present ids: `ids` is `(ids,
+    valid)` of the present ids, `flat` their `sparse.FlatIds`."""
+
+    def __init__(self, ids, flat, combiner):
+        self.ids, self.flat, self.combiner = ids, flat, combiner
+
+    def reduce(self, rows):
+        flat = self.flat
+        weights = with_bag_weights(counted(self.ids[0], self.ids[1]), flat.weights)
+        bags = combine_segments(rows, weights, flat.segments, flat.num_segments, self.combiner)
+        return ops.reshape(bags, (*flat.bag_shape, rows.shape[-1]))

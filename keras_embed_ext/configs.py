@@ -192,6 +192,12 @@ def stacks(tables, table_stacking="auto"):
     return result + [[table] for table in tables if table.name not in stacked]
 
 
+def stack_name(group):
+    """A stack's name: its tables' names."""
+    names = "_".join(table.name for table in group)
+    return names if len(names) <= 64 else f"{group[0].name}_and_{len(group) - 1}_more"
+
+
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
 class StackedInitializer(keras.initializers.Initializer):
     """The rows of several tables, each drawn by its own initializer with its own shape,

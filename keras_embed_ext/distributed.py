@@ -16,6 +16,7 @@ from keras_embed_ext.configs import FeatureConfig
 from keras_embed_ext.configs import StackedInitializer
 from keras_embed_ext.configs import TableConfig
 from keras_embed_ext.configs import own_configs
+from keras_embed_ext.configs import stack_name
 from keras_embed_ext.configs import stacks
 from keras_embed_ext.embedding import Embedding
 from keras_embed_ext.ids import INVALID_ID_POLICIES
@@ -105,7 +106,7 @@ class DistributedEmbedding(keras.layers.Layer):
                 int(offsets[-1]), group[0].embedding_dim,
                 embeddings_initializer=StackedInitializer([t.initializer for t in group], np.diff(offsets)),
                 sparse_optimizer=optimizers.get(group[0].optimizer), invalid_ids="zero", dtype=self.dtype_policy,
-                name=_stack_name(group),
+                name=stack_name(group),
             ))
 
     @property
@@ -151,12 +152,12 @@ class DistributedEmbedding(keras.layers.Layer):
         subject = f"Feature '{feature.name}' of DistributedEmbedding layer '{self.name}'"
         if sparse.is_ragged(ids) or sparse.is_sparse(ids):
             flat = sparse.flat_ids(ids, weights, table.combiner)
-            return _FlatBags(self._offset_ids(flat.ids, table, subject), flat, table.combiner)
+            return combiners.FlatBags(self._offset_ids(flat.ids, table, subject), flat, table.combiner)
         sparse.check_supported(ids)
         if weights is not None:
             combiners.check_bag_inputs(ids, weights, table.combiner, subject)
         valid_ids, valid = self._offset_ids(ids, table, subject)
-        return _DenseBags((valid_ids, valid), weights, table.combiner)
+        return combiners.DenseBags((valid_ids, valid), weights, table.combiner)
 
     def _offset_ids(self, ids, table, subject):
         valid_ids, valid = validate(ids, table.vocabulary_size, self.invalid_ids, subject=subject)
@@ -165,18 +166,17 @@ class DistributedEmbedding(keras.layers.Layer):
 
     def _stack_rows(self, stack, looked_up, training):
         """The rows of several features' ids in one gather from their stack."""
-        flat_ids = [ops.reshape(ids, (-1,)) for ids, _ in (f.ids for f in looked_up)]
+        ids_and_valid = [feature.ids for feature in looked_up]
+        flat_ids = [ops.reshape(ids, (-1,)) for ids, _ in ids_and_valid]
         valid = None
-        if any(valid is not None for _, valid in (f.ids for f in looked_up)):
-            valid = ops.concatenate([
-                ops.ones_like(flat, dtype="bool") if v is None else ops.reshape(v, (-1,))
-                for flat, (_, v) in zip(flat_ids, (f.ids for f in looked_up))
-            ])
+        if any(v is not None for _, v in ids_and_valid):
+            valid = ops.concatenate([ops.ones_like(flat, dtype="bool") if v is None else ops.reshape(v, (-1,))
+                                     for flat, (_, v) in zip(flat_ids, ids_and_valid)])
         all_ids = flat_ids[0] if len(flat_ids) == 1 else ops.concatenate(flat_ids)
         train_rows = bool(training) and self.trainable and stack.trainable
         rows = stack._table.lookup(all_ids, valid, train_rows=train_rows)
         parts = [rows] if len(flat_ids) == 1 else split_rows(rows, [ops.shape(ids)[0] for ids in flat_ids])
-        return [ops.reshape(part, (*ops.shape(f.ids[0]), rows.shape[-1])) for part, f in zip(parts, looked_up)]
+        return [ops.reshape(part, (*ops.shape(ids), rows.shape[-1])) for part, (ids, _) in zip(parts, ids_and_valid)]
 
     def get_embedding_tables(self) -> dict:
         """The effective float table of each `TableConfig`, by table name."""
@@ -283,40 +283,3 @@ class DistributedEmbedding(keras.layers.Layer):
 
         config["feature_configs"] = keras.tree.traverse(feature, config["feature_configs"])
         return cls(**config)
-
-
-def _stack_name(group):
-    names = "_".join(table.name for table in group)
-    return names if len(names) <= 64 else f"{group[0].name}_and_{len(group) - 1}_more"
-
-
-class _DenseBags:
-    """A feature of dense ids: one id per example `(batch,)`, or bags `(..., bag_size)`."""
-
-    def __init__(self, ids, weights, combiner):
-        self.ids, self.weights, self.combiner = ids, weights, combiner
-
-    def reduce(self, rows):
-        """The feature's output from its looked-up rows (invalid ids' rows are zeros)."""
-        ids, valid = self.ids
-        if len(rows.shape) <= 2:  # one id per example: weighted by a "sum" only, as in keras-rs
-            if self.weights is None or self.combiner != "sum":
-                return rows
-            return rows * ops.cast(ops.expand_dims(self.weights, -1), rows.dtype)
-        if self.weights is None and valid is None:
-            return combiners.combine_full_bags(rows, self.combiner)
-        weights = combiners.with_bag_weights(combiners.counted(ids, valid), self.weights)
-        return combiners.combine(rows, weights, self.combiner)
-
-
-class _FlatBags:
-    """A feature of ragged or sparse ids: bags of the present ids (`sparse.FlatIds`)."""
-
-    def __init__(self, ids, flat, combiner):
-        self.ids, self.flat, self.combiner = ids, flat, combiner
-
-    def reduce(self, rows):
-        flat = self.flat
-        weights = combiners.with_bag_weights(combiners.counted(self.ids[0], self.ids[1]), flat.weights)
-        bags = combiners.combine_segments(rows, weights, flat.segments, flat.num_segments, self.combiner)
-        return ops.reshape(bags, (*flat.bag_shape, rows.shape[-1]))
