@@ -384,7 +384,10 @@ class Fused:
         if _compiled_by_xla() or (not tf.executing_eagerly() and _traced_by_keras_export()):
             return self.fn(*args)
         ranks = (*(getattr(arg, "ndim", None) for arg in args), _SUMMING_REPEATS.get())
-        shared_key = (getattr(self.fn, "__qualname__", None) or self.fn.func.__qualname__, key, ranks)
+        # The variables' shapes too: a trace reads them as static shapes, and TensorFlow's
+        # relaxed retracing would hand one table's trace another table's variables.
+        shapes = tuple(tuple(v.shape) for v in variables)
+        shared_key = (getattr(self.fn, "__qualname__", None) or self.fn.func.__qualname__, key, ranks, shapes)
         if shared_key not in _COMPILED:
             _COMPILED[shared_key] = tf.function(_call_current, jit_compile=True, reduce_retracing=True)
         # The tf.Variable under each keras Variable: TensorFlow traces a keras Variable

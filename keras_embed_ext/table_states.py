@@ -25,7 +25,7 @@ class TableStates:
         `lora_embeddings_b (rank, output_dim)`. Works on float and quantized
         tables, before or after `quantize`.
         """
-        if not self.built:
+        if not self.built and not self.embeddings_constraint:  # keras names the constraint first
             raise ValueError("Cannot enable LoRA on a layer that isn't yet built.")
         self._table.enable_lora(rank, lora_alpha, a_initializer, b_initializer)
         self.lora_rank = rank

@@ -225,6 +225,8 @@ def test_misuse_errors():
     with pytest.raises(ValueError, match="isn't yet built"):
         kee.Embedding(V, D).enable_lora(2)
     constrained = kee.Embedding(V, D, embeddings_constraint="non_neg")
+    with pytest.raises(ValueError, match="incompatible with embedding constraints"):
+        constrained.enable_lora(2)  # built or not, as keras names it
     constrained.build()
     with pytest.raises(ValueError, match="constraint"):
         constrained.enable_lora(2)
