@@ -82,14 +82,22 @@ def take_rows(table, ids):
 
         if isinstance(table, tf.Variable):
             if table.trainable and _SUMMING_REPEATS.get():
-                return _gather_summing_repeats(table, ids)
-            return table.sparse_read(ids)
+                return _gather_summing_repeats(replica_local(table), ids)
+            return replica_local(table).sparse_read(ids)
         return tf.raw_ops.GatherV2(params=table, indices=ids, axis=0)
     if backend == "jax":
         import jax.numpy as jnp
 
         return jnp.take(table, ids, axis=0, mode="clip")
     return keras.ops.take(table, ids, axis=0)
+
+
+def replica_local(variable):
+    """A TensorFlow variable, or under a `tf.distribute` strategy the copy of a
+    mirrored variable on this replica's device, whose reads and sparse updates TensorFlow
+    takes there (a `MirroredVariable` has no `sparse_read` in a replica context)."""
+    local = getattr(variable, "_get_on_device_or_primary", None)
+    return variable if local is None else local()
 
 
 _SUMMING_REPEATS = contextvars.ContextVar("summing_repeats", default=False)
@@ -331,6 +339,17 @@ def to_device_of(x, reference):
     return x
 
 
+def rows_layout(variable, rank, sharded=True):
+    """Under a `keras.distribution`, the layout of a rank-`rank` array beside `variable`:
+    with `sharded`, its first axis sharded as the variable's rows are and the others
+    replicated; without, replicated. `None` without a distribution."""
+    layout = getattr(variable, "_layout", None)
+    if keras.distribution.distribution() is None or not isinstance(layout, keras.distribution.TensorLayout):
+        return None
+    axes = (layout.axes[0] if sharded else None, *(None,) * (rank - 1)) if rank else ()
+    return keras.distribution.TensorLayout(axes, layout.device_mesh)
+
+
 def on_accelerator(x) -> bool:
     """Whether tensor or variable `x` lives on a GPU or another accelerator. Under
     jax.jit, where arrays have no place, JAX's default backend decides; TensorFlow's
@@ -381,7 +400,8 @@ class Fused:
             return self.fn(*args)
         import tensorflow as tf
 
-        if _compiled_by_xla() or (not tf.executing_eagerly() and _traced_by_keras_export()):
+        if (_compiled_by_xla() or tf.distribute.has_strategy()
+                or (not tf.executing_eagerly() and _traced_by_keras_export())):
             return self.fn(*args)
         ranks = (*(getattr(arg, "ndim", None) for arg in args), _SUMMING_REPEATS.get())
         # The variables' shapes too: a trace reads them as static shapes, and TensorFlow's

@@ -25,6 +25,7 @@ import keras
 from keras import initializers
 from keras import ops
 
+from keras_embed_ext.backends import replica_local
 from keras_embed_ext.backends import take_rows
 
 
@@ -38,7 +39,8 @@ class RowTraining:
     lookup through which the variable gets its update."""
 
     def __init__(self, add_weight, variable, optimizer):
-        """Creates the optimizer's state through `add_weight` (the owning layer's)."""
+        """Creates the optimizer's state through `add_weight` (the table's, which lays it out
+        as the rows it belongs to)."""
         self.variable = variable
         self.optimizer = optimizer
         name = variable.path.split("/")[-1]
@@ -107,17 +109,23 @@ class RowTraining:
         variable's gradient, a sparse value: the optimizer's update of the rows it
         reaches is written into the variable and its state. Dense values (weights
         set or loaded) are assigned as they are."""
-        backend = keras.backend.backend()
         if not _is_sparse(value):
             return type(self.variable).assign(self.variable, value)
-        rows, grads = _BY_ROW[backend](value, self.first_positions)
-        self.step.assign(self.step + 1)
+        if keras.backend.backend() == "tensorflow":
+            return _apply_across_replicas(self._apply, value)
+        self._apply(value)
+        return value
+
+    def _apply(self, gradient):
+        """The update of the rows `gradient` reaches, and of their state."""
+        backend = keras.backend.backend()
+        rows, grads = _BY_ROW[backend](gradient, self.first_positions)
+        step = _increment(self.step)
         values = [self.variable, *self.slots]
         old = [take_rows(v, rows) for v in values]
-        new_rows, new_slots = self._update(old[0], grads, old[1:], step=ops.convert_to_tensor(self.step.value))
+        new_rows, new_slots = self._update(old[0], grads, old[1:], step=step)
         for variable, new in zip(values, (new_rows, *new_slots)):
             _SCATTER[backend](variable, rows, new)
-        return value
 
     def _update(self, rows, grads, slots, step):
         """The optimizer's new `(rows, slots)`; a row whose gradient is zero keeps its values."""
@@ -225,10 +233,44 @@ def _by_row_torch(gradient, first_positions):
     return ids[is_first], summed[is_first]
 
 
+def _apply_across_replicas(apply, gradient):
+    """`apply(gradient)` on TensorFlow; under a `tf.distribute` strategy the replicas'
+    gradients are summed first (keras scales each replica's loss to make their sum the
+    global batch's gradient), and every replica's copy of the variables gets the update
+    of that sum."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        apply(gradient)
+        return gradient
+    variable = apply.__self__.variable.value
+    # Every replica's slices, one after another (`apply` sums a row's); then one call
+    # per device, on its copies of the variables.
+    every = tf.IndexedSlices(context.all_gather(gradient.values, axis=0),
+                             context.all_gather(gradient.indices, axis=0), gradient.dense_shape)
+
+    def update(strategy, every):
+        strategy.extended.update(variable, lambda _, g: apply(g), args=(every,), group=False)
+
+    context.merge_call(update, args=(every,))
+    return gradient
+
+
+def _increment(step):
+    """`step + 1`, assigned to the step variable (on TensorFlow, this device's copy)."""
+    if keras.backend.backend() == "tensorflow":
+        local = replica_local(step.value)
+        local.assign_add(1)
+        return ops.convert_to_tensor(local.read_value())
+    step.assign(step + 1)
+    return ops.convert_to_tensor(step.value)
+
+
 def _scatter_tensorflow(variable, rows, new):
     import tensorflow as tf
 
-    variable.value.scatter_update(tf.IndexedSlices(new, rows))
+    replica_local(variable.value).scatter_update(tf.IndexedSlices(new, rows))
 
 
 def _scatter_torch(variable, rows, new):
@@ -245,7 +287,7 @@ def sparse_gradient_lookup(variable, ids):
 
         return torch.nn.functional.embedding(ids, variable.value, sparse=True)
     # TensorFlow: `IndexedSlices` of a slice per occurrence, which `assign` sums per row.
-    return variable.value.sparse_read(ids)
+    return replica_local(variable.value).sparse_read(ids)
 
 
 _BY_ROW = {"tensorflow": _by_row_tensorflow, "torch": _by_row_torch}

@@ -7,9 +7,13 @@ through the layer's `add_weight`, so their names, paths and save order are the
 layer's, as keras' own layer has them.
 """
 
+import keras
+from keras import initializers
 from keras import ops
+from keras import regularizers
 
 from keras_embed_ext.backends import Fused
+from keras_embed_ext.backends import rows_layout
 from keras_embed_ext.formats import format_for
 from keras_embed_ext.ids import zero_invalid
 from keras_embed_ext.lora import Adapter
@@ -147,7 +151,7 @@ class Table:
             )
         check_rank_and_alpha(rank, lora_alpha)
         with unlocked(self.owner):
-            self.adapter = Adapter(self.owner.add_weight, self.shape, rank, rank if lora_alpha is None else lora_alpha,
+            self.adapter = Adapter(self._add_variable, self.shape, rank, rank if lora_alpha is None else lora_alpha,
                                    ADAPTER_NAMES, a_initializer, b_initializer, self.regularizer)
             if self.mode is None:
                 self.format.embeddings.trainable = False
@@ -182,4 +186,21 @@ class Table:
         if current is not None:
             current.release(self.owner._untrack_variable)
         with unlocked(self.owner):
-            self.row_training = None if target is None else RowTraining(self.owner.add_weight, target, self.optimizer)
+            self.row_training = None if target is None else RowTraining(self._add_variable, target, self.optimizer)
+
+    def _add_variable(self, *, name, shape, initializer, dtype="float32", trainable=True, autocast=False,
+                      regularizer=None):
+        """A variable of the adapter or the optimizer's state, created as the owner's
+        `add_weight` creates one. Under a `keras.distribution` it is laid out after the
+        table, whatever key of a `LayoutMap` its path matches: one with a row per table
+        row has its rows sharded as the table's are, any other (the adapter's `B`, a step
+        count) is replicated."""
+        owner = self.owner
+        per_row = len(shape) > 0 and shape[0] == self.shape[0]
+        layout = rows_layout(self.format.embeddings, len(shape), sharded=per_row)
+        with keras.name_scope(owner.name, caller=owner):
+            variable = keras.Variable(initializers.get(initializer), shape=shape, dtype=dtype, trainable=trainable,
+                                      autocast=autocast, name=name, layout=layout)
+        variable.regularizer = regularizers.get(regularizer)
+        owner._track_variable(variable)
+        return variable
