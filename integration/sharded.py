@@ -127,6 +127,26 @@ def main():
                 np.abs(np.asarray(a.value) - np.asarray(b.value)).max() for a, b in zip(layer.variables, single_layer.variables)
             )),
         }
+    # A key that also matches the optimizer's state: its per-row variables are sharded as
+    # the rows, its step count replicated.
+    greedy = keras.distribution.LayoutMap(keras.distribution.DeviceMesh((8,), ["model"]))
+    greedy[r".*embeddings.*"] = ("model", None)
+    for state in ("float_sparse", "float_lora_sparse"):
+        single, single_layer = build(state)
+        single.compile(keras.optimizers.SGD(0.01), "mse")
+        single.fit(IDS, TARGET, epochs=3, batch_size=8, verbose=0, shuffle=False)
+        with keras.distribution.ModelParallel(layout_map=greedy).scope():
+            model, layer = build(state)
+            model.compile(keras.optimizers.SGD(0.01), "mse")
+            model.fit(IDS, TARGET, epochs=3, batch_size=8, verbose=0, shuffle=False)
+        report[f"greedy_key_{state}"] = {
+            "devices_per_variable": {v.path.split("/")[-1]: len(v.value.sharding.device_set) if v.shape else 0
+                                     for v in layer.variables},
+            "sharded": {v.path.split("/")[-1]: int(v.value.addressable_shards[0].data.size) * 8 == int(v.value.size)
+                        for v in layer.variables if v.shape},
+            "max_trained_diff": float(max(np.abs(np.asarray(a.value) - np.asarray(b.value)).max()
+                                          for a, b in zip(layer.variables, single_layer.variables))),
+        }
     single_outputs, single_tables, _, _ = collection()
     with keras.distribution.ModelParallel(layout_map=layout_map).scope():
         outputs, tables, shards, initial = collection()

@@ -55,3 +55,13 @@ def test_a_collection_of_stacked_tables_sharded_over_eight_devices(report):
     assert entry["max_output_diff"] <= 1e-6
     assert entry["max_trained_diff"] <= 1e-6
     assert entry["max_moved"] > 1e-4
+
+
+@pytest.mark.parametrize("state", ["float_sparse", "float_lora_sparse"])
+def test_the_optimizer_state_follows_the_rows_whatever_key_matches_it(report, state):
+    # The key ".*embeddings.*" matches the table and every variable of its optimizer.
+    entry = report[f"greedy_key_{state}"]
+    trained = "lora_embeddings_a" if "lora" in state else "embeddings"
+    assert entry["sharded"][trained] and entry["sharded"][f"{trained}_accumulator"]
+    assert entry["sharded"][f"{trained}_first_positions"]
+    assert entry["max_trained_diff"] <= 1e-5
