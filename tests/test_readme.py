@@ -1,6 +1,6 @@
 """The Python code of README.md and of every page in docs/ runs as written, block after
 block in one namespace per page, as a reader pastes it; a block whose first line is
-`# On JAX:` runs on JAX only."""
+`# On JAX:` (or `# On TensorFlow:`, `# On torch:`) runs on that backend only."""
 
 import glob
 import os
@@ -31,7 +31,9 @@ def test_code_runs(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace = {}
     for block in python_blocks(path):
-        if block.startswith("# On JAX:") and BACKEND != "jax":
+        first_line = block.split("\n", 1)[0]
+        only_on = {"# On JAX:": "jax", "# On TensorFlow:": "tensorflow", "# On torch:": "torch"}.get(first_line)
+        if only_on not in (None, BACKEND):
             continue
         try:
             exec(compile(block, path, "exec"), namespace)
