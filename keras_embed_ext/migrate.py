@@ -36,7 +36,7 @@ def replace_embeddings(model: keras.Model) -> keras.Model:
     if type(model) in (keras.Sequential, Functional):
         return _cloned(model)
     for layer in list(model._flatten_layers(include_self=False)):
-        replacement = _replacement_for(layer)
+        replacement = _REPLACEMENTS.get(type(layer))
         if replacement is not None:
             _become(layer, replacement)
     if keras.backend.backend() == "torch":
@@ -61,13 +61,12 @@ def replacing_embeddings():
     ...     model = keras.saving.load_model("causal_lm.keras")
     """
     base = keras.layers.Embedding
-    swaps = {keras.layers.Embedding: Embedding, keras.layers.ReversibleEmbedding: ReversibleEmbedding}
     original = base.__dict__.get("__new__")
 
     def construct(cls, *args, **kwargs):
-        if cls in swaps:
+        if cls in _REPLACEMENTS:
             # Not an instance of `cls`, so Python does not run `cls.__init__` on it.
-            return swaps[cls](*args, **kwargs)
+            return _REPLACEMENTS[cls](*args, **kwargs)
         return (original or keras.layers.Layer.__new__)(cls, *args, **kwargs)
 
     base.__new__ = staticmethod(construct)
@@ -80,19 +79,15 @@ def replacing_embeddings():
             base.__new__ = original
 
 
-def _replacement_for(layer):
-    if type(layer) is keras.layers.Embedding:
-        return Embedding
-    if type(layer) is keras.layers.ReversibleEmbedding:
-        return ReversibleEmbedding
-    return None
+# keras' classes and this package's in their place; subclasses of keras' are left alone.
+_REPLACEMENTS = {keras.layers.Embedding: Embedding, keras.layers.ReversibleEmbedding: ReversibleEmbedding}
 
 
 def _cloned(model):
     def clone(layer):
         if isinstance(layer, keras.Model):
             return replace_embeddings(layer)
-        cls = _replacement_for(layer) or layer.__class__
+        cls = _REPLACEMENTS.get(type(layer), layer.__class__)
         return cls.from_config(layer.get_config())
 
     replaced = keras.models.clone_model(model, clone_function=clone)
