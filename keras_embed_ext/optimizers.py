@@ -49,6 +49,11 @@ class RowOptimizer:
         """New `(rows, slots)` for float32 `rows (n, D)` with summed `grads (n, D)`."""
         raise NotImplementedError
 
+    def still_at_zero_gradient(self) -> bool:
+        """Whether a zero gradient leaves a row and its slots exactly as they are, so a
+        step need not keep them apart (lazy Adam's momentum would move them)."""
+        return False
+
     def get_config(self):
         learning_rate = self.learning_rate
         if isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
@@ -74,6 +79,9 @@ class SGD(RowOptimizer):
     def update(self, rows, grads, slots, step):
         return rows - self.current_learning_rate(step) * grads, []
 
+    def still_at_zero_gradient(self):
+        return True
+
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
 class Adagrad(RowOptimizer):
@@ -94,6 +102,10 @@ class Adagrad(RowOptimizer):
         accumulator = slots[0] + ops.square(grads)
         step_size = self.current_learning_rate(step) * grads / ops.sqrt(accumulator + self.epsilon)
         return rows - step_size, [accumulator]
+
+    def still_at_zero_gradient(self):
+        # `0 / sqrt(0)` would be NaN: only a positive denominator divides a zero gradient to zero.
+        return self.epsilon > 0 or self.initial_accumulator_value > 0
 
     def get_config(self):
         return {

@@ -131,6 +131,8 @@ class RowTraining:
         """The optimizer's new `(rows, slots)`; a row whose gradient is zero keeps its values."""
         grads = ops.cast(grads, "float32")
         new_rows, new_slots = self.optimizer.update(ops.cast(rows, "float32"), grads, slots, step=step)
+        if self.optimizer.still_at_zero_gradient():
+            return ops.cast(new_rows, rows.dtype), new_slots
         touched = ops.any(ops.not_equal(grads, 0), axis=-1)
         kept = [
             ops.where(ops.reshape(touched, (-1,) + (1,) * (len(old.shape) - 1)), ops.cast(new, old.dtype), old)
