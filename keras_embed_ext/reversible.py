@@ -8,6 +8,7 @@ from keras.src.backend import set_keras_mask
 from keras_embed_ext.embedding import Embedding
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.output_table import OutputTable
+from keras_embed_ext.table_states import TableVariable
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
@@ -186,31 +187,11 @@ class ReversibleEmbedding(Embedding):
         return variables if self.tie_weights else variables + self._output_table.adapter.variables()
 
     # keras' attribute names for the untied table's variables.
-    @property
-    def reverse_embeddings(self):
-        return self._untied("format", "reverse_embeddings")
-
-    @property
-    def reverse_embeddings_scale(self):
-        return self._untied("format", "reverse_embeddings_scale")
-
-    @property
-    def reverse_embeddings_zero(self):
-        return self._untied("format", "reverse_embeddings_zero")
-
-    @property
-    def lora_reverse_embeddings_a(self):
-        return self._untied("adapter", "a")
-
-    @property
-    def lora_reverse_embeddings_b(self):
-        return self._untied("adapter", "b")
-
-    def _untied(self, part, name):
-        owner = getattr(vars(self).get("_output_table"), part, None)
-        if not hasattr(owner, name):
-            raise AttributeError(f"ReversibleEmbedding layer '{self.name}' has no such variable in its state.")
-        return getattr(owner, name)
+    reverse_embeddings = TableVariable("format", "reverse_embeddings", table="_output_table")
+    reverse_embeddings_scale = TableVariable("format", "reverse_embeddings_scale", table="_output_table")
+    reverse_embeddings_zero = TableVariable("format", "reverse_embeddings_zero", table="_output_table")
+    lora_reverse_embeddings_a = TableVariable("adapter", "a", table="_output_table")
+    lora_reverse_embeddings_b = TableVariable("adapter", "b", table="_output_table")
 
     def get_config(self):
         return {

@@ -8,6 +8,26 @@ from keras_embed_ext.ids import dtype_name
 from keras_embed_ext.ids import is_numeric
 
 
+class TableVariable:
+    """A variable of a layer's table under keras' attribute name for it
+    (`layer.embeddings_scale`); an `AttributeError` that names it where the table's
+    state has none."""
+
+    def __init__(self, part: str, name: str, table: str = "_table"):
+        self.part, self.name, self.table = part, name, table
+
+    def __set_name__(self, owner, attribute):
+        self.attribute = attribute
+
+    def __get__(self, layer, owner=None):
+        if layer is None:
+            return self
+        holder = getattr(vars(layer).get(self.table), self.part, None)
+        if not hasattr(holder, self.name):
+            raise AttributeError(f"{type(layer).__name__} layer '{layer.name}' has no `{self.attribute}` in its state.")
+        return getattr(holder, self.name)
+
+
 class TableStates:
     """Mixed into `Embedding`, whose `_table` is the layer's `Table`."""
 
@@ -70,39 +90,12 @@ class TableStates:
         )
 
     # keras' attribute names for the table's variables.
-    @property
-    def _embeddings(self):
-        return self._table.format.embeddings
-
-    @property
-    def embeddings_scale(self):
-        return self._stored("embeddings_scale")
-
-    @property
-    def embeddings_zero(self):
-        return self._stored("embeddings_zero")
-
-    @property
-    def g_idx(self):
-        return self._stored("g_idx")
-
-    def _stored(self, name):
-        if not self.built or not hasattr(self._table.format, name):
-            raise AttributeError(f"Embedding layer '{self.name}' has no `{name}` in its state.")
-        return getattr(self._table.format, name)
-
-    @property
-    def lora_embeddings_a(self):
-        return self._adapter_factor("a")
-
-    @property
-    def lora_embeddings_b(self):
-        return self._adapter_factor("b")
-
-    def _adapter_factor(self, which):
-        if not self.lora_enabled:
-            raise AttributeError(f"Embedding layer '{self.name}' has no LoRA adapter.")
-        return getattr(self._table.adapter, which)
+    _embeddings = TableVariable("format", "embeddings")
+    embeddings_scale = TableVariable("format", "embeddings_scale")
+    embeddings_zero = TableVariable("format", "embeddings_zero")
+    g_idx = TableVariable("format", "g_idx")
+    lora_embeddings_a = TableVariable("adapter", "a")
+    lora_embeddings_b = TableVariable("adapter", "b")
 
     @property
     def lora_kernel_a(self):
