@@ -5,9 +5,12 @@ one device on the same global batches."""
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
+import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -16,13 +19,25 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+    """Ports free now, below the kernel's range of ephemeral ports: a process that tries
+    to reach a peer not yet listening on an ephemeral port can be given that very port as
+    its own source and connect to itself."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            first_ephemeral = int(f.read().split()[0])
+    except OSError:
+        first_ephemeral = 32768  # Linux's default
+    ports = []
+    for port in random.Random().sample(range(10_000, first_ephemeral), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == count:
+            return ports
+    raise RuntimeError(f"No {count} free ports below {first_ephemeral}.")
 
 
 def run(script, *args, env=None, timeout=600):
@@ -33,17 +48,40 @@ def run(script, *args, env=None, timeout=600):
 
 
 def run_together(script, args_per_process, timeout=600, env=None):
-    """Starts one process per argument list at once and waits for all of them."""
-    processes = [subprocess.Popen([sys.executable, os.path.join(HERE, script), *map(str, args)], stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
-                 for args in args_per_process]
-    try:
-        outputs = [p.communicate(timeout=timeout) for p in processes]
-    finally:
-        for p in processes:
-            p.kill()
-    for p, (_, err) in zip(processes, outputs):
-        assert p.returncode == 0, err[-3000:]
+    """Starts one process per argument list at once and waits for all of them. A process
+    that fails stops the others at once (they would wait for it in a collective), and
+    the failure shows its own output; so does a process still running at `timeout`."""
+    with tempfile.TemporaryDirectory() as logs:
+        processes = []
+        for i, args in enumerate(args_per_process):
+            log = open(os.path.join(logs, f"{i}.log"), "w+")
+            command = [sys.executable, os.path.join(HERE, script), *map(str, args)]
+            processes.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True,
+                                               env={**os.environ, **(env or {})}), log))
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                states = [p.poll() for p, _ in processes]
+                if None not in states or any(state not in (None, 0) for state in states):
+                    break
+                time.sleep(0.2)
+        finally:
+            states = [p.poll() for p, _ in processes]
+            for p, _ in processes:
+                p.kill()
+                p.wait()
+        outputs = []
+        for _, log in processes:
+            log.seek(0)
+            outputs.append(log.read()[-3000:])
+            log.close()
+    # A process that failed first; one still running only where none failed.
+    failed = [i for i, state in enumerate(states) if state not in (0, None)] or \
+             [i for i, state in enumerate(states) if state is None]
+    if failed:
+        i = failed[0]
+        what = f"exited with {states[i]}" if states[i] is not None else f"was still running after {timeout} s"
+        pytest.fail(f"{script} process {i} {what} (every process: {states}):\n{outputs[i]}")
 
 
 def test_tensorflow_mirrored_strategy_equals_one_device():
