@@ -81,9 +81,9 @@ def initial_table(weights, shape, layer_name):
     return table
 
 
-def check_sparse_optimizer(optimizer, regularizer, constraint, dtype_policy):
+def check_sparse_optimizer(optimizer, regularizer, constraint):
     """What a row-wise optimizer cannot train: a table read whole by a regularizer or a
-    constraint, or gradients scaled by the loss scale of float16 mixed precision."""
+    constraint."""
     if optimizer is None:
         return
     for name, value in (("embeddings_regularizer", regularizer), ("embeddings_constraint", constraint)):
@@ -92,9 +92,3 @@ def check_sparse_optimizer(optimizer, regularizer, constraint, dtype_policy):
                 f"`sparse_optimizer` updates only the rows looked up in a step; `{name}` acts "
                 f"on the whole table. Use one or the other. Received: {name}={value!r}"
             )
-    if dtype_policy.compute_dtype == "float16":
-        raise ValueError(
-            "`sparse_optimizer` needs unscaled gradients; float16 mixed precision scales the "
-            "loss. Use dtype='mixed_bfloat16' or float32. Received: "
-            f"dtype={dtype_policy.name!r}"
-        )

@@ -160,8 +160,7 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
         self.sparse_optimizer = optimizers.get(sparse_optimizer)
-        check_sparse_optimizer(self.sparse_optimizer, self.embeddings_regularizer, self.embeddings_constraint,
-                               self.dtype_policy)
+        check_sparse_optimizer(self.sparse_optimizer, self.embeddings_regularizer, self.embeddings_constraint)
         self._table = Table(self, (self.input_dim, self.output_dim), self.embeddings_initializer,
                             self.embeddings_regularizer, self.embeddings_constraint, self.sparse_optimizer)
         self._fused_float_bags = Fused(self._float_bags)

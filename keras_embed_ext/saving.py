@@ -37,6 +37,8 @@ class SavedTable:
             store[str(index)] = variable
         if self.lora_enabled:
             store[_ALPHA_KEY] = np.asarray(self.lora_alpha, "float32")
+        if self.sparse_optimizer is not None:
+            store[_OPTIMIZER_KEY] = np.frombuffer(_optimizer_kind(self.sparse_optimizer).encode(), "uint8")
 
     def load_own_variables(self, store):
         """Loads this layer's own files, and keras' (whose adapter was merged at save)."""
@@ -44,6 +46,7 @@ class SavedTable:
             return
         alpha = float(np.asarray(store[_ALPHA_KEY])) if _ALPHA_KEY in store.keys() else None
         found = _stored_values(store, self.name)
+        saved_kind = bytes(np.asarray(store[_OPTIMIZER_KEY])).decode() if _OPTIMIZER_KEY in store.keys() else None
         base = self._table_variables()
         rest = found[len(base):]
         if not self.lora_enabled and _is_adapter(rest, self.input_dim, self.output_dim) and _matches(base, found[: len(base)]):
@@ -53,6 +56,7 @@ class SavedTable:
         expected = self._saved_variables()
         if _matches(expected, found):
             targets = expected
+            _check_optimizer_kind(saved_kind, self.sparse_optimizer, self.name)
         elif _matches(self._saved_variables(optimizer_state=False), found):
             # A file without the sparse_optimizer's state: the state starts afresh.
             targets = self._saved_variables(optimizer_state=False)
@@ -114,11 +118,31 @@ class SavedTable:
 
 
 _ALPHA_KEY = "lora_alpha"
+_OPTIMIZER_KEY = "row_optimizer"
+
+
+def _optimizer_kind(optimizer):
+    """A row-wise optimizer's kind and slots, as a file records them: the state of one
+    kind read as another's (Adam's moments as FTRL's accumulator) would be garbage."""
+    return f"{type(optimizer).__name__}({', '.join(name for name, _ in optimizer.slots)})"
+
+
+def _check_optimizer_kind(saved_kind, optimizer, layer_name):
+    """A file's row-wise optimizer state must be of the layer's kind (files written
+    before the kind was recorded are taken by their shapes)."""
+    if saved_kind is None or optimizer is None or saved_kind == _optimizer_kind(optimizer):
+        return
+    raise ValueError(
+        f"Layer '{layer_name}' cannot load these weights: its table is trained by "
+        f"{_optimizer_kind(optimizer)}, but the file holds the state of {saved_kind}. Load the file "
+        f"into a layer with that sparse_optimizer, or load it without the state "
+        f"(the weights alone: `layer.set_weights(...)`) to start {type(optimizer).__name__} afresh."
+    )
 
 
 def _stored_values(store, layer_name):
     """The values of a store's keys `0` to `n - 1`, in order."""
-    keys = sorted((key for key in store.keys() if key != _ALPHA_KEY), key=lambda key: (len(str(key)), str(key)))
+    keys = sorted((key for key in store.keys() if key not in (_ALPHA_KEY, _OPTIMIZER_KEY)), key=lambda key: (len(str(key)), str(key)))
     if keys != [str(index) for index in range(len(keys))]:
         raise ValueError(
             f"Layer '{layer_name}' cannot load these weights: their keys must be 0 to "
@@ -172,9 +196,15 @@ def _dtype_class(dtype):
 
 def _matches(variables, values):
     return len(variables) == len(values) and all(
-        tuple(value.shape) == tuple(variable.shape) and _dtype_class(value.dtype) == _dtype_class(variable.dtype)
+        tuple(value.shape) == tuple(variable.shape)
+        and (_dtype_class(value.dtype) == _dtype_class(variable.dtype) or _is_step_count(variable))
         for variable, value in zip(variables, values)
     )
+
+
+def _is_step_count(variable):
+    """The row-wise optimizer's step count, which files before float counts hold as int32."""
+    return variable.path.endswith("_step") and variable.shape == ()
 
 
 def _describe(items, indexed=False):

@@ -186,7 +186,7 @@ class Table:
         if current is not None:
             current.release(self.owner._untrack_variable)
         with unlocked(self.owner):
-            self.row_training = None if target is None else RowTraining(self._add_variable, target, self.optimizer)
+            self.row_training = None if target is None else RowTraining(self._add_variable, self.owner.add_loss, target, self.optimizer)
 
     def _add_variable(self, *, name, shape, initializer, dtype="float32", trainable=True, autocast=False,
                       regularizer=None):

@@ -1,0 +1,211 @@
+"""Each backend's lookup and write-back of a variable trained row-wise (`row_training`).
+
+TensorFlow and torch: the lookup's gradient is the backend's own sparse value (an
+`IndexedSlices`, a sparse tensor), divided by the loss scale on the way; the
+variable's `assign` receives it from keras' optimizer, and the rows it reaches are
+found and written back here. JAX: the lookup's backward pass computes the update and
+returns the table (and its state) with the new rows scattered in.
+
+Every training lookup also returns the loss-scale probe: a zero scalar that the layer
+adds to its losses, so its gradient is the factor keras multiplied the loss by.
+"""
+
+import functools
+
+import keras
+
+from keras_embed_ext.backends import replica_local
+from keras_embed_ext.backends import take_rows
+
+
+def lookup_with_sparse_gradient(variable, ids):
+    """`(variable[ids], probe)` on TensorFlow and torch: the rows' gradient reaches the
+    variable as the backend's sparse value, divided by the probe's gradient."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        rows = torch.nn.functional.embedding(ids, variable.value, sparse=True)
+        return _torch_loss_scale_probe().apply(rows)
+    # TensorFlow: `IndexedSlices` of a slice per occurrence, which `assign` sums per row.
+    return _tensorflow_loss_scale_probe(replica_local(variable.value).sparse_read(ids))
+
+
+def _unscale(grads, loss_scale):
+    """`grads` divided by the probe's gradient; by 1 where none arrived (a custom loop
+    whose loss leaves out `model.losses`)."""
+    return grads / keras.ops.where(loss_scale == 0, 1.0, loss_scale)
+
+
+def _tensorflow_loss_scale_probe(rows):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def probe(rows):
+        def gradient(row_grads, loss_scale):
+            if loss_scale is None:
+                return row_grads
+            return _unscale(row_grads, tf.cast(loss_scale, row_grads.dtype))
+
+        return (tf.identity(rows), tf.zeros([], "float32")), gradient
+
+    return probe(rows)
+
+
+@functools.cache
+def _torch_loss_scale_probe():
+    import torch
+
+    class TorchLossScaleProbe(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, rows):
+            return rows.view_as(rows), rows.new_zeros((), dtype=torch.float32)
+
+        @staticmethod
+        def backward(ctx, row_grads, loss_scale):
+            return _unscale(row_grads, loss_scale.to(row_grads.dtype))
+
+    return TorchLossScaleProbe
+
+
+def replicas_in_sync():
+    """How many replicas keras divides an added loss among (`tf.distribute`), else 1."""
+    if keras.backend.backend() != "tensorflow":
+        return 1
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def first_positions_jax(positions, ids):
+    """`(first, positions)`: for each of the flat `ids`, the position of the id's first
+    occurrence among them, read from `positions` (a row's entry, reset and then
+    written by a scatter-min, only for the rows looked up) after the update."""
+    import jax.numpy as jnp
+
+    flat_ids = ids.reshape(-1)
+    order = jnp.arange(flat_ids.shape[0], dtype=positions.dtype)
+    positions = positions.at[flat_ids].set(flat_ids.shape[0]).at[flat_ids].min(order)
+    return positions[flat_ids], positions
+
+
+def lookup_jax(table, slots, step, ids, first, update):
+    """`(table[ids], probe)`, whose backward pass returns the table, slots and step
+    count after the update: the gradients of an id's occurrences, divided by the loss
+    scale, are summed at its first occurrence (`first`, from `first_positions_jax`), and
+    each distinct row is updated there (the other positions name row `input_dim`, which
+    the scatter drops). A step in which no row gets a gradient is not counted."""
+    import jax
+    import jax.numpy as jnp
+
+    input_dim = table.shape[0]
+
+    @jax.custom_vjp
+    def lookup(table, slots, step, ids, first):
+        return take_rows(table, ids), jnp.zeros((), "float32")
+
+    def forward(table, slots, step, ids, first):
+        rows = take_rows(table, ids)
+        return (rows, jnp.zeros((), "float32")), (table, slots, step, ids, first, rows)
+
+    def backward(saved, cotangents):
+        # The update reads the rows the forward pass gathered (at each id's first
+        # position, its row), not the table again.
+        table, slots, step, ids, first, looked_up = saved
+        row_grads, loss_scale = cotangents
+        flat_ids = ids.reshape(-1)
+        count = flat_ids.shape[0]
+        rows = jnp.where(first == jnp.arange(count, dtype=first.dtype), flat_ids, input_dim)
+        row_grads = _unscale(row_grads.reshape(-1, row_grads.shape[-1]).astype("float32"), loss_scale)
+        grads = jax.ops.segment_sum(row_grads, first, num_segments=count)
+        step = step + jnp.any(grads != 0).astype(step.dtype)
+        old_rows = looked_up.reshape(-1, looked_up.shape[-1])
+        new_rows, new_slots = update(old_rows, grads, [take_rows(s, rows) for s in slots], step=step)
+        new_slots = [s.at[rows].set(new, mode="drop") for s, new in zip(slots, new_slots)]
+        return table.at[rows].set(new_rows.astype(table.dtype), mode="drop"), new_slots, step, None, None
+
+    lookup.defvjp(forward, backward)
+    return lookup(table.value, [s.value for s in slots], step.value, ids, first)
+
+
+def is_sparse(value) -> bool:
+    """A TensorFlow `IndexedSlices` or a torch sparse tensor: a gradient of looked-up rows."""
+    if keras.backend.backend() == "torch":
+        return getattr(value, "is_sparse", False)
+    return type(value).__name__ == "IndexedSlices"
+
+
+def _by_row_tensorflow(slices, first_positions=None):
+    """`(rows, grads)`: the distinct rows of `IndexedSlices`, each with its slices summed."""
+    import tensorflow as tf
+
+    rows, position = tf.unique(slices.indices)
+    return rows, tf.math.unsorted_segment_sum(slices.values, position, tf.size(rows))
+
+
+def _by_row_torch(gradient, first_positions):
+    """`(rows, grads)` of a sparse torch gradient: its distinct rows, each with its
+    entries summed (found with `first_positions`, as on JAX, without a sort)."""
+    import torch
+
+    ids, values = gradient._indices()[0], gradient._values()
+    if gradient.is_coalesced():
+        return ids, values
+    with torch.no_grad():
+        positions = first_positions.value
+        order = torch.arange(ids.shape[0], device=ids.device, dtype=positions.dtype)
+        positions.index_fill_(0, ids, ids.shape[0])
+        positions.scatter_reduce_(0, ids, order, reduce="amin")
+        first = positions[ids]
+        is_first = first == order
+        summed = torch.zeros_like(values).index_add_(0, first.long(), values)
+    return ids[is_first], summed[is_first]
+
+
+def apply_across_replicas(apply, variable, gradient):
+    """`apply(gradient)` on TensorFlow; under a `tf.distribute` strategy the replicas'
+    gradients are summed first (keras scales each replica's loss to make their sum the
+    global batch's gradient), and every replica's copy of the variables gets the update
+    of that sum."""
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        apply(gradient)
+        return gradient
+    # Every replica's slices, one after another (`apply` sums a row's); then one call
+    # per device, on its copies of the variables.
+    every = tf.IndexedSlices(context.all_gather(gradient.values, axis=0),
+                             context.all_gather(gradient.indices, axis=0), gradient.dense_shape)
+
+    def update(strategy, every):
+        strategy.extended.update(variable.value, lambda _, g: apply(g), args=(every,), group=False)
+
+    context.merge_call(update, args=(every,))
+    return gradient
+
+
+def add_to_step(step, count):
+    """`step + count`, assigned to the step variable (on TensorFlow, this device's copy)."""
+    if keras.backend.backend() == "tensorflow":
+        local = replica_local(step.value)
+        local.assign_add(count)
+        return keras.ops.convert_to_tensor(local.read_value())
+    step.assign(step + count)
+    return keras.ops.convert_to_tensor(step.value)
+
+
+def _scatter_tensorflow(variable, rows, new):
+    import tensorflow as tf
+
+    replica_local(variable.value).scatter_update(tf.IndexedSlices(new, rows))
+
+
+def _scatter_torch(variable, rows, new):
+    import torch
+
+    with torch.no_grad():
+        variable.value.index_copy_(0, rows, new.to(variable.value.dtype))
+
+
+BY_ROW = {"tensorflow": _by_row_tensorflow, "torch": _by_row_torch}
+SCATTER = {"tensorflow": _scatter_tensorflow, "torch": _scatter_torch}
