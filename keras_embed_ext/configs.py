@@ -155,11 +155,15 @@ def stacks(tables, table_stacking="auto"):
     (one stack per table), or a list of table names, or of lists of them (each list
     one stack; the tables it leaves out are stacked alone).
     """
-    if table_stacking is None:
-        return [[table] for table in tables]
     by_name = {table.name: table for table in tables}
     if len(by_name) != len(tables):
-        raise ValueError(f"Tables must have distinct names. Received: {[table.name for table in tables]}")
+        twice = sorted({table.name for table in tables if by_name[table.name] is not table})
+        raise ValueError(
+            f"Tables must have distinct names: two different tables are named {twice}. Received: "
+            f"{[table.name for table in tables]}"
+        )
+    if table_stacking is None:
+        return [[table] for table in tables]
 
     def key(table):
         return table.embedding_dim, optimizer_key(optimizers.get(table.optimizer))

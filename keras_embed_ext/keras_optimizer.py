@@ -14,6 +14,11 @@ two points, and only there:
   to check a sparse gradient by its values, so that its skipped step on a non-finite
   gradient covers the table and costs what the rows cost.
 
+A table trained by the model's own optimizer meets it once, on TensorFlow: the
+optimizer is taught to sum a repeated id's slices of a gradient before applying it
+(TensorFlow's tape concatenates the slices of two calls of one table, and keras'
+Adagrad and Adam would square each slice instead of their sum).
+
 `docs/design.md` lists every setting of keras' optimizer and trainer and how a
 row-trained table takes part in it.
 """
@@ -67,6 +72,30 @@ def check_model_optimizer(optimizer, variable, table, row_optimizer):
         setattr(optimizer, _TAUGHT, True)
 
 
+def sum_repeated_slices(optimizer):
+    """Teaches `optimizer` (TensorFlow) to apply each `IndexedSlices` gradient with one
+    summed slice per id, as the dense gradient has it."""
+    if optimizer is None or hasattr(optimizer, _SUMS):
+        return
+    apply = optimizer.apply
+
+    def summing(grads, trainable_variables=None):
+        return apply([_summed_per_id(g) for g in grads], trainable_variables)
+
+    optimizer.apply = summing
+    setattr(optimizer, _SUMS, True)
+
+
+def _summed_per_id(gradient):
+    if type(gradient).__name__ != "IndexedSlices":
+        return gradient
+    import tensorflow as tf
+
+    ids, position = tf.unique(gradient.indices)
+    values = tf.math.unsorted_segment_sum(gradient.values, position, tf.size(ids))
+    return tf.IndexedSlices(values, ids, gradient.dense_shape)
+
+
 def _chain(optimizer):
     while optimizer is not None:
         yield optimizer
@@ -82,6 +111,7 @@ def _refusal(optimizer, name, value, what, table, row_optimizer):
 
 
 _TAUGHT = "_keras_embed_ext_checks_sparse_values"
+_SUMS = "_keras_embed_ext_sums_repeated_slices"
 
 
 def _checking_sparse_values(check_finite):

@@ -12,6 +12,7 @@ from keras import initializers
 from keras import ops
 from keras import regularizers
 
+from keras_embed_ext import keras_optimizer
 from keras_embed_ext.backends import Fused
 from keras_embed_ext.backends import rows_layout
 from keras_embed_ext.formats import format_for
@@ -66,6 +67,8 @@ class Table:
         gradient trains the table."""
         if train_rows and self.row_training is not None:
             return self._training_lookup(ids, valid)
+        if train_rows and keras.backend.backend() == "tensorflow":
+            keras_optimizer.sum_repeated_slices(keras_optimizer.training_optimizer())
         if self.mode is not None or self.adapter is not None:
             return self._fused_rows(ids, valid)
         return self._lookup(ids, valid)
