@@ -313,7 +313,6 @@ def test_unsupported_optimizers_are_named(optimizer, named):
     [
         ({"embeddings_regularizer": "l2"}, "embeddings_regularizer"),
         ({"embeddings_constraint": "non_neg"}, "embeddings_constraint"),
-        ({"dtype": "mixed_float16"}, "mixed_bfloat16"),
     ],
 )
 def test_what_a_row_wise_optimizer_cannot_train_is_an_error(kwargs, named):
