@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import keras_embed_ext as kee
-from conftest import table, to_numpy, traced
+from conftest import BACKEND, table, to_numpy, traced
 
 
 @pytest.mark.parametrize("bad", [-1, 10, 1000, -7])
@@ -129,3 +129,16 @@ def test_ids_of_every_integer_kind_and_lists(ids):
     weights = table(10, 3)
     out = to_numpy(kee.Embedding(10, 3, weights=weights)(ids))
     np.testing.assert_array_equal(out, weights[np.asarray(ids).astype("int64")])
+
+
+def test_fit_zeroes_a_bad_id_where_it_is_compiled_and_raises_where_it_runs_eagerly():
+    # TensorFlow and JAX trace keras' train step; torch runs it eagerly unless compiled.
+    model = keras.Sequential([keras.Input((2,), dtype="int32"), kee.Embedding(10, 3, sparse_optimizer="sgd")])
+    model.compile("sgd", "mse")
+    ids, y = np.array([[1, 10]], "int32"), np.zeros((1, 2, 3), "float32")
+    if BACKEND == "torch":
+        with pytest.raises(ValueError, match="got id 10 at position"):
+            model.fit(ids, y, verbose=0)
+    else:
+        model.fit(ids, y, verbose=0)
+        np.testing.assert_array_equal(to_numpy(model.predict(ids, verbose=0))[0, 1], np.zeros(3))
