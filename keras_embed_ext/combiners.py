@@ -79,12 +79,13 @@ def counted(ids, valid, mask_zero=False):
     return ops.cast(keep, "float32")
 
 
-def check_bag_inputs(ids, weights, combiner, layer_name):
-    """A clear error for a scalar id, or per-id weights not numbers of the ids' shape."""
+def check_bag_inputs(ids, weights, combiner, subject):
+    """A clear error for a scalar id, or per-id weights not numbers of the ids' shape;
+    `subject` names the layer (or feature) that got them."""
     ids_shape = tuple(np.shape(ids))
     if not ids_shape:
         raise ValueError(
-            f"Embedding layer '{layer_name}' has combiner={combiner!r}, which reduces "
+            f"{subject} has combiner={combiner!r}, which reduces "
             "the last axis of the ids (a bag of ids). Received a scalar id; pass ids of "
             "shape (..., bag_size)."
         )
@@ -93,7 +94,7 @@ def check_bag_inputs(ids, weights, combiner, layer_name):
     dtype = dtype_name(weights)
     if not is_numeric(dtype):
         raise TypeError(
-            f"Embedding layer '{layer_name}' needs numeric per-id `weights`. Received: weights "
+            f"{subject} needs numeric per-id `weights`. Received: weights "
             f"of dtype {dtype}."
         )
     weights_shape = tuple(np.shape(weights))
@@ -101,7 +102,7 @@ def check_bag_inputs(ids, weights, combiner, layer_name):
         w != i for w, i in zip(weights_shape, ids_shape) if w is not None and i is not None
     ):
         raise ValueError(
-            f"Embedding layer '{layer_name}' needs per-id `weights` of the ids' shape "
+            f"{subject} needs per-id `weights` of the ids' shape "
             f"{ids_shape}. Received: weights of shape {weights_shape}."
         )
 

@@ -7,6 +7,7 @@ keras-rs model switches by its import.
 """
 
 import dataclasses
+from numbers import Integral
 from typing import Any
 
 import keras
@@ -51,6 +52,9 @@ class TableConfig:
 
     def get_config(self) -> dict:
         config = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        for field in ("vocabulary_size", "embedding_dim", "max_ids_per_partition", "max_unique_ids_per_partition"):
+            if isinstance(config[field], Integral):  # numpy integers too, which JSON does not take
+                config[field] = int(config[field])
         config["initializer"] = keras.saving.serialize_keras_object(self.initializer)
         config["optimizer"] = keras.saving.serialize_keras_object(self.optimizer)
         return config
@@ -111,8 +115,14 @@ def own_configs(feature_configs):
                 "`feature_configs` must be a nested structure of FeatureConfig objects. "
                 f"Received: {feature!r}"
             )
-        return FeatureConfig(feature.name, table_of(feature.table), tuple(feature.input_shape),
-                             tuple(feature.output_shape))
+        table = table_of(feature.table)
+        output_shape = tuple(feature.output_shape)
+        if output_shape and output_shape[-1] is not None and output_shape[-1] != table.embedding_dim:
+            raise ValueError(
+                f"Feature '{feature.name}': the last dimension of `output_shape` must be its table "
+                f"'{table.name}''s embedding_dim={table.embedding_dim}. Received: output_shape={output_shape}"
+            )
+        return FeatureConfig(feature.name, table, tuple(feature.input_shape), output_shape)
 
     return keras.tree.map_structure(feature_of, feature_configs)
 
@@ -178,7 +188,15 @@ def stacks(tables, table_stacking="auto"):
             "`table_stacking` must be 'auto', None, or a list of table names or of lists of them. "
             f"Received: table_stacking={table_stacking!r}"
         )
-    groups = [table_stacking] if all(isinstance(name, str) for name in table_stacking) else table_stacking
+    names_only = all(isinstance(name, str) for name in table_stacking)
+    lists_only = all(isinstance(group, (list, tuple)) and all(isinstance(name, str) for name in group)
+                     for group in table_stacking)
+    if not table_stacking or not (names_only or lists_only) or any(not group for group in table_stacking):
+        raise ValueError(
+            "`table_stacking` must be 'auto', None, a non-empty list of table names, or a list of non-empty "
+            f"lists of them (each one stack). Tables: {sorted(by_name)}. Received: table_stacking={table_stacking!r}"
+        )
+    groups = [table_stacking] if names_only else table_stacking
     stacked, result = set(), []
     for group in groups:
         for name in group:

@@ -82,11 +82,11 @@ class DistributedEmbedding(keras.layers.Layer):
     def __init__(self, feature_configs, *, table_stacking="auto", update_stats: bool = False,
                  invalid_ids: str = "raise", **kwargs: Any):
         super().__init__(**kwargs)
-        if update_stats:
-            raise ValueError(
-                "`update_stats` records SparseCore partition statistics, which only keras-rs on a TPU has. "
-                f"Received: update_stats={update_stats!r}"
-            )
+        if update_stats and keras.backend.backend() == "tensorflow":
+            # As keras-rs: its TensorFlow layer refuses it; elsewhere it is kept, and only a
+            # SparseCore (keras-rs on a TPU) records the statistics.
+            raise ValueError("`update_stats` cannot be True for the TensorFlow backend.")
+        self.update_stats = update_stats
         if invalid_ids not in INVALID_ID_POLICIES:
             raise ValueError(
                 f"`invalid_ids` must be one of {INVALID_ID_POLICIES}. Received: invalid_ids={invalid_ids!r}"
@@ -114,14 +114,33 @@ class DistributedEmbedding(keras.layers.Layer):
         return self._features.nested
 
     def build(self, input_shapes=None):
+        if isinstance(input_shapes, dict) and _PREPROCESSED in input_shapes:
+            input_shapes = input_shapes[_PREPROCESSED]["default_device"]["inputs"]
         if input_shapes is not None:
             self._check_input_shapes(input_shapes)
         for stack in self._stacks:
             stack.build()
         self.built = True
 
+    def preprocess(self, inputs, weights=None, training: bool = False) -> dict:
+        """keras-rs' `preprocess`: the inputs and weights bundled in the form `call`
+        takes as its `inputs`. Optional: `call` takes the ids as they are. On JAX,
+        TensorFlow ragged ids (a `tf.data` pipeline's) are made dense, padded to the
+        feature's bag size with ids of weight 0, as keras-rs' JAX layer does."""
+        del training  # keras-rs sizes SparseCore buffers with it
+        ids = self._flat("inputs", inputs)
+        bag_weights = None if weights is None else self._flat("weights", weights)
+        if keras.backend.backend() == "jax" and any(sparse.is_ragged(x) for x in ids):
+            ids, bag_weights = sparse.ragged_to_dense_bags(
+                ids, bag_weights, [feature.input_shape[-1] for feature in self._features.flat])
+        bundle = {"inputs": keras.tree.pack_sequence_as(self._features.nested, ids)}
+        if bag_weights is not None:
+            bundle["weights"] = keras.tree.pack_sequence_as(self._features.nested, bag_weights)
+        return {_PREPROCESSED: {"default_device": bundle}}
+
     def call(self, inputs, weights=None, training=None):
         """Looks up every feature's ids in its table and reduces each feature's bag."""
+        inputs, weights = _unbundled(inputs, weights)
         features = self._features.flat
         ids = self._flat("inputs", inputs)
         bag_weights = [None] * len(features) if weights is None else self._flat("weights", weights)
@@ -139,10 +158,11 @@ class DistributedEmbedding(keras.layers.Layer):
     def _flat(self, what, nested):
         try:
             keras.tree.assert_same_structure(self._features.nested, nested)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError):
+            expected, given = _leaf_paths(self._features.nested), _leaf_paths(nested)
             raise ValueError(
                 f"DistributedEmbedding layer '{self.name}' takes {what} in the structure of its feature "
-                f"configs. {error}"
+                f"configs. Missing: {sorted(expected - given)}; not a feature: {sorted(given - expected)}."
             ) from None
         return keras.tree.flatten(nested)
 
@@ -154,6 +174,7 @@ class DistributedEmbedding(keras.layers.Layer):
             flat = sparse.flat_ids(ids, weights, table.combiner)
             return combiners.FlatBags(self._offset_ids(flat.ids, table, subject), flat, table.combiner)
         sparse.check_supported(ids)
+        _check_ids_shape(feature, tuple(ops.shape(ids)), subject)
         if weights is not None:
             combiners.check_bag_inputs(ids, weights, table.combiner, subject)
         valid_ids, valid = self._offset_ids(ids, table, subject)
@@ -234,6 +255,8 @@ class DistributedEmbedding(keras.layers.Layer):
             stack.merge_lora()
 
     def compute_output_spec(self, inputs, weights=None, training=None):
+        inputs, weights = _unbundled(inputs, weights)
+
         def spec(feature, ids):
             shape = tuple(ids.shape)
             shape = shape if len(shape) <= 1 else shape[:-1]
@@ -247,13 +270,7 @@ class DistributedEmbedding(keras.layers.Layer):
         shapes = []
         keras.tree.map_shape_structure(lambda shape: shapes.append(tuple(shape)), input_shapes)
         for feature, shape in zip(self._features.flat, shapes):
-            expected = tuple(feature.input_shape)
-            if len(shape) != len(expected) or any(a is not None and b is not None and a != b
-                                                  for a, b in zip(shape[1:], expected[1:])):
-                raise ValueError(
-                    f"Feature '{feature.name}' of DistributedEmbedding layer '{self.name}' expects ids of "
-                    f"shape {expected}. Received shape {shape}."
-                )
+            _check_ids_shape(feature, shape, f"Feature '{feature.name}' of DistributedEmbedding layer '{self.name}'")
 
     def get_config(self):
         """keras-rs' config: the tables listed once, each feature naming its table's index."""
@@ -283,3 +300,32 @@ class DistributedEmbedding(keras.layers.Layer):
 
         config["feature_configs"] = keras.tree.traverse(feature, config["feature_configs"])
         return cls(**config)
+
+
+_PREPROCESSED = "preprocessed_inputs_per_placement"  # keras-rs' mark of preprocessed inputs
+
+
+def _unbundled(inputs, weights):
+    """`(inputs, weights)` of `preprocess()`'s bundle, or as given."""
+    if isinstance(inputs, dict) and _PREPROCESSED in inputs:
+        bundle = inputs[_PREPROCESSED]["default_device"]
+        return bundle["inputs"], bundle.get("weights", weights)
+    return inputs, weights
+
+
+def _leaf_paths(nested):
+    return {"/".join(map(str, path)) for path, _ in keras.tree.flatten_with_path(nested)}
+
+
+def _check_ids_shape(feature, shape, subject):
+    """The shapes keras-rs takes for a feature of `input_shape (batch, ..., bag)`: the
+    batch of any size, a bag of at most `bag` ids (the input shape's last dimension is
+    a maximum), and `(batch,)` for a bag of one."""
+    expected = tuple(feature.input_shape)
+    if len(expected) == 2 and expected[-1] == 1 and len(shape) == 1:
+        return
+    middle_ok = all(a is None or b is None or a == b for a, b in zip(shape[1:-1], expected[1:-1]))
+    last_ok = len(expected) < 2 or shape[-1] is None or expected[-1] is None or shape[-1] <= expected[-1]
+    if len(shape) != len(expected) or not middle_ok or not last_ok:
+        bag = " (a bag of at most that many ids)" if len(expected) >= 2 else ""
+        raise ValueError(f"{subject} expects ids of shape {expected}{bag}. Received shape {shape}.")

@@ -217,7 +217,7 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
     def _dense_bags(self, ids, weights, training):
         """The bags of dense `ids (..., L)`: `(..., D)`. A float table's are weighted sums
         of its rows, taken without writing the rows (`combiners.float_bags`)."""
-        combiners.check_bag_inputs(ids, weights, self.combiner, self.name)
+        combiners.check_bag_inputs(ids, weights, self.combiner, f"Embedding layer '{self.name}'")
         table = self._table
         if table.mode is not None or table.adapter is not None or (training and table.row_training is not None):
             rows, keep = self._rows(ids, training)

@@ -232,6 +232,12 @@ def _from_keras(optimizer):
             )
     learning_rate = optimizer._learning_rate
     if not isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        if callable(learning_rate):
+            raise ValueError(
+                f"A row-wise update reads {type(optimizer).__name__}'s `learning_rate` as a number or a keras "
+                f"LearningRateSchedule, evaluated at its own step count; a callable is neither. Received: "
+                f"learning_rate={learning_rate!r}"
+            )
         learning_rate = float(ops.convert_to_numpy(learning_rate))
     return row_class(learning_rate, **{name: getattr(optimizer, name) for name in names})
 

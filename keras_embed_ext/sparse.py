@@ -10,6 +10,7 @@ from typing import Any
 from typing import NamedTuple
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -148,3 +149,23 @@ def flat_ids(inputs, weights, combiner) -> FlatIds:
             "or set combiner='sum', 'mean' or 'sqrtn'."
         )
     return sparse_ids(inputs, weights, multi_hot)
+
+
+def ragged_to_dense_bags(ids, weights, bag_sizes):
+    """Lists of ids and weights where each TensorFlow ragged bag is dense: padded to its
+    bag size (`None`: the longest bag) with id 0 of weight 0, as numpy arrays; the
+    other features' weights are ones where none were given."""
+    dense_ids, dense_weights = [], []
+    for index, (feature_ids, size) in enumerate(zip(ids, bag_sizes)):
+        feature_weights = None if weights is None else weights[index]
+        if is_ragged(feature_ids):
+            if feature_weights is None:
+                feature_weights = _tf().ones_like(feature_ids, dtype="float32")
+            shape = [None, size]
+            dense_ids.append(feature_ids.to_tensor(0, shape=shape).numpy())
+            dense_weights.append(feature_weights.to_tensor(0.0, shape=shape).numpy())
+        else:
+            dense_ids.append(feature_ids)
+            dense_weights.append(np.ones(np.shape(feature_ids), "float32") if feature_weights is None
+                                 else feature_weights)
+    return dense_ids, dense_weights
