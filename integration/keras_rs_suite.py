@@ -30,7 +30,9 @@ def outcomes(checkout, backend, scratch):
     """`{test: "passed" | "failed" | "skipped"}` of both files on `backend`."""
     report = os.path.join(scratch, f"{backend}.xml")
     files = [shutil.copy(os.path.join(checkout, path), scratch) for path in TEST_FILES]
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": os.path.abspath(checkout)}
+    # keras-rs' test helpers come from the checkout; this package from the tree the script is in.
+    path = os.pathsep.join([os.path.abspath(checkout), os.path.dirname(HERE)])
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": path}
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files,
                     f"--junitxml={report}"], cwd=scratch, env=env, capture_output=True, timeout=1800)
     result = {}

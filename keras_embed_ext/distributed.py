@@ -130,7 +130,9 @@ class DistributedEmbedding(keras.layers.Layer):
         del training  # keras-rs sizes SparseCore buffers with it
         ids = self._flat("inputs", inputs)
         bag_weights = None if weights is None else self._flat("weights", weights)
-        if keras.backend.backend() == "jax" and any(sparse.is_ragged(x) for x in ids):
+        if not self.built:
+            self.build(keras.tree.map_structure(lambda x: tuple(x.shape), inputs))
+        if keras.backend.backend() == "jax" and any(sparse.is_tf_ragged(x) for x in ids):
             ids, bag_weights = sparse.ragged_to_dense_bags(
                 ids, bag_weights, [feature.input_shape[-1] for feature in self._features.flat])
         bundle = {"inputs": keras.tree.pack_sequence_as(self._features.nested, ids)}

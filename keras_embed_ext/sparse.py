@@ -31,8 +31,13 @@ def _tf():
 
 def is_ragged(x) -> bool:
     """A `tf.RaggedTensor` on the TensorFlow backend."""
+    return keras.backend.backend() == "tensorflow" and is_tf_ragged(x)
+
+
+def is_tf_ragged(x) -> bool:
+    """A `tf.RaggedTensor`, whatever the backend (a `tf.data` pipeline's, feeding JAX)."""
     tf = _tf()
-    return keras.backend.backend() == "tensorflow" and tf is not None and isinstance(x, tf.RaggedTensor)
+    return tf is not None and isinstance(x, tf.RaggedTensor)
 
 
 def is_sparse(x) -> bool:
@@ -158,7 +163,7 @@ def ragged_to_dense_bags(ids, weights, bag_sizes):
     dense_ids, dense_weights = [], []
     for index, (feature_ids, size) in enumerate(zip(ids, bag_sizes)):
         feature_weights = None if weights is None else weights[index]
-        if is_ragged(feature_ids):
+        if is_tf_ragged(feature_ids):
             if feature_weights is None:
                 feature_weights = _tf().ones_like(feature_ids, dtype="float32")
             shape = [None, size]
