@@ -107,7 +107,7 @@ class RowTraining:
         rows the caller zeroes, padding, dropped rows) keep their values and state."""
         self._check_model_optimizer()
         if not _state_travels_as_gradient():
-            # TensorFlow's gather sums a repeated id's slices (`backends.take_rows`).
+            # A repeated id's slices of the sparse gradient are summed in `assign`.
             rows, probe = row_backends.lookup_with_sparse_gradient(self.variable, ids)
         else:
             self._check_once_per_step()

@@ -272,8 +272,6 @@ def test_stacking_lists_and_their_errors():
         kee.DistributedEmbedding(feature_configs, table_stacking=["ta", "tc"])
     with pytest.raises(ValueError, match="'tz' is not a table"):
         kee.DistributedEmbedding(feature_configs, table_stacking=["ta", "tz"])
-    with pytest.raises(ValueError, match="update_stats"):
-        kee.DistributedEmbedding(feature_configs, update_stats=True)
 
 
 def test_config_round_trip_keeps_shared_tables():
