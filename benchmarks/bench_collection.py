@@ -13,7 +13,15 @@ one process and timed interleaved, a block of steps each per round, one thread:
 - `keras_per_feature`: one `keras.layers.Embedding` per feature (mean pooling for the
   bags), trained by the model's Adam;
 - `keras_rs`: keras-rs' `DistributedEmbedding` with the same configs (when installed);
-- `mlp`: the model without tables, what the rest of the step costs.
+- `mlp`: the model without tables, what the rest of the step costs;
+- tables alone (the loss: the pooled vectors times a fixed upstream gradient), on
+  torch: `kee_tables` (`kee.DistributedEmbedding`), `fbgemm_adagrad` and
+  `fbgemm_rowwise_adagrad` (FBGEMM's fused CPU TBE, when `fbgemm_gpu` imports),
+  `torch_bags` and `torch_bags_stacked` (`EmbeddingBag(sparse=True)` per table, or
+  one for all, with `torch.optim.Adagrad`); and `fbgemm_mlp`, FBGEMM with the same MLP
+  in torch (`torch_tables.py`).
+
+Wall and process CPU time are both reported, with the machine's load average.
 
     KERAS_BACKEND=jax python benchmarks/bench_collection.py [--scale 0.01] [--rounds 5]
 """
@@ -34,6 +42,8 @@ CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 835
           5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
 CAP, DIM, BAGS_FROM, BAG, DENSE = 1_000_000, 16, 20, 8, 13
 CONTENDERS = ("kee", "kee_small", "kee_per_feature", "keras_per_feature", "keras_rs", "mlp")
+TORCH_TABLES = ("kee_tables", "fbgemm_adagrad", "fbgemm_rowwise_adagrad", "torch_bags", "torch_bags_stacked",
+                "fbgemm_mlp")
 
 
 def cardinalities(scale):
@@ -52,10 +62,40 @@ def feature_configs(module, sizes, batch):
     return configs
 
 
+def names_and_tables(sizes):
+    names = [f"c{i:02d}" for i in range(len(sizes))]
+    return names, {name: i for i, name in enumerate(names)}
+
+
+def build_step(contender, sizes, batch):
+    """`step(x, y)`: one training step of `contender`."""
+    if contender.startswith(("fbgemm", "torch_bags")):
+        import torch_tables
+
+        names, table_of = names_and_tables(sizes)
+        if contender.startswith("fbgemm"):
+            return torch_tables.fbgemm(sizes, names, DIM, batch, table_of, rowwise="rowwise" in contender,
+                                       mlp=contender.endswith("mlp"), dense_width=DENSE)
+        return torch_tables.embedding_bags(sizes, names, DIM, batch, table_of, stacked=contender.endswith("stacked"))
+    model = build(contender, sizes, batch)
+    if contender == "kee_tables":
+        upstream = np.random.default_rng(0).standard_normal((batch, len(sizes) * DIM)).astype("float32")
+        return lambda x, y: model.train_on_batch({k: v for k, v in x.items() if k != "numeric"}, upstream)
+    return model.train_on_batch
+
+
 def build(contender, sizes, batch):
     import keras
 
     import keras_embed_ext as kee
+
+    if contender == "kee_tables":
+        inputs = {f"c{i:02d}": keras.Input((BAG,) if i >= BAGS_FROM else (), dtype="int32", name=f"c{i:02d}")
+                  for i in range(len(sizes))}
+        outputs = kee.DistributedEmbedding(feature_configs(kee, sizes, batch))(inputs)
+        model = keras.Model(inputs, keras.layers.Concatenate()([outputs[name] for name in sorted(outputs)]))
+        model.compile(keras.optimizers.Adam(0.001), lambda upstream, pooled: keras.ops.sum(pooled * upstream))
+        return model
 
     inputs = {f"c{i:02d}": keras.Input((BAG,) if i >= BAGS_FROM else (), dtype="int32", name=f"c{i:02d}")
               for i in range(len(sizes))}
@@ -106,7 +146,8 @@ def main():
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=4, help="steps per contender in a round")
-    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS))
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS),
+                        help=f"also: {', '.join(TORCH_TABLES)}")
     args = parser.parse_args()
 
     from common import BACKEND, device_name, peak_memory, pin_one_thread, reset_peak_memory, synchronize
@@ -114,7 +155,7 @@ def main():
     pin_one_thread()
     import keras
 
-    contenders = [c for c in args.contenders if c != "keras_rs" or _has_keras_rs()]
+    contenders = [c for c in args.contenders if _available(c)]
     full = cardinalities(args.scale)
     small = cardinalities(args.scale / 10)
     data = {size_key: batches(sizes, args.batch) for size_key, sizes in (("full", full), ("small", small))}
@@ -122,35 +163,54 @@ def main():
     for contender in contenders:
         sizes_key = "small" if contender == "kee_small" else "full"
         keras.utils.set_random_seed(0)
-        model = models[contender] = build(contender, full if sizes_key == "full" else small, args.batch)
+        step = models[contender] = build_step(contender, full if sizes_key == "full" else small, args.batch)
         for x, y in data[sizes_key][:2]:  # compiling and first-step copies are not a step's cost
-            model.train_on_batch(x, y)
+            step(x, y)
         gc.collect()
         before = reset_peak_memory()
         for x, y in data[sizes_key]:
-            model.train_on_batch(x, y)
+            step(x, y)
         memory[contender] = peak_memory() - before
     times = {c: [] for c in contenders}
+    cpu_times = {c: [] for c in contenders}
+    load = os.getloadavg()[0]
     for _ in range(args.rounds):
         for contender in contenders:
             steps = data["small" if contender == "kee_small" else "full"]
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for step in range(args.steps):
                 x, y = steps[step % len(steps)]
-                synchronize(models[contender].train_on_batch(x, y))
+                synchronize(models[contender](x, y))
             times[contender].append(1e3 * (time.perf_counter() - start) / args.steps)
+            cpu_times[contender].append(1e3 * (time.process_time() - cpu_start) / args.steps)
     rows = [{"backend": BACKEND, "device": device_name(), "contender": c, "rows": sum(small if c == "kee_small" else full),
-             "ms": float(np.median(times[c])), "min_ms": min(times[c]), "max_ms": max(times[c]), "mb_added": memory[c]}
-            for c in contenders]
-    print(f"backend {BACKEND} on {device_name()}, batch {args.batch}, one thread, ms per train_on_batch, median "
-          f"(min-max) of {args.rounds} rounds of {args.steps} steps, contenders interleaved\n")
-    print("| contender | table rows | ms per step | / kee | MB a step adds |")
-    print("|---|---:|---|---:|---:|")
-    ours = next((r["ms"] for r in rows if r["contender"] == "kee"), float("nan"))
+             "ms": float(np.median(times[c])), "min_ms": min(times[c]), "max_ms": max(times[c]),
+             "cpu_ms": float(np.median(cpu_times[c])), "mb_added": memory[c]} for c in contenders]
+    print(f"backend {BACKEND} on {device_name()}, batch {args.batch}, one thread, ms per training step, median "
+          f"(min-max) of {args.rounds} rounds of {args.steps} steps, contenders interleaved; load average "
+          f"{load:.2f} (1 min) at the start\n")
+    anchor = "fbgemm_adagrad" if "fbgemm_adagrad" in contenders else "kee"
+    print(f"| contender | table rows | wall ms per step | CPU ms per step | / {anchor} (CPU) | MB a step adds |")
+    print("|---|---:|---|---:|---:|---:|")
+    reference = next((r["cpu_ms"] for r in rows if r["contender"] == anchor), float("nan"))
     for r in rows:
         print(f"| {r['contender']} | {r['rows']:,} | {r['ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
-              f"{r['ms'] / ours:.2f} | {r['mb_added']:.0f} |")
+              f"{r['cpu_ms']:.1f} | {r['cpu_ms'] / reference:.2f} | {r['mb_added']:.0f} |")
     print(json.dumps(rows), file=sys.stderr)
+
+
+def _available(contender):
+    from common import BACKEND
+
+    if contender in TORCH_TABLES[1:] and BACKEND != "torch":
+        return False
+    if contender.startswith("fbgemm"):
+        import torch_tables
+
+        if not torch_tables.has_fbgemm():
+            print(f"fbgemm_gpu does not import: no {contender} (benchmarks/requirements-fbgemm.txt)", file=sys.stderr)
+            return False
+    return contender != "keras_rs" or _has_keras_rs()
 
 
 def _has_keras_rs():
