@@ -181,8 +181,10 @@ def test_only_training_steps_count_as_the_row_optimizers_steps(kind):
         (keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(clipnorm=1.0)), "clipnorm"),
     ],
 )
-def test_what_a_row_update_cannot_honour_is_refused_naming_the_setting_and_table(kind, optimizer, named):
-    model, layer = trained_model(kind, kee.optimizers.SGD(0.1), "sgd", [], table(V, D))
+@pytest.mark.parametrize("row_optimizer", sorted(ROW_OPTIMIZERS))
+def test_what_a_row_update_cannot_honour_is_refused_naming_the_setting_and_table(kind, optimizer, named,
+                                                                                   row_optimizer):
+    model, layer = trained_model(kind, ROW_OPTIMIZERS[row_optimizer](), "sgd", [], table(V, D))
     model.compile(optimizer, "mse")
     x, y = data()[0]
     before = table_of(layer)
