@@ -62,7 +62,8 @@ def _torch_loss_scale_probe():
 
         @staticmethod
         def backward(ctx, row_grads, loss_scale):
-            return _unscale(row_grads, loss_scale.to(row_grads.dtype))
+            scale = loss_scale.to(row_grads.dtype)
+            return row_grads / torch.where(scale == 0, torch.ones_like(scale), scale)
 
     return TorchLossScaleProbe
 
@@ -117,7 +118,7 @@ def lookup_jax(table, slots, step, ids, first, update):
         rows = jnp.where(first == jnp.arange(count, dtype=first.dtype), flat_ids, input_dim)
         row_grads = _unscale(row_grads.reshape(-1, row_grads.shape[-1]).astype("float32"), loss_scale)
         grads = jax.ops.segment_sum(row_grads, first, num_segments=count)
-        step = step + jnp.any(grads != 0).astype(step.dtype)
+        step = step + jnp.any(grads).astype(step.dtype)
         old_rows = looked_up.reshape(-1, looked_up.shape[-1])
         new_rows, new_slots = update(old_rows, grads, [take_rows(s, rows) for s in slots], step=step)
         new_slots = [s.at[rows].set(new, mode="drop") for s, new in zip(slots, new_slots)]

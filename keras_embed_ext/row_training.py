@@ -136,7 +136,7 @@ class RowTraining:
         backend = keras.backend.backend()
         rows, grads = row_backends.BY_ROW[backend](gradient, self.first_positions)
         grads = ops.cast(grads, "float32")
-        step = row_backends.add_to_step(self.step, ops.cast(ops.any(ops.not_equal(grads, 0)), "float32"))
+        step = row_backends.add_to_step(self.step, ops.cast(ops.any(grads), "float32"))
         values = [self.variable, *self.slots]
         old = [take_rows(v, rows) for v in values]
         new_rows, new_slots = self._update(old[0], grads, old[1:], step=step)
@@ -149,7 +149,7 @@ class RowTraining:
         new_rows, new_slots = self.optimizer.update(ops.cast(rows, "float32"), grads, slots, step=step)
         if self.optimizer.still_at_zero_gradient():
             return ops.cast(new_rows, rows.dtype), new_slots
-        touched = ops.any(ops.not_equal(grads, 0), axis=-1)
+        touched = ops.any(grads, axis=-1)  # a NaN gradient counts: the row takes it
         kept = [
             ops.where(ops.reshape(touched, (-1,) + (1,) * (len(old.shape) - 1)), ops.cast(new, old.dtype), old)
             for old, new in zip((rows, *slots), (new_rows, *new_slots))
