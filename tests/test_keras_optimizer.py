@@ -252,3 +252,18 @@ def test_two_different_tables_with_one_name_are_refused_whatever_the_stacking():
     for stacking in ("auto", None, ["items"]):
         with pytest.raises(ValueError, match="two different tables are named \\['items'\\]"):
             kee.DistributedEmbedding(features, table_stacking=stacking).build({"a": (B,), "b": (B,)})
+
+
+if BACKEND != "torch":  # keras' torch trainer takes steps_per_execution=1 only
+
+    @pytest.mark.parametrize("kind", ["embedding", "distributed"])
+    def test_steps_per_execution_counts_each_step(kind):
+        initial, batches = table(V, D) * 0.1, data(steps=4)
+        reference = table_of(trained_model(kind, kee.optimizers.Adam(0.01), "sgd", batches, initial)[1])
+        model, layer = trained_model(kind, kee.optimizers.Adam(0.01), "sgd", [], initial)
+        model.compile("sgd", "mse", steps_per_execution=2)
+        x = np.concatenate([x for x, _ in batches])
+        y = np.concatenate([y for _, y in batches])
+        model.fit(x, y, batch_size=B, shuffle=False, verbose=0)
+        assert float(to_numpy(layer.row_optimizer_variables[-1])) == len(batches)
+        np.testing.assert_allclose(table_of(layer), reference, rtol=1e-5, atol=1e-6)
