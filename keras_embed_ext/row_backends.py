@@ -135,7 +135,7 @@ def is_sparse(value) -> bool:
     return type(value).__name__ == "IndexedSlices"
 
 
-def _by_row_tensorflow(slices, first_positions=None):
+def _by_row_tensorflow(slices):
     """`(rows, grads)`: the distinct rows of `IndexedSlices`, each with its slices summed."""
     import tensorflow as tf
 
@@ -143,23 +143,20 @@ def _by_row_tensorflow(slices, first_positions=None):
     return rows, tf.math.unsorted_segment_sum(slices.values, position, tf.size(rows))
 
 
-def _by_row_torch(gradient, first_positions):
-    """`(rows, grads)` of a sparse torch gradient: its distinct rows, each with its
-    entries summed (found with `first_positions`, as on JAX, without a sort)."""
+def _by_row_torch(gradient):
+    """`(rows, grads)` of a sparse torch gradient: its distinct rows in increasing
+    order, each with its entries summed. Sorting costs less here than a scratch array
+    of each row's first position, and the sorted rows are then read and written in
+    order."""
     import torch
 
     ids, values = gradient._indices()[0], gradient._values()
     if gradient.is_coalesced():
         return ids, values
     with torch.no_grad():
-        positions = first_positions.value
-        order = torch.arange(ids.shape[0], device=ids.device, dtype=positions.dtype)
-        positions.index_fill_(0, ids, ids.shape[0])
-        positions.scatter_reduce_(0, ids, order, reduce="amin")
-        first = positions[ids]
-        is_first = first == order
-        summed = torch.zeros_like(values).index_add_(0, first.long(), values)
-    return ids[is_first], summed[is_first]
+        rows, slot = torch.unique(ids, sorted=True, return_inverse=True)
+        summed = values.new_zeros((rows.shape[0], values.shape[1])).index_add_(0, slot, values)
+    return rows, summed
 
 
 def apply_across_replicas(apply, variable, gradient):

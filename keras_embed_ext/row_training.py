@@ -69,13 +69,12 @@ class RowTraining:
             name=f"{name}_step", shape=(), initializer="zeros", dtype="float32", trainable=as_gradient,
             autocast=False,
         )
-        # JAX and torch: for each row, where in the step's ids it was first looked up
-        # (scratch, not saved): finding the distinct ids costs two scatters and a
-        # gather, not a sort.
+        # JAX: for each row, where in the step's ids it was first looked up (scratch, not
+        # saved): finding the distinct ids costs two scatters and a gather, not a sort.
         self.first_positions = add_weight(
             name=f"{name}_first_positions", shape=variable.shape[:1], initializer="zeros", dtype="int32",
             trainable=False, autocast=False,
-        ) if keras.backend.backend() in ("jax", "torch") else None
+        ) if as_gradient else None
         self._differentiated_in = None
         self._checked_optimizers = weakref.WeakSet()
         variable.overwrite_with_gradient = True
@@ -134,7 +133,7 @@ class RowTraining:
     def _apply(self, gradient):
         """The update of the rows `gradient` reaches, and of their state."""
         backend = keras.backend.backend()
-        rows, grads = row_backends.BY_ROW[backend](gradient, self.first_positions)
+        rows, grads = row_backends.BY_ROW[backend](gradient)
         grads = ops.cast(grads, "float32")
         step = row_backends.add_to_step(self.step, ops.cast(ops.any(grads), "float32"))
         values = [self.variable, *self.slots]
