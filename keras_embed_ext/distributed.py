@@ -21,6 +21,7 @@ from keras_embed_ext.configs import stacks
 from keras_embed_ext.embedding import Embedding
 from keras_embed_ext.ids import INVALID_ID_POLICIES
 from keras_embed_ext.ids import validate
+from keras_embed_ext.ids import warn_if_keras_wraps
 
 
 class _Features:
@@ -260,6 +261,7 @@ class DistributedEmbedding(keras.layers.Layer):
         inputs, weights = _unbundled(inputs, weights)
 
         def spec(feature, ids):
+            warn_if_keras_wraps(ids.dtype, f"Feature '{feature.name}' of DistributedEmbedding layer '{self.name}'")
             shape = tuple(ids.shape)
             shape = shape if len(shape) <= 1 else shape[:-1]
             return keras.KerasTensor((*shape, feature.table.embedding_dim), dtype=self.compute_dtype)

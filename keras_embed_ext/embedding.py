@@ -21,6 +21,7 @@ from keras_embed_ext.backends import gradients_summed_per_id
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.ids import validate
+from keras_embed_ext.ids import warn_if_keras_wraps
 from keras_embed_ext.legacy import input_shape_from_length
 from keras_embed_ext.legacy import pop_keras1_arguments
 from keras_embed_ext.saving import SavedTable
@@ -264,6 +265,7 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         return (*input_shape, self.output_dim)
 
     def compute_output_spec(self, inputs, weights=None, training=None):
+        warn_if_keras_wraps(inputs.dtype, f"Embedding layer '{self.name}'")
         ragged = bool(getattr(inputs, "ragged", False)) and not self.combiner
         return keras.KerasTensor(
             self.compute_output_shape(inputs.shape),

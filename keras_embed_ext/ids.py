@@ -1,5 +1,7 @@
 """Id validation: which dtypes are ids, and what out-of-range and negative ids get."""
 
+import warnings
+
 import numpy as np
 from keras import backend
 from keras import ops
@@ -19,6 +21,23 @@ def dtype_name(x) -> str:
         return backend.standardize_dtype(dtype)
     except ValueError:
         return str(dtype)
+
+
+def warn_if_keras_wraps(dtype, subject):
+    """A warning where a symbolic input of `dtype` will reach the layer wrapped: keras
+    converts int64 inputs to int32 on JAX without x64, before any layer sees them."""
+    if backend.backend() != "jax" or backend.standardize_dtype(dtype) not in ("int64", "uint32", "uint64"):
+        return
+    import jax
+
+    if not jax.config.jax_enable_x64:
+        warnings.warn(
+            f"{subject} takes {backend.standardize_dtype(dtype)} ids, which keras converts to int32 on JAX "
+            "without jax_enable_x64 before the layer sees them: an id beyond int32 wraps around (another row, "
+            "or a negative id's zero row). Use int32 ids, or enable x64 with "
+            "`jax.config.update('jax_enable_x64', True)`.",
+            stacklevel=3,
+        )
 
 
 def is_numeric(dtype: str) -> bool:

@@ -1,6 +1,7 @@
 """Out-of-range and negative ids: the same error, or zero rows, on every backend."""
 
 import re
+import warnings
 
 import keras
 import numpy as np
@@ -142,3 +143,14 @@ def test_fit_zeroes_a_bad_id_where_it_is_compiled_and_raises_where_it_runs_eager
     else:
         model.fit(ids, y, verbose=0)
         np.testing.assert_array_equal(to_numpy(model.predict(ids, verbose=0))[0, 1], np.zeros(3))
+
+
+def test_a_symbolic_int64_input_warns_where_keras_wraps_it():
+    # On JAX without x64 keras converts int64 inputs to int32 before any layer sees them.
+    ids = keras.Input((2,), dtype="int64")
+    wraps = BACKEND == "jax" and not __import__("jax").config.jax_enable_x64
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kee.Embedding(10, 3)(ids)
+    said = [str(w.message) for w in caught if "jax_enable_x64" in str(w.message)]
+    assert len(said) == (1 if wraps else 0), said
