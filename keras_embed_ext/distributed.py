@@ -19,19 +19,13 @@ from keras_embed_ext.configs import own_configs
 from keras_embed_ext.configs import stack_name
 from keras_embed_ext.configs import stacks
 from keras_embed_ext.embedding import Embedding
+from keras_embed_ext.feature_inputs import Features
+from keras_embed_ext.feature_inputs import bundled
+from keras_embed_ext.feature_inputs import check_ids_shape
+from keras_embed_ext.feature_inputs import unbundled
 from keras_embed_ext.ids import INVALID_ID_POLICIES
 from keras_embed_ext.ids import validate
 from keras_embed_ext.ids import warn_if_keras_wraps
-
-
-class _Features:
-    """The nested feature configs, kept out of keras' attribute tracking, which would
-    turn their dicts and lists into its own types."""
-
-    def __init__(self, nested):
-        self.nested = nested
-        self.flat = keras.tree.flatten(nested)
-        self.tables = list({id(f.table): f.table for f in self.flat}.values())
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
@@ -94,7 +88,7 @@ class DistributedEmbedding(keras.layers.Layer):
             )
         self._convert_input_args = False
         self._allow_non_tensor_positional_args = True
-        self._features = _Features(own_configs(feature_configs))
+        self._features = Features(own_configs(feature_configs))
         self.table_stacking = table_stacking
         self.invalid_ids = invalid_ids
         self._stack_of = {}  # table name -> (stack index, row offset)
@@ -115,8 +109,7 @@ class DistributedEmbedding(keras.layers.Layer):
         return self._features.nested
 
     def build(self, input_shapes=None):
-        if isinstance(input_shapes, dict) and _PREPROCESSED in input_shapes:
-            input_shapes = input_shapes[_PREPROCESSED]["default_device"]["inputs"]
+        input_shapes, _ = unbundled(input_shapes, None)
         if input_shapes is not None:
             self._check_input_shapes(input_shapes)
         for stack in self._stacks:
@@ -136,14 +129,11 @@ class DistributedEmbedding(keras.layers.Layer):
         if keras.backend.backend() == "jax" and any(sparse.is_tf_ragged(x) for x in ids):
             ids, bag_weights = sparse.ragged_to_dense_bags(
                 ids, bag_weights, [feature.input_shape[-1] for feature in self._features.flat])
-        bundle = {"inputs": keras.tree.pack_sequence_as(self._features.nested, ids)}
-        if bag_weights is not None:
-            bundle["weights"] = keras.tree.pack_sequence_as(self._features.nested, bag_weights)
-        return {_PREPROCESSED: {"default_device": bundle}}
+        return bundled(self._features.nested, ids, bag_weights)
 
     def call(self, inputs, weights=None, training=None):
         """Looks up every feature's ids in its table and reduces each feature's bag."""
-        inputs, weights = _unbundled(inputs, weights)
+        inputs, weights = unbundled(inputs, weights)
         features = self._features.flat
         ids = self._flat("inputs", inputs)
         bag_weights = [None] * len(features) if weights is None else self._flat("weights", weights)
@@ -159,15 +149,7 @@ class DistributedEmbedding(keras.layers.Layer):
         return keras.tree.pack_sequence_as(self._features.nested, outputs)
 
     def _flat(self, what, nested):
-        try:
-            keras.tree.assert_same_structure(self._features.nested, nested)
-        except (ValueError, TypeError):
-            expected, given = _leaf_paths(self._features.nested), _leaf_paths(nested)
-            raise ValueError(
-                f"DistributedEmbedding layer '{self.name}' takes {what} in the structure of its feature "
-                f"configs. Missing: {sorted(expected - given)}; not a feature: {sorted(given - expected)}."
-            ) from None
-        return keras.tree.flatten(nested)
+        return self._features.flatten(nested, f"DistributedEmbedding layer '{self.name}' takes {what}")
 
     def _feature_ids(self, feature, ids, weights):
         """The ids of one feature, validated against its table and offset into its stack."""
@@ -177,7 +159,7 @@ class DistributedEmbedding(keras.layers.Layer):
             flat = sparse.flat_ids(ids, weights, table.combiner)
             return combiners.FlatBags(self._offset_ids(flat.ids, table, subject), flat, table.combiner)
         sparse.check_supported(ids)
-        _check_ids_shape(feature, tuple(ops.shape(ids)), subject)
+        check_ids_shape(feature, tuple(ops.shape(ids)), subject)
         if weights is not None:
             combiners.check_bag_inputs(ids, weights, table.combiner, subject)
         valid_ids, valid = self._offset_ids(ids, table, subject)
@@ -258,7 +240,7 @@ class DistributedEmbedding(keras.layers.Layer):
             stack.merge_lora()
 
     def compute_output_spec(self, inputs, weights=None, training=None):
-        inputs, weights = _unbundled(inputs, weights)
+        inputs, weights = unbundled(inputs, weights)
 
         def spec(feature, ids):
             warn_if_keras_wraps(ids.dtype, f"Feature '{feature.name}' of DistributedEmbedding layer '{self.name}'")
@@ -274,7 +256,7 @@ class DistributedEmbedding(keras.layers.Layer):
         shapes = []
         keras.tree.map_shape_structure(lambda shape: shapes.append(tuple(shape)), input_shapes)
         for feature, shape in zip(self._features.flat, shapes):
-            _check_ids_shape(feature, shape, f"Feature '{feature.name}' of DistributedEmbedding layer '{self.name}'")
+            check_ids_shape(feature, shape, f"Feature '{feature.name}' of DistributedEmbedding layer '{self.name}'")
 
     def get_config(self):
         """keras-rs' config: the tables listed once, each feature naming its table's index."""
@@ -304,32 +286,3 @@ class DistributedEmbedding(keras.layers.Layer):
 
         config["feature_configs"] = keras.tree.traverse(feature, config["feature_configs"])
         return cls(**config)
-
-
-_PREPROCESSED = "preprocessed_inputs_per_placement"  # keras-rs' mark of preprocessed inputs
-
-
-def _unbundled(inputs, weights):
-    """`(inputs, weights)` of `preprocess()`'s bundle, or as given."""
-    if isinstance(inputs, dict) and _PREPROCESSED in inputs:
-        bundle = inputs[_PREPROCESSED]["default_device"]
-        return bundle["inputs"], bundle.get("weights", weights)
-    return inputs, weights
-
-
-def _leaf_paths(nested):
-    return {"/".join(map(str, path)) for path, _ in keras.tree.flatten_with_path(nested)}
-
-
-def _check_ids_shape(feature, shape, subject):
-    """The shapes keras-rs takes for a feature of `input_shape (batch, ..., bag)`: the
-    batch of any size, a bag of at most `bag` ids (the input shape's last dimension is
-    a maximum), and `(batch,)` for a bag of one."""
-    expected = tuple(feature.input_shape)
-    if len(expected) == 2 and expected[-1] == 1 and len(shape) == 1:
-        return
-    middle_ok = all(a is None or b is None or a == b for a, b in zip(shape[1:-1], expected[1:-1]))
-    last_ok = len(expected) < 2 or shape[-1] is None or expected[-1] is None or shape[-1] <= expected[-1]
-    if len(shape) != len(expected) or not middle_ok or not last_ok:
-        bag = " (a bag of at most that many ids)" if len(expected) >= 2 else ""
-        raise ValueError(f"{subject} expects ids of shape {expected}{bag}. Received shape {shape}.")
