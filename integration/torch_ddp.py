@@ -31,9 +31,14 @@ def build(state):
 
 
 def main(mode, *args):
+    import faulthandler
+
     import keras
     import numpy as np
     import torch
+
+    # A process that hangs (in a collective its peer left) shows where, before the test's timeout kills it.
+    faulthandler.dump_traceback_later(540, exit=False)
 
     from jax_processes import data, local_half
 
@@ -78,6 +83,8 @@ def main(mode, *args):
     if not distributed or torch.distributed.get_rank() == 0:
         np.savez(args[-1], **weights)
     if distributed:
+        # Both ranks leave together: gloo's teardown talks to the peer, which must still be there.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
