@@ -5,9 +5,8 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_embed_ext.combiners import COMBINERS
 from keras_embed_ext.embedding import Embedding
-
-COMBINERS = ("mean", "sum", "sqrtn")
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
