@@ -305,6 +305,47 @@ def _nibbles(packed):
     return keras.ops.cast(keras.ops.where(low > 7, low - 16, low), "int8"), keras.ops.cast(high - 8, "int8")
 
 
+def scatter_into(variable, rows, values):
+    """`variable[rows] = values` in place: the rows alone are written (a whole copy on
+    TensorFlow's `tensor_scatter_nd_update`, not here). Rows listed twice must get
+    equal values, or be scratch."""
+    _write_rows(variable, rows, values, add=False)
+
+
+def add_into(variable, rows, values):
+    """`variable[rows] += values` in place, a row listed twice getting both."""
+    _write_rows(variable, rows, values, add=True)
+
+
+def _write_rows(variable, rows, values, add):
+    backend = keras.backend.backend()
+    values = keras.ops.cast(values, variable.dtype)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        local = replica_local(variable.value)
+        slices = tf.IndexedSlices(values, rows)
+        local.scatter_add(slices) if add else local.scatter_update(slices)
+    elif backend == "torch":
+        import torch
+
+        with torch.no_grad():
+            target, index = variable.value, rows.long()
+            target.index_add_(0, index, values) if add else target.index_copy_(0, index, values)
+    else:
+        at = variable.value.at[rows]
+        variable.assign(at.add(values) if add else at.set(values))
+
+
+def compress(x, mask):
+    """The entries of `x` where `mask` holds (a dynamic shape: TensorFlow and torch)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.boolean_mask(x, mask)
+    return x[mask]
+
+
 def on_device_of(variable, ids, gather):
     """`gather(ids)` run where `variable` lives, the result moved back to where `ids` were.
 

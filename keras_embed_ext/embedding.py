@@ -9,6 +9,7 @@ from keras import ops
 from keras import regularizers
 
 from keras_embed_ext import combiners
+from keras_embed_ext import dynamic_ids
 from keras_embed_ext import optimizers
 from keras_embed_ext import sparse
 from keras_embed_ext.arguments import check_arguments
@@ -20,6 +21,7 @@ from keras_embed_ext.backends import Fused
 from keras_embed_ext.backends import gradients_summed_per_id
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import int4_block_size
+from keras_embed_ext.fresh_rows import check_row_initializer
 from keras_embed_ext.ids import validate
 from keras_embed_ext.ids import warn_if_keras_wraps
 from keras_embed_ext.legacy import input_shape_from_length
@@ -88,7 +90,13 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
             `"rowwise_adagrad"`, `"adam"` (lazy Adam), a
             `keras.optimizers.SGD`, `Adagrad` or `Adam`, or a
             `keras_embed_ext.optimizers` object. The model's optimizer
-            trains every other weight.
+            trains every other weight. Defaults to `"adagrad"` for a dynamic
+            table.
+        dynamic: `True` or a `keras_embed_ext.DynamicIds`: the ids are raw
+            integer keys of any value, and the table's `input_dim` rows are
+            given to keys as training steps see them (admission and eviction
+            by the `DynamicIds` policy); a key without a row reads zeros.
+            `id_map()` returns the resident keys and their rows.
         **kwargs: Base layer keyword arguments, such as `name`, `dtype`,
             `trainable`, `activity_regularizer` and `input_shape`.
 
@@ -117,6 +125,7 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         input_length: int | None = None,
         seed: int | keras.random.SeedGenerator | None = None,
         sparse_optimizer=None,
+        dynamic: "bool | dynamic_ids.DynamicIds" = False,
         **kwargs,
     ):
         check_arguments(input_dim, output_dim, dropout, combiner, invalid_ids, lora_rank, lora_alpha)
@@ -160,10 +169,17 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
             )
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
+        self.dynamic = dynamic_ids.get(dynamic)
+        if self.dynamic is not None:
+            check_row_initializer(self.embeddings_initializer, self.name)
+            sparse_optimizer = "adagrad" if sparse_optimizer is None else sparse_optimizer
+            if not isinstance(seed, keras.random.SeedGenerator):
+                self.renewal_seed_generator = keras.random.SeedGenerator(seed)
         self.sparse_optimizer = optimizers.get(sparse_optimizer)
         check_sparse_optimizer(self.sparse_optimizer, self.embeddings_regularizer, self.embeddings_constraint)
         self._table = Table(self, (self.input_dim, self.output_dim), self.embeddings_initializer,
-                            self.embeddings_regularizer, self.embeddings_constraint, self.sparse_optimizer)
+                            self.embeddings_regularizer, self.embeddings_constraint, self.sparse_optimizer,
+                            self.dynamic, getattr(self, "renewal_seed_generator", seed))
         self._fused_float_bags = Fused(self._float_bags)
         if weights is not None:
             # The given table is the base; an adapter asked for starts on it.
@@ -206,21 +222,31 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         """Rows of `ids` before combining, and a per-id 0/1 float with a combiner:
         whether the id counts in the bag (in range and, with `mask_zero`, not
         padding)."""
-        ids, valid = validate(ids, self.input_dim, self.invalid_ids, self.name)
-        rows = self._table.lookup(ids, valid, train_rows=bool(training) and self.trainable)
+        train_rows = bool(training) and self.trainable
+        mapped = mask_zero = None
+        if self.dynamic is not None:
+            keys = dynamic_ids.check_keys(ids, f"Embedding layer '{self.name}'")
+            ids, valid, mapped = self._table.map_keys(keys, train_rows, self.mask_zero)
+            if self.mask_zero:
+                valid = valid & (keys != 0)
+        else:
+            ids, valid = validate(ids, self.input_dim, self.invalid_ids, self.name)
+            mask_zero = self.mask_zero
+        rows = self._table.lookup(ids, valid, train_rows, mapped)
         if self.dropout and training:
             keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)
         if not self.combiner:
             return rows, None
-        return rows, combiners.counted(ids, valid, self.mask_zero)
+        return rows, combiners.counted(ids, valid, mask_zero)
 
     def _dense_bags(self, ids, weights, training):
         """The bags of dense `ids (..., L)`: `(..., D)`. A float table's are weighted sums
         of its rows, taken without writing the rows (`combiners.float_bags`)."""
         combiners.check_bag_inputs(ids, weights, self.combiner, f"Embedding layer '{self.name}'")
         table = self._table
-        if table.mode is not None or table.adapter is not None or (training and table.row_training is not None):
+        if (table.mode is not None or table.adapter is not None or table.key_map is not None
+                or (training and table.row_training is not None)):
             rows, keep = self._rows(ids, training)
             return combiners.combine(rows, combiners.with_bag_weights(keep, weights), self.combiner)
         ids, valid = validate(ids, self.input_dim, self.invalid_ids, self.name)
@@ -293,8 +319,17 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         """The layer's weights, without the `sparse_optimizer`'s state: like keras'
         optimizer state, it is among the layer's `variables` (trained and saved with
         it) but not counted as the model's parameters."""
-        state = {id(v) for v in self.row_optimizer_variables + self._table.unsaved_variables()}
+        state = {id(v) for v in self.row_optimizer_variables + self._table.unsaved_variables()
+                 + self._table.key_map_variables()}
         return [w for w in super().weights if id(w) not in state]
+
+    def id_map(self):
+        """`(keys, rows)` of a dynamic table: its resident keys and their rows, two
+        int64 numpy arrays."""
+        if self.dynamic is None:
+            raise ValueError(f"Embedding layer '{self.name}' is not dynamic: its ids are its rows.")
+        self.build()
+        return self._table.key_map.resident()
 
     @property
     def row_optimizer_variables(self) -> list:

@@ -89,43 +89,64 @@ def first_positions_jax(positions, ids):
     return positions[flat_ids], positions
 
 
-def lookup_jax(table, slots, step, ids, first, update):
+def lookup_jax(table, slots, step, ids, first, update, renewal=None):
     """`(table[ids], probe)`, whose backward pass returns the table, slots and step
     count after the update: the gradients of an id's occurrences, divided by the loss
     scale, are summed at its first occurrence (`first`, from `first_positions_jax`), and
     each distinct row is updated there (the other positions name row `input_dim`, which
-    the scatter drops). A step in which no row gets a gradient is not counted."""
+    the scatter drops). A step in which no row gets a gradient is not counted.
+
+    `renewal`, for a dynamic table: `(renewed_at, admitted_at, new_rows, slot_values)`.
+    A row given to its key after its last renewal (`admitted_at > renewed_at`) reads
+    `new_rows` (at its id's first occurrence) and the optimizer's initial state, and
+    is written so, with its renewal step, whatever its gradient."""
     import jax
     import jax.numpy as jnp
 
     input_dim = table.shape[0]
 
-    @jax.custom_vjp
-    def lookup(table, slots, step, ids, first):
-        return take_rows(table, ids), jnp.zeros((), "float32")
+    def renewed(table, renewed_at, flat, first, stamps, new_rows):
+        """Per flat id: whether its row starts afresh, and the rows it reads."""
+        looked_up = take_rows(table, flat)
+        if renewed_at is None:
+            return None, looked_up
+        stale = stamps > take_rows(renewed_at, flat)
+        return stale, jnp.where(stale[:, None], new_rows[first].astype(table.dtype), looked_up)
 
-    def forward(table, slots, step, ids, first):
-        rows = take_rows(table, ids)
-        return (rows, jnp.zeros((), "float32")), (table, slots, step, ids, first, rows)
+    @jax.custom_vjp
+    def lookup(table, slots, step, renewed_at, flat, first, stamps, new_rows):
+        rows = renewed(table, renewed_at, flat, first, stamps, new_rows)[1]
+        return rows.reshape(*ids.shape, -1), jnp.zeros((), "float32")
+
+    def forward(table, slots, step, renewed_at, flat, first, stamps, new_rows):
+        stale, looked_up = renewed(table, renewed_at, flat, first, stamps, new_rows)
+        outputs = (looked_up.reshape(*ids.shape, -1), jnp.zeros((), "float32"))
+        return outputs, (table, slots, step, renewed_at, flat, first, stamps, stale, looked_up)
 
     def backward(saved, cotangents):
         # The update reads the rows the forward pass gathered (at each id's first
         # position, its row), not the table again.
-        table, slots, step, ids, first, looked_up = saved
+        table, slots, step, renewed_at, flat, first, stamps, stale, looked_up = saved
         row_grads, loss_scale = cotangents
-        flat_ids = ids.reshape(-1)
-        count = flat_ids.shape[0]
-        rows = jnp.where(first == jnp.arange(count, dtype=first.dtype), flat_ids, input_dim)
+        count = flat.shape[0]
+        rows = jnp.where(first == jnp.arange(count, dtype=first.dtype), flat, input_dim)
         row_grads = _unscale(row_grads.reshape(-1, row_grads.shape[-1]).astype("float32"), loss_scale)
         grads = jax.ops.segment_sum(row_grads, first, num_segments=count)
         step = step + jnp.any(grads).astype(step.dtype)
-        old_rows = looked_up.reshape(-1, looked_up.shape[-1])
-        new_rows, new_slots = update(old_rows, grads, [take_rows(s, rows) for s in slots], step=step)
+        old_slots = [take_rows(s, rows) for s in slots]
+        if stale is not None:
+            old_slots = [jnp.where(stale.reshape((-1,) + (1,) * (s.ndim - 1)), value, s)
+                         for s, value in zip(old_slots, renewal[3])]
+            renewed_at = renewed_at.at[rows].set(jnp.maximum(stamps, take_rows(renewed_at, flat)), mode="drop")
+        new_rows, new_slots = update(looked_up, grads, old_slots, step=step)
         new_slots = [s.at[rows].set(new, mode="drop") for s, new in zip(slots, new_slots)]
-        return table.at[rows].set(new_rows.astype(table.dtype), mode="drop"), new_slots, step, None, None
+        table = table.at[rows].set(new_rows.astype(table.dtype), mode="drop")
+        return table, new_slots, step, renewed_at, None, None, None, None
 
     lookup.defvjp(forward, backward)
-    return lookup(table.value, [s.value for s in slots], step.value, ids, first)
+    renewed_at, stamps, new_rows = (None, None, None) if renewal is None else renewal[:3]
+    return lookup(table.value, [s.value for s in slots], step.value,
+                  None if renewed_at is None else renewed_at.value, ids.reshape(-1), first, stamps, new_rows)
 
 
 def is_sparse(value) -> bool:
@@ -202,7 +223,7 @@ def _scatter_torch(variable, rows, new):
     import torch
 
     with torch.no_grad():
-        variable.value.index_copy_(0, rows, new.to(variable.value.dtype))
+        variable.value.index_copy_(0, rows.long(), new.to(variable.value.dtype))
 
 
 BY_ROW = {"tensorflow": _by_row_tensorflow, "torch": _by_row_torch}

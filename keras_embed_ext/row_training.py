@@ -44,11 +44,13 @@ class RowTraining:
         add_loss: Adds the loss-scale probe of a training lookup (the layer's).
         variable: The variable trained row-wise.
         optimizer: Its `keras_embed_ext.optimizers.RowOptimizer`.
+        new_rows: For a dynamic table, `(count) -> rows` that a renewed row starts from.
     """
 
-    def __init__(self, add_weight, add_loss, variable, optimizer):
+    def __init__(self, add_weight, add_loss, variable, optimizer, new_rows=None):
         self.variable = variable
         self.optimizer = optimizer
+        self.new_rows = new_rows
         self._add_loss = add_loss
         name = variable.path.split("/")[-1]
         as_gradient = _state_travels_as_gradient()
@@ -75,11 +77,17 @@ class RowTraining:
             name=f"{name}_first_positions", shape=variable.shape[:1], initializer="zeros", dtype="int32",
             trainable=False, autocast=False,
         ) if as_gradient else None
+        # JAX, dynamic table: the step at which each row was last renewed, which travels
+        # as a gradient: a renewal in a step that keras skips is made at the next lookup.
+        self.renewed_at = add_weight(
+            name=f"{name}_renewed_at", shape=variable.shape[:1], initializer="zeros", dtype="float32",
+            trainable=True, autocast=False,
+        ) if as_gradient and new_rows is not None else None
         self._differentiated_in = None
         self._checked_optimizers = weakref.WeakSet()
         variable.overwrite_with_gradient = True
         if as_gradient:
-            for state in self.slots + [self.step]:
+            for state in [*self.slots, self.step, *([self.renewed_at] if self.renewed_at is not None else [])]:
                 state.overwrite_with_gradient = True
         else:
             variable.assign = self.assign
@@ -90,7 +98,7 @@ class RowTraining:
 
     def scratch_variables(self):
         """What a step works in, neither saved nor a parameter."""
-        return [] if self.first_positions is None else [self.first_positions]
+        return [v for v in (self.first_positions, self.renewed_at) if v is not None]
 
     def release(self, untrack):
         """Stops training the variable row-wise (it is frozen or gone) and drops the
@@ -100,10 +108,12 @@ class RowTraining:
         for state in self.variables() + self.scratch_variables():
             untrack(state)
 
-    def lookup(self, ids):
+    def lookup(self, ids, admitted_at=None):
         """The rows of `ids` (validated) in a training step, through which the variable
         gets its update. Rows whose gradient is zero in the step (invalid ids, whose
-        rows the caller zeroes, padding, dropped rows) keep their values and state."""
+        rows the caller zeroes, padding, dropped rows) keep their values and state.
+        On JAX, for a dynamic table, `admitted_at` (the step each row was given to its
+        key) renews the rows given since their last renewal."""
         self._check_model_optimizer()
         if not _state_travels_as_gradient():
             # A repeated id's slices of the sparse gradient are summed in `assign`.
@@ -112,11 +122,32 @@ class RowTraining:
             self._check_once_per_step()
             first, positions = row_backends.first_positions_jax(self.first_positions.value, ids)
             self.first_positions.assign(positions)
-            rows, probe = row_backends.lookup_jax(self.variable, self.slots, self.step, ids, first, self._update)
+            renewal = None
+            if self.renewed_at is not None:
+                slot_values = [self.optimizer.slot_initial_value(slot) for slot, _ in self.optimizer.slots]
+                renewal = (self.renewed_at, admitted_at, self.new_rows(ops.size(ids)), slot_values)
+            rows, probe = row_backends.lookup_jax(self.variable, self.slots, self.step, ids, first, self._update,
+                                                  renewal)
         # keras divides an added loss among `tf.distribute` replicas; the probe must read
         # the scale itself.
         self._add_loss(probe * row_backends.replicas_in_sync())
         return rows
+
+    def renew(self, rows):
+        """TensorFlow and torch: `rows` (distinct) start afresh, drawn anew by the table's
+        initializer, with the optimizer's initial state."""
+        count = ops.shape(rows)[0]
+        backend = keras.backend.backend()
+        row_backends.SCATTER[backend](self.variable, rows, self.new_rows(count))
+        for slot, (name, per_row) in zip(self.slots, self.optimizer.slots):
+            shape = (count,) if per_row else (count, *slot.shape[1:])
+            row_backends.SCATTER[backend](slot, rows, ops.full(shape, self.optimizer.slot_initial_value(name)))
+
+    def renewed_through(self, admitted):
+        """JAX, after a map is loaded: rows given up to `admitted` (per row) count as
+        renewed; their values were saved."""
+        if self.renewed_at is not None:
+            self.renewed_at.assign(ops.cast(admitted, "float32"))
 
     def assign(self, value):
         """`variable.assign` on TensorFlow and torch. keras' optimizer assigns the

@@ -39,6 +39,8 @@ class SavedTable:
             store[_ALPHA_KEY] = np.asarray(self.lora_alpha, "float32")
         if self.sparse_optimizer is not None:
             store[_OPTIMIZER_KEY] = np.frombuffer(_optimizer_kind(self.sparse_optimizer).encode(), "uint8")
+        if self._table.key_map is not None:
+            self._table.key_map.save(store, self.renewal_seed_generator.state)
 
     def load_own_variables(self, store):
         """Loads this layer's own files, and keras' (whose adapter was merged at save)."""
@@ -77,6 +79,11 @@ class SavedTable:
             if variable is base[0] and table_format.mode == "int4":
                 _check_padding(value, self.output_dim, self.name)
             variable.assign(value)
+        key_map = self._table.key_map
+        if key_map is not None:
+            key_map.load(store, self.renewal_seed_generator.state, f"Embedding layer '{self.name}'")
+            if self._table.row_training is not None:
+                self._table.row_training.renewed_through(key_map.admitted.value[: self.input_dim])
         if alpha is not None and self.lora_enabled and len(targets) > len(base):
             self._table.adapter.alpha = self.lora_alpha = alpha  # the scale the saved adapter was trained with
 
@@ -108,6 +115,8 @@ class SavedTable:
             config["lora_alpha"] = self.lora_alpha
         if self.sparse_optimizer is not None:
             config["sparse_optimizer"] = keras.saving.serialize_keras_object(self.sparse_optimizer)
+        if self.dynamic is not None:
+            config["dynamic"] = self.dynamic.get_config()
         return config
 
     @classmethod
@@ -142,7 +151,8 @@ def _check_optimizer_kind(saved_kind, optimizer, layer_name):
 
 def _stored_values(store, layer_name):
     """The values of a store's keys `0` to `n - 1`, in order."""
-    keys = sorted((key for key in store.keys() if key not in (_ALPHA_KEY, _OPTIMIZER_KEY)), key=lambda key: (len(str(key)), str(key)))
+    keys = sorted((key for key in store.keys() if key not in (_ALPHA_KEY, _OPTIMIZER_KEY) and not str(key).startswith("id_map_")),
+                  key=lambda key: (len(str(key)), str(key)))
     if keys != [str(index) for index in range(len(keys))]:
         raise ValueError(
             f"Layer '{layer_name}' cannot load these weights: their keys must be 0 to "

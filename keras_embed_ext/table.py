@@ -13,6 +13,8 @@ from keras import ops
 from keras import regularizers
 
 from keras_embed_ext import keras_optimizer
+from keras_embed_ext.dynamic_ids import KeyMap
+from keras_embed_ext.fresh_rows import row_initializer
 from keras_embed_ext.backends import Fused
 from keras_embed_ext.backends import rows_layout
 from keras_embed_ext.formats import format_for
@@ -35,9 +37,12 @@ class Table:
         initializer, regularizer, constraint: Of the float table.
         optimizer: Optional `keras_embed_ext.optimizers.RowOptimizer` that trains
             the float table (or, with an adapter, its `A`) row-wise.
+        dynamic: Optional `DynamicIds`: the rows are keyed by raw keys (`KeyMap`), and
+            a row given to a new key starts afresh, drawn with `seed_generator`.
     """
 
-    def __init__(self, owner, shape, initializer="uniform", regularizer=None, constraint=None, optimizer=None):
+    def __init__(self, owner, shape, initializer="uniform", regularizer=None, constraint=None, optimizer=None,
+                 dynamic=None, seed_generator=None):
         self.owner = owner
         self.shape = tuple(int(size) for size in shape)
         self.initializer = initializer
@@ -47,6 +52,9 @@ class Table:
         self.format = None
         self.adapter = None
         self.row_training = None
+        self.dynamic = dynamic
+        self.key_map = None
+        self._new_rows = dynamic and row_initializer(initializer, self.shape, seed_generator)
         self._fused_lookup = Fused(self._lookup)
 
     @property
@@ -58,15 +66,28 @@ class Table:
         """Creates the stored variables of `mode`'s format (and the optimizer's state)."""
         self.format = format_for(mode, block_size)
         self.format.build(self.owner.add_weight, self.shape, self.initializer, self.regularizer, self.constraint)
+        if self.dynamic is not None:
+            with unlocked(self.owner):
+                self.key_map = KeyMap(self._add_variable, self.shape[0], self.dynamic)
         self._attach_optimizer()
 
+    def map_keys(self, keys, admit=False, padding_zero=False):
+        """`(ids, found, mapped)` of a dynamic table's `keys` (from `check_keys`): their
+        rows, whether they have one, and the map's `MappedKeys`; with `admit` (a
+        training step) new keys are admitted first, and rows given to them start
+        afresh (TensorFlow and torch: here; JAX: in the training lookup)."""
+        mapped = self.key_map.map(keys, admit, padding_zero)
+        if mapped.renewed_rows is not None and self.row_training is not None:
+            self.row_training.renew(mapped.renewed_rows)
+        return mapped.rows, mapped.found, mapped
+
     # The pipeline's gather: stored rows -> decoded rows -> plus the adapter's rows.
-    def lookup(self, ids, valid=None, train_rows=False):
+    def lookup(self, ids, valid=None, train_rows=False, mapped=None):
         """Float rows of in-range `ids`, zeros where `valid` (from `ids.validate`) is
         False; with `train_rows`, read through the row-wise optimizer's lookup, whose
-        gradient trains the table."""
+        gradient trains the table (`mapped`: a dynamic table's `map_keys`)."""
         if train_rows and self.row_training is not None:
-            return self._training_lookup(ids, valid)
+            return self._training_lookup(ids, valid, mapped)
         if train_rows and keras.backend.backend() == "tensorflow":
             keras_optimizer.sum_repeated_slices(keras_optimizer.training_optimizer())
         if self.mode is not None or self.adapter is not None:
@@ -90,10 +111,10 @@ class Table:
         key = (type(self.format), getattr(self.format, "block_size", None), self.shape[1], scale)
         return self._fused_lookup(key, (*self.format.variables(), *adapter), ids, valid)
 
-    def _training_lookup(self, ids, valid):
+    def _training_lookup(self, ids, valid, mapped=None):
         row_lookup = self.row_training.lookup
         if self.adapter is None:
-            return zero_invalid(row_lookup(ids), valid)
+            return zero_invalid(row_lookup(ids, None if mapped is None else mapped.admitted_at), valid)
         rows = zero_invalid(self.format.gather(ids), valid)
         return self.adapter.add_rows(ops.cast(rows, "float32"), ids, valid, row_lookup(ids))
 
@@ -123,6 +144,10 @@ class Table:
         """The row-wise optimizer's state: its slots and step count."""
         return [] if self.row_training is None else self.row_training.variables()
 
+    def key_map_variables(self):
+        """A dynamic table's key map: resident keys, scores, steps, sightings."""
+        return [] if self.key_map is None else self.key_map.variables()
+
     def unsaved_variables(self):
         """What the row-wise optimizer's steps work in, not saved."""
         return [] if self.row_training is None else self.row_training.scratch_variables()
@@ -130,6 +155,7 @@ class Table:
     # State changes: each keeps the optimizer on the variable it trains now.
     def quantize(self, mode, block_size=None):
         """Moves the stored rows to `mode`'s format, the adapter kept."""
+        self._check_static(f"quantize({mode!r})")
         target = format_for(mode, block_size)
         table = self.format.dequantize()
         with unlocked(self.owner):
@@ -142,6 +168,7 @@ class Table:
 
     def enable_lora(self, rank, lora_alpha=None, a_initializer="he_uniform", b_initializer="zeros"):
         """Adds a trainable adapter of `rank` and freezes the stored rows."""
+        self._check_static("LoRA")
         if self.constraint:
             raise ValueError(
                 "LoRA is incompatible with embedding constraints. Remove "
@@ -173,6 +200,13 @@ class Table:
             self.format.embeddings.trainable = True
         self._attach_optimizer()
 
+    def _check_static(self, change):
+        if self.dynamic is not None:
+            raise ValueError(
+                f"Embedding layer '{self.owner.name}' is dynamic: its float rows are trained row-wise and "
+                f"renewed as keys come and go, which {change} does not support."
+            )
+
     def _attach_optimizer(self):
         """Puts the row-wise optimizer on the variable it trains now: the float table, or
         the adapter's `A`; none for a quantized table without an adapter. A variable
@@ -189,7 +223,8 @@ class Table:
         if current is not None:
             current.release(self.owner._untrack_variable)
         with unlocked(self.owner):
-            self.row_training = None if target is None else RowTraining(self._add_variable, self.owner.add_loss, target, self.optimizer)
+            self.row_training = None if target is None else RowTraining(
+                self._add_variable, self.owner.add_loss, target, self.optimizer, self._new_rows or None)
 
     def _add_variable(self, *, name, shape, initializer, dtype="float32", trainable=True, autocast=False,
                       regularizer=None):

@@ -1,0 +1,227 @@
+"""Dynamic tables: rows keyed by raw ids of any value, given to keys as they arrive.
+
+`DynamicIds` is the policy a user sets; `KeyMap` is a table's key map, its state (the
+resident keys, their scores, when each row was given, the sighting sketch) and its one
+job: turning a batch of keys into rows, and in a training step admitting new keys.
+"""
+
+from typing import NamedTuple
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_embed_ext import key_slots
+from keras_embed_ext.backends import add_into
+from keras_embed_ext.backends import compress
+from keras_embed_ext.backends import scatter_into
+from keras_embed_ext.backends import to_host
+from keras_embed_ext.ids import dtype_name
+
+EVICTIONS = ("lfu", "lru", "ttl")
+SEED_KEY = "id_map_seed"
+# Cells in each of the sighting sketch's two rows: a fixed size, whatever the capacity.
+SKETCH_WIDTH = 2**15
+
+
+@keras.saving.register_keras_serializable(package="keras_embed_ext")
+class DynamicIds:
+    """How a dynamic table admits and evicts keys.
+
+    Args:
+        min_count: A new key gets a row in the training step in which it has been seen
+            this many times (sightings are counted in a fixed-size count-min sketch,
+            which may over-count); until then it reads zeros.
+        eviction: `"lfu"` (free the row seen the fewest times), `"lru"` (the row unseen
+            the longest) or `"ttl"` (as `"lru"`, and a key unseen for `ttl_steps`
+            training steps frees its row even when the table is not full).
+        ttl_steps: With `eviction="ttl"`, the number of steps.
+    """
+
+    def __init__(self, min_count: int = 1, eviction: str = "lfu", ttl_steps: int | None = None):
+        if isinstance(min_count, bool) or not isinstance(min_count, (int, np.integer)) or min_count < 1:
+            raise ValueError(f"`min_count` must be a positive integer. Received: min_count={min_count!r}")
+        if eviction not in EVICTIONS:
+            raise ValueError(f"`eviction` must be one of {EVICTIONS}. Received: eviction={eviction!r}")
+        if (eviction == "ttl") != (ttl_steps is not None):
+            raise ValueError(
+                "`ttl_steps` is the number of training steps after which an unseen key frees its row: "
+                f"it is required with eviction='ttl' and only then. Received: eviction={eviction!r}, "
+                f"ttl_steps={ttl_steps!r}"
+            )
+        if ttl_steps is not None and (isinstance(ttl_steps, bool) or not isinstance(ttl_steps, (int, np.integer))
+                                      or ttl_steps < 1):
+            raise ValueError(f"`ttl_steps` must be a positive integer. Received: ttl_steps={ttl_steps!r}")
+        self.min_count = int(min_count)
+        self.eviction = eviction
+        self.ttl_steps = None if ttl_steps is None else int(ttl_steps)
+
+    def get_config(self):
+        return {"min_count": self.min_count, "eviction": self.eviction, "ttl_steps": self.ttl_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return isinstance(other, DynamicIds) and self.get_config() == other.get_config()
+
+    def __repr__(self):
+        return f"DynamicIds({', '.join(f'{k}={v!r}' for k, v in self.get_config().items())})"
+
+
+def get(dynamic) -> DynamicIds | None:
+    """`dynamic=` as given to a layer or a `TableConfig`: `True`, a `DynamicIds`, its
+    config, or `None`/`False` for a static table."""
+    if dynamic is None or dynamic is False:
+        return None
+    if dynamic is True:
+        return DynamicIds()
+    if isinstance(dynamic, dict):
+        return DynamicIds.from_config(dynamic.get("config", dynamic))
+    if isinstance(dynamic, DynamicIds):
+        return dynamic
+    raise ValueError(f"`dynamic` must be True, False, None or a `DynamicIds`. Received: dynamic={dynamic!r}")
+
+
+def key_dtype() -> str:
+    """int64, or int32 on JAX without x64 (where no int64 tensor exists)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        if not jax.config.jax_enable_x64:
+            return "int32"
+    return "int64"
+
+
+def check_keys(keys, subject):
+    """Keys as a tensor of the map's key dtype; keys that are not integers, and on JAX
+    without x64 host keys beyond int32, are errors that name them."""
+    array = keys if ops.is_tensor(keys) else np.asarray(keys)
+    dtype = dtype_name(array)
+    if not (dtype.startswith("int") or dtype.startswith("uint")):
+        raise TypeError(f"{subject} is dynamic: its ids are integer keys. Received: ids of dtype {dtype}.")
+    wanted = key_dtype()
+    if isinstance(array, np.ndarray) and wanted == "int32" and array.size:
+        info = np.iinfo("int32")
+        beyond = (array < info.min) | (array > info.max)
+        if beyond.any():
+            raise ValueError(
+                f"{subject} got key {array.reshape(-1)[np.flatnonzero(beyond)[0]].item()}, beyond int32: JAX "
+                "without x64 has no int64 tensors. Enable x64 (`jax.config.update('jax_enable_x64', True)`) "
+                "or hash the keys into int32 first (`keras.layers.Hashing(2**31 - 1)`)."
+            )
+    return ops.cast(ops.convert_to_tensor(array), wanted)
+
+
+class MappedKeys(NamedTuple):
+    rows: object  # the key's row (0 where it has none), shaped as the keys
+    found: object  # bool, shaped as the keys: the key has a row
+    admitted_at: object  # (n,) float32 step at which each key's row was given, or None
+    renewed_rows: object  # the distinct rows given in this step (TensorFlow, torch), or None
+
+
+class KeyMap:
+    """The key map of a dynamic table of `capacity` rows.
+
+    Args:
+        add_variable: Creates the map's state (the table's `_add_variable`).
+        capacity: The table's rows.
+        config: The table's `DynamicIds`.
+    """
+
+    def __init__(self, add_variable, capacity: int, config: DynamicIds):
+        self.capacity = capacity
+        self.config = config
+        size = (capacity + 1,)  # the last row is scratch (`key_slots`)
+
+        def state(name, shape, dtype):
+            return add_variable(name=f"id_map_{name}", shape=shape, initializer="zeros", dtype=dtype,
+                                trainable=False)
+
+        self.keys = state("keys", size, key_dtype())
+        self.scores = state("scores", size, "int32")
+        self.admitted = state("admitted", size, "int32")
+        self.clock = state("clock", (), "int32")
+        self.sightings = state("sightings", (2 * SKETCH_WIDTH,), "int32") if config.min_count > 1 else None
+
+    def variables(self):
+        """The map's state, in the order it is saved."""
+        return [v for v in (self.keys, self.scores, self.admitted, self.clock, self.sightings) if v is not None]
+
+    def map(self, keys, admit: bool, padding_zero: bool = False) -> MappedKeys:
+        """The rows of `keys` (from `check_keys`); with `admit` (a training step), new
+        keys are admitted first (key 0 never, with `padding_zero`) and the map moves one
+        step on."""
+        shape = ops.shape(keys)
+        flat = ops.reshape(keys, (-1,))
+        config = self.config
+        found = key_slots.find(flat, self.keys.value, self.scores.value, self.clock.value, self.capacity,
+                               config.ttl_steps)
+        if not admit:
+            return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)
+        sighted = cells = None
+        if self.sightings is not None:
+            cells = key_slots.sketch_cells(flat, SKETCH_WIDTH)
+            sketch = self.sightings.value
+            sighted = ops.minimum(ops.take(sketch, cells[0]), ops.take(sketch, cells[1]))
+        clock = self.clock.value
+        change = key_slots.admit(flat, found, self.capacity, clock, config.eviction == "lfu", config.min_count,
+                                 sighted, padding_zero)
+        scatter_into(self.keys, change.write_rows, ops.cast(change.write_keys, self.keys.dtype))
+        scatter_into(self.scores, change.write_rows, change.write_scores)
+        scatter_into(self.admitted, change.admitted_rows, ops.full(ops.shape(flat), clock + 1, "int32"))
+        if cells is not None:
+            for cell in cells:
+                add_into(self.sightings, cell, change.sightings)
+        self.clock.assign(clock + 1)
+        renewed = None
+        if keras.backend.backend() != "jax":
+            renewed = compress(change.admitted_rows, change.admitted_rows < self.capacity)
+        admitted_at = ops.cast(ops.take(self.admitted.value, change.rows), "float32")
+        return MappedKeys(ops.reshape(change.rows, shape), ops.reshape(change.found, shape), admitted_at, renewed)
+
+    def save(self, store, seed_state):
+        """Writes the map and `seed_state` (the renewals' seed) into a layer's `store`,
+        keys as int64 whatever the backend, so a file loads on any."""
+        for variable in self.variables():
+            store[_key_of(variable)] = _host(variable).astype("int64" if variable is self.keys else "int32")
+        store[SEED_KEY] = _host(seed_state)
+
+    def load(self, store, seed_state, subject):
+        """Reads what `save` wrote; a map of another capacity or policy, or (JAX without
+        x64) keys beyond int32, are errors naming them."""
+        missing = [_key_of(v) for v in self.variables() if _key_of(v) not in store.keys()]
+        if missing:
+            raise ValueError(f"{subject} is dynamic, but the file holds no key map ({', '.join(missing)}).")
+        for variable in self.variables():
+            value = np.asarray(store[_key_of(variable)])
+            if value.shape != tuple(variable.shape):
+                raise ValueError(
+                    f"{subject} cannot load this key map: {_key_of(variable)} has shape {value.shape}, "
+                    f"expected {tuple(variable.shape)} (capacity {self.capacity}, min_count "
+                    f"{self.config.min_count})."
+                )
+            if variable is self.keys:
+                value = np.asarray(check_keys(value, subject))
+            variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
+        if SEED_KEY in store.keys():
+            seed_state.assign(np.asarray(store[SEED_KEY]))
+
+    def resident(self):
+        """`(keys, rows)`: the resident keys and their rows, int64 numpy arrays."""
+        scores = to_host(ops.convert_to_tensor(self.scores.value))[: self.capacity]
+        live = scores > 0
+        if self.config.ttl_steps is not None:
+            live &= int(to_host(ops.convert_to_tensor(self.clock.value))) - scores < self.config.ttl_steps
+        rows = np.flatnonzero(live)
+        keys = to_host(ops.convert_to_tensor(self.keys.value))[rows]
+        return keys.astype("int64"), rows.astype("int64")
+
+
+def _key_of(variable):
+    return variable.path.split("/")[-1]
+
+
+def _host(variable):
+    return np.array(to_host(ops.convert_to_tensor(variable.value)))

@@ -1,0 +1,183 @@
+"""Where raw keys live in a dynamic table: hashing, finding and admitting keys.
+
+Values in, values out, in `keras.ops`, with static shapes (the same code runs under
+`jax.jit`, `tf.function` and torch). A table of `capacity` rows is split into buckets of
+`BUCKET_SIZE` rows (one bucket when the table is smaller); a key may live only in the
+bucket its hash names, so finding it compares the key with one bucket's keys, and
+admitting it frees the lowest-scored row of that bucket. Every per-row array has one
+row more than the table: the last one is scratch that writes which change nothing go to.
+"""
+
+from typing import NamedTuple
+
+from keras import ops
+
+BUCKET_SIZE = 16
+# Two primes just under sqrt(2**31): a hash state times a multiplier below them, plus a
+# 16-bit chunk of the key, stays within int32 on every backend (JAX without x64 too).
+_PRIMES = (46337, 46327)
+_MULTIPLIERS = (19069, 17011)
+# A row's eviction rank is `base * slots + slot`: unique, so no sort's tie-breaking
+# decides. Rows a step looks up (and a last bucket's missing rows) get `_PROTECTED`.
+_PROTECTED = (2**31 - 1) // BUCKET_SIZE - 1
+
+
+def bucket_layout(capacity: int):
+    """`(buckets, slots)`: how many buckets, of how many rows each."""
+    slots = min(BUCKET_SIZE, capacity)
+    return -(-capacity // slots), slots
+
+
+def _chunks(keys):
+    """The key's four 16-bit chunks, low to high, as int32: the same for a key given as
+    int32 or int64, so a key has one bucket on every backend."""
+    if keys.dtype == "int64" or str(keys.dtype).endswith("int64"):
+        return [ops.cast(ops.bitwise_and(ops.right_shift(keys, 16 * i), 0xFFFF), "int32") for i in range(4)]
+    keys = ops.cast(keys, "int32")
+    low = [ops.bitwise_and(ops.right_shift(keys, 16 * i), 0xFFFF) for i in range(2)]
+    sign = ops.where(keys < 0, 0xFFFF, 0)
+    return low + [sign, sign]
+
+
+def hash_keys(keys):
+    """Two independent int32 hashes in `[0, 46337)` of each key: a few rounds of
+    multiply-add and squaring modulo a prime, over the key's 16-bit chunks."""
+    hashes = []
+    for prime, multiplier in zip(_PRIMES, _MULTIPLIERS):
+        state = ops.zeros_like(ops.cast(keys, "int32"))
+        for chunk in reversed(_chunks(keys)):
+            state = ops.mod((ops.mod(state + chunk, prime) + 1) * multiplier, prime)
+            state = ops.mod(state * state + chunk, prime)
+        hashes.append(state)
+    return hashes
+
+
+def buckets_of(keys, buckets: int):
+    first, second = hash_keys(keys)
+    return ops.mod(first * _PRIMES[1] + second, buckets)
+
+
+def sketch_cells(keys, width: int):
+    """The two count-min cells of each key in a `(2 * width,)` sighting sketch."""
+    first, second = hash_keys(keys)
+    return ops.mod(first, width), width + ops.mod(second, width)
+
+
+class Found(NamedTuple):
+    rows: object  # (n,) int32: the key's row, 0 where not found
+    found: object  # (n,) bool
+    buckets: object  # (n,) int32
+    slot_rows: object  # (n, slots) int32: the bucket's rows, `capacity` (scratch) where missing
+    live: object  # (n, slots) bool: the row holds a key
+    match: object  # (n, slots) bool: the row holds this key
+    scores: object  # (n, slots) int32
+
+
+def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None):
+    """Each key's row among the resident keys. `scores` are a row's sightings (LFU) or
+    last step seen (LRU, TTL), 0 for a free row; `clock` counts the training steps taken.
+    With `ttl_steps`, a key unseen for that many steps is no longer resident."""
+    buckets, slots = bucket_layout(capacity)
+    bucket = buckets_of(keys, buckets)
+    slot_rows = ops.expand_dims(bucket * slots, -1) + ops.arange(slots, dtype="int32")
+    exists = slot_rows < capacity
+    slot_rows = ops.where(exists, slot_rows, capacity)
+    slot_scores = ops.take(scores, slot_rows, axis=0)
+    live = exists & (slot_scores > 0)
+    if ttl_steps is not None:
+        live = live & (clock - slot_scores < ttl_steps)
+    match = live & (ops.take(stored_keys, slot_rows, axis=0) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1))
+    found = ops.any(match, axis=-1)
+    rows = ops.where(found, bucket * slots + ops.cast(ops.argmax(match, axis=-1), "int32"), 0)
+    return Found(rows, found, bucket, slot_rows, live, match, slot_scores)
+
+
+class Admitted(NamedTuple):
+    rows: object  # (n,) int32: each key's row after the step, 0 where it has none
+    found: object  # (n,) bool: the key has a row
+    fresh: object  # (n,) bool: the row was given to the key in this step
+    write_rows: object  # (n,) int32: the rows whose key and score change, `capacity` elsewhere
+    write_keys: object  # (n,) their keys
+    write_scores: object  # (n,) their scores
+    admitted_rows: object  # (n,) int32: the rows given a key, `capacity` elsewhere
+    sightings: object  # (n,) int32: each key's occurrences if it was not resident, else 0
+
+
+def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 1, sighted=None,
+          padding_zero=False):
+    """One training step's changes to the key map, for flat `keys (n,)` and `find`'s result.
+
+    A key not resident is admitted once its sightings (`sighted`, from the sketch, plus
+    its occurrences now) reach `min_count`: it takes the lowest-scored row of its
+    bucket that no key of this step holds, free rows first. Several new keys of one
+    bucket take its rows in increasing key order; one left without a row reads zeros.
+    Resident keys of the step get their new score: sightings added (LFU) or the step.
+    With `padding_zero`, key 0 is padding and never admitted.
+    """
+    n = keys.shape[0]
+    _, slots = bucket_layout(capacity)
+    step = clock + 1
+    # Distinct keys: sorted, each key's first position represents it.
+    order = ops.argsort(keys)
+    sorted_keys = ops.take(keys, order)
+    first = ops.concatenate([ops.ones((1,), "bool"), sorted_keys[1:] != sorted_keys[:-1]])
+    group = ops.cumsum(ops.cast(first, "int32")) - 1
+    occurrences = ops.take(ops.segment_sum(ops.ones((n,), "int32"), group, num_segments=n), group)
+
+    def by_key(x):
+        return ops.take(x, order, axis=0)
+
+    found_k, bucket_k, match_k = by_key(found.found), by_key(found.buckets), by_key(found.match)
+    counts = occurrences if sighted is None else by_key(sighted) + occurrences
+    candidate = first & ~found_k & (counts >= min_count)
+    if padding_zero:
+        candidate = candidate & (sorted_keys != 0)
+    # The distinct keys again, by bucket (a stable sort keeps key order within one).
+    buckets, _ = bucket_layout(capacity)
+    by_bucket = ops.argsort(ops.where(first, bucket_k, buckets))
+    run_bucket = ops.take(ops.where(first, bucket_k, buckets), by_bucket)
+    start = ops.cast(ops.searchsorted(run_bucket, run_bucket, side="left"), "int32")
+    in_run = ops.expand_dims(run_bucket < buckets, -1)
+    held_now = ops.segment_max(ops.cast(ops.take(match_k, by_bucket, axis=0) & in_run, "int32"), start, num_segments=n)
+    held_now = ops.take(held_now, start, axis=0) > 0
+    wants = ops.take(candidate, by_bucket)
+    wanting = ops.cumsum(ops.cast(wants, "int32"))
+    rank = wanting - 1 - (ops.take(wanting, start) - ops.cast(ops.take(wants, start), "int32"))
+
+    def by_run(x):
+        return ops.take(by_key(x), by_bucket, axis=0)
+
+    live, scores, slot_rows = by_run(found.live), by_run(found.scores), by_run(found.slot_rows)
+    base = ops.where(live, ops.minimum(scores, _PROTECTED - 1), 0)
+    base = ops.where(held_now | (slot_rows >= capacity), _PROTECTED, base)
+    ranked = ops.sort(base * slots + ops.arange(slots, dtype="int32"), axis=-1)
+    chosen = ops.take_along_axis(ranked, ops.expand_dims(ops.clip(rank, 0, slots - 1), -1), axis=-1)[:, 0]
+    admitted = wants & (rank < slots) & (chosen // slots < _PROTECTED)
+    new_rows = ops.take(by_key(found.buckets), by_bucket) * slots + ops.mod(chosen, slots)
+    # Back to key order, then every occurrence of a key takes its representative's row.
+    back = ops.expand_dims(by_bucket, -1)
+    admitted_k = ops.scatter(back, ops.cast(admitted, "int32"), (n,)) > 0
+    new_rows_k = ops.scatter(back, ops.where(admitted, new_rows, 0), (n,))
+    group_admitted = ops.take(ops.segment_max(ops.cast(admitted_k, "int32"), group, num_segments=n), group) > 0
+    group_rows = ops.take(ops.segment_max(new_rows_k, group, num_segments=n), group)
+    rows_k = ops.where(found_k, by_key(found.rows), ops.where(group_admitted, group_rows, 0))
+    old_scores = ops.sum(ops.where(match_k, by_key(found.scores), 0), axis=-1)
+    seen = ops.minimum(old_scores + occurrences, _PROTECTED - 1) if lfu else ops.full((n,), step, "int32")
+    fresh_score = occurrences if lfu else ops.full((n,), step, "int32")
+    writes = first & (found_k | admitted_k)
+    unsorted = ops.expand_dims(order, -1)
+
+    def back_to_input_order(x):
+        return ops.scatter(unsorted, x, (n,))
+
+    sightings = ops.where(first & ~found_k, occurrences, 0)
+    return Admitted(
+        rows=back_to_input_order(rows_k),
+        found=back_to_input_order(ops.cast(found_k | group_admitted, "int32")) > 0,
+        fresh=back_to_input_order(ops.cast(group_admitted, "int32")) > 0,
+        write_rows=ops.where(writes, rows_k, capacity),
+        write_keys=sorted_keys,
+        write_scores=ops.where(found_k, seen, fresh_score),
+        admitted_rows=ops.where(first & admitted_k, rows_k, capacity),
+        sightings=back_to_input_order(sightings),
+    )
