@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 
+from keras_embed_ext import dynamic_ids
 from keras_embed_ext import optimizers
 from keras_embed_ext.arguments import is_positive_int
 from keras_embed_ext.combiners import COMBINERS
@@ -38,6 +39,9 @@ class TableConfig:
             (keras-rs' `"sparsecore"` needs a TPU's SparseCore).
         max_ids_per_partition, max_unique_ids_per_partition: keras-rs' buffer sizes for
             SparseCore, kept in the config; nothing here is bounded by them.
+        dynamic: `None`, `True` or a `keras_embed_ext.DynamicIds`: the table's ids are
+            raw keys, given rows as training steps see them (`Embedding(dynamic=...)`).
+            A dynamic table is a stack of its own.
     """
 
     name: str
@@ -49,9 +53,13 @@ class TableConfig:
     placement: str = "auto"
     max_ids_per_partition: int = 256
     max_unique_ids_per_partition: int = 256
+    dynamic: Any = None
 
     def get_config(self) -> dict:
         config = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        dynamic = dynamic_ids.get(config.pop("dynamic"))
+        if dynamic is not None:  # keras-rs' config has no such key
+            config["dynamic"] = dynamic.get_config()
         for field in ("vocabulary_size", "embedding_dim", "max_ids_per_partition", "max_unique_ids_per_partition"):
             if isinstance(config[field], Integral):  # numpy integers too, which JSON does not take
                 config[field] = int(config[field])
@@ -64,6 +72,7 @@ class TableConfig:
         config = dict(config)
         config["initializer"] = keras.saving.deserialize_keras_object(config["initializer"])
         config["optimizer"] = keras.saving.deserialize_keras_object(config["optimizer"])
+        config["dynamic"] = dynamic_ids.get(config.get("dynamic"))
         return cls(**config)
 
 
@@ -105,7 +114,8 @@ def own_configs(feature_configs):
 
     def table_of(table):
         if id(table) not in tables:
-            fields = {field.name: getattr(table, field.name) for field in dataclasses.fields(TableConfig)}
+            fields = {field.name: getattr(table, field.name) for field in dataclasses.fields(TableConfig)
+                      if hasattr(table, field.name)}
             tables[id(table)] = check_table(TableConfig(**fields))
         return tables[id(table)]
 
@@ -144,9 +154,15 @@ def check_table(table: TableConfig) -> TableConfig:
             f"SparseCore and keras-rs. Received: placement={table.placement!r}"
         )
     try:
-        optimizers.get(table.optimizer)
+        optimizer = optimizers.get(table.optimizer)
+        dynamic = dynamic_ids.get(table.dynamic)
     except ValueError as error:
         raise ValueError(f"Table '{name}': {error}") from None
+    if dynamic is not None and optimizer is None:
+        raise ValueError(
+            f"Table '{name}' is dynamic: a freed row's optimizer state must start afresh, which only a row-wise "
+            "optimizer can do. Set `optimizer` to 'sgd', 'adagrad', 'rowwise_adagrad', 'adam' or 'ftrl'."
+        )
     return table
 
 
@@ -176,6 +192,8 @@ def stacks(tables, table_stacking="auto"):
         return [[table] for table in tables]
 
     def key(table):
+        if dynamic_ids.get(table.dynamic) is not None:  # its keys are its own: a stack of its own
+            return ("dynamic", table.name)
         return table.embedding_dim, optimizer_key(optimizers.get(table.optimizer))
 
     if table_stacking == "auto":
@@ -208,7 +226,7 @@ def stacks(tables, table_stacking="auto"):
         if len({key(table) for table in members}) > 1:
             raise ValueError(
                 f"`table_stacking`: tables {list(group)} cannot share a stack: a stack's tables have one "
-                "`embedding_dim` and one optimizer."
+                "`embedding_dim` and one optimizer, and a dynamic table is a stack of its own."
             )
         result.append(members)
     return result + [[table] for table in tables if table.name not in stacked]

@@ -8,6 +8,7 @@ import numpy as np
 from keras import ops
 
 from keras_embed_ext import combiners
+from keras_embed_ext import dynamic_ids
 from keras_embed_ext import optimizers
 from keras_embed_ext import sparse
 from keras_embed_ext.backends import gradients_summed_per_id
@@ -99,9 +100,10 @@ class DistributedEmbedding(keras.layers.Layer):
                 self._stack_of[table.name] = (index, int(offset))
             self._stacks.append(Embedding(
                 int(offsets[-1]), group[0].embedding_dim,
-                embeddings_initializer=StackedInitializer([t.initializer for t in group], np.diff(offsets)),
+                embeddings_initializer=group[0].initializer if len(group) == 1
+                else StackedInitializer([t.initializer for t in group], np.diff(offsets)),
                 sparse_optimizer=optimizers.get(group[0].optimizer), invalid_ids="zero", dtype=self.dtype_policy,
-                name=stack_name(group),
+                name=stack_name(group), dynamic=group[0].dynamic,
             ))
 
     @property
@@ -166,6 +168,8 @@ class DistributedEmbedding(keras.layers.Layer):
         return combiners.DenseBags((valid_ids, valid), weights, table.combiner)
 
     def _offset_ids(self, ids, table, subject):
+        if dynamic_ids.get(table.dynamic) is not None:  # keys, mapped to rows by the stack
+            return dynamic_ids.check_keys(ids, subject), None
         valid_ids, valid = validate(ids, table.vocabulary_size, self.invalid_ids, subject=subject)
         offset = self._stack_of[table.name][1]
         return (valid_ids + offset if offset else valid_ids), valid
@@ -180,7 +184,10 @@ class DistributedEmbedding(keras.layers.Layer):
                                      for flat, (_, v) in zip(flat_ids, ids_and_valid)])
         all_ids = flat_ids[0] if len(flat_ids) == 1 else ops.concatenate(flat_ids)
         train_rows = bool(training) and self.trainable and stack.trainable
-        rows = stack._table.lookup(all_ids, valid, train_rows=train_rows)
+        mapped = None
+        if stack.dynamic is not None:
+            all_ids, valid, mapped = stack._table.map_keys(all_ids, train_rows)
+        rows = stack._table.lookup(all_ids, valid, train_rows, mapped)
         parts = [rows] if len(flat_ids) == 1 else split_rows(rows, [ops.shape(ids)[0] for ids in flat_ids])
         return [ops.reshape(part, (*ops.shape(ids), rows.shape[-1])) for part, (ids, _) in zip(parts, ids_and_valid)]
 
@@ -218,6 +225,18 @@ class DistributedEmbedding(keras.layers.Layer):
             stacked[index][offset : offset + table.vocabulary_size] = values
         for stack, values in zip(self._stacks, stacked):
             stack._embeddings.assign(values)
+
+    def id_map(self, table_name: str):
+        """`(keys, rows)` of a dynamic table: its resident keys and their rows, two int64
+        numpy arrays."""
+        if table_name not in self._stack_of:
+            raise ValueError(f"DistributedEmbedding layer '{self.name}' has no table {table_name!r}. "
+                             f"Tables: {sorted(self._stack_of)}")
+        stack = self._stacks[self._stack_of[table_name][0]]
+        if stack.dynamic is None:
+            raise ValueError(f"Table '{table_name}' is not dynamic: its ids are its rows.")
+        self.build()
+        return stack.id_map()
 
     @property
     def row_optimizer_variables(self) -> list:

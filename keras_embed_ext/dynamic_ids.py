@@ -14,6 +14,7 @@ from keras import ops
 from keras_embed_ext import key_slots
 from keras_embed_ext.backends import add_into
 from keras_embed_ext.backends import compress
+from keras_embed_ext.backends import is_traced
 from keras_embed_ext.backends import scatter_into
 from keras_embed_ext.backends import to_host
 from keras_embed_ext.ids import dtype_name
@@ -118,7 +119,8 @@ class MappedKeys(NamedTuple):
     rows: object  # the key's row (0 where it has none), shaped as the keys
     found: object  # bool, shaped as the keys: the key has a row
     admitted_at: object  # (n,) float32 step at which each key's row was given, or None
-    renewed_rows: object  # the distinct rows given in this step (TensorFlow, torch), or None
+    renewed_rows: object  # the distinct rows given in this step, renewed at once, or None (JAX's
+    # training step renews them in the lookup)
 
 
 class KeyMap:
@@ -176,7 +178,7 @@ class KeyMap:
                 add_into(self.sightings, cell, change.sightings)
         self.clock.assign(clock + 1)
         renewed = None
-        if keras.backend.backend() != "jax":
+        if keras.backend.backend() != "jax" or not is_traced(flat):
             renewed = compress(change.admitted_rows, change.admitted_rows < self.capacity)
         admitted_at = ops.cast(ops.take(self.admitted.value, change.rows), "float32")
         return MappedKeys(ops.reshape(change.rows, shape), ops.reshape(change.found, shape), admitted_at, renewed)

@@ -1,6 +1,8 @@
 """The values a dynamic table gives a row it frees for a new key: new draws of the
 table's initializer, as if that row had been drawn with the whole table."""
 
+import math
+
 import keras
 from keras import initializers
 
@@ -27,13 +29,30 @@ def row_initializer(initializer, table_shape, seed_generator):
     config = initializer.get_config()
     if "seed" not in config:  # Constant, Zeros, Ones: the same values every time
         return lambda count: initializer((count, table_shape[1]), "float32")
+    if isinstance(initializer, initializers.VarianceScaling):
+        return _variance_scaling_rows(initializer, table_shape, seed_generator)
     config["seed"] = None
     fresh = type(initializer).from_config(config)
     fresh.seed = seed_generator
-    if isinstance(initializer, initializers.VarianceScaling):
-        # Its scale divided by the table's fan, then by `output_dim` (the rows' fan out).
-        fan_in, fan_out = table_shape
-        fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[initializer.mode]
-        fresh.scale = initializer.scale * fan_out / max(1.0, fan)
-        fresh.mode = "fan_out"
     return lambda count: keras.ops.cast(fresh((count, table_shape[1]), "float32"), "float32")
+
+
+def _variance_scaling_rows(initializer, table_shape, seed_generator):
+    """`VarianceScaling`'s draw with the scale of the whole table's shape (its own call
+    would take the fans of the rows drawn)."""
+    fan_in, fan_out = table_shape
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[initializer.mode]
+    scale = initializer.scale / max(1.0, fan)
+    distribution = initializer.distribution
+
+    def draw(count):
+        shape = (count, table_shape[1])
+        if distribution == "truncated_normal":  # 0.8796...: the stddev of a standard normal truncated at 2
+            return keras.random.truncated_normal(shape, stddev=math.sqrt(scale) / 0.87962566103423978,
+                                                 seed=seed_generator)
+        if distribution == "untruncated_normal":
+            return keras.random.normal(shape, stddev=math.sqrt(scale), seed=seed_generator)
+        limit = math.sqrt(3.0 * scale)
+        return keras.random.uniform(shape, minval=-limit, maxval=limit, seed=seed_generator)
+
+    return draw

@@ -114,7 +114,7 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     Resident keys of the step get their new score: sightings added (LFU) or the step.
     With `padding_zero`, key 0 is padding and never admitted.
     """
-    n = keys.shape[0]
+    n = ops.shape(keys)[0]  # a tensor in a TensorFlow graph of unknown batch size
     _, slots = bucket_layout(capacity)
     step = clock + 1
     # Distinct keys: sorted, each key's first position represents it.

@@ -226,5 +226,11 @@ def _scatter_torch(variable, rows, new):
         variable.value.index_copy_(0, rows.long(), new.to(variable.value.dtype))
 
 
+def _scatter_jax(variable, rows, new):
+    """Eager JAX only (a renewal outside a training step): inside one, rows are written
+    by the lookup's backward pass."""
+    variable.assign(variable.value.at[rows].set(new.astype(variable.dtype)))
+
+
 BY_ROW = {"tensorflow": _by_row_tensorflow, "torch": _by_row_torch}
-SCATTER = {"tensorflow": _scatter_tensorflow, "torch": _scatter_torch}
+SCATTER = {"tensorflow": _scatter_tensorflow, "torch": _scatter_torch, "jax": _scatter_jax}

@@ -133,11 +133,14 @@ class RowTraining:
         self._add_loss(probe * row_backends.replicas_in_sync())
         return rows
 
-    def renew(self, rows):
-        """TensorFlow and torch: `rows` (distinct) start afresh, drawn anew by the table's
-        initializer, with the optimizer's initial state."""
+    def renew(self, rows, step=None):
+        """`rows` (distinct) start afresh, drawn anew by the table's initializer, with the
+        optimizer's initial state: on TensorFlow and torch, and on JAX outside a training
+        step (`step`, the map's, is then their renewal step)."""
         count = ops.shape(rows)[0]
         backend = keras.backend.backend()
+        if self.renewed_at is not None:
+            row_backends.SCATTER[backend](self.renewed_at, rows, ops.full((count,), ops.cast(step, "float32")))
         row_backends.SCATTER[backend](self.variable, rows, self.new_rows(count))
         for slot, (name, per_row) in zip(self.slots, self.optimizer.slots):
             shape = (count,) if per_row else (count, *slot.shape[1:])

@@ -78,7 +78,7 @@ class Table:
         afresh (TensorFlow and torch: here; JAX: in the training lookup)."""
         mapped = self.key_map.map(keys, admit, padding_zero)
         if mapped.renewed_rows is not None and self.row_training is not None:
-            self.row_training.renew(mapped.renewed_rows)
+            self.row_training.renew(mapped.renewed_rows, self.key_map.clock.value)
         return mapped.rows, mapped.found, mapped
 
     # The pipeline's gather: stored rows -> decoded rows -> plus the adapter's rows.
