@@ -116,13 +116,15 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     """
     n = ops.shape(keys)[0]  # a tensor in a TensorFlow graph of unknown batch size
     _, slots = bucket_layout(capacity)
+    buckets, _ = bucket_layout(capacity)
     step = clock + 1
+    positions = ops.arange(n, dtype="int32")
     # Distinct keys: sorted, each key's first position represents it.
     order = ops.argsort(keys)
     sorted_keys = ops.take(keys, order)
-    first = ops.concatenate([ops.ones((1,), "bool"), sorted_keys[1:] != sorted_keys[:-1]])
-    group = ops.cumsum(ops.cast(first, "int32")) - 1
-    occurrences = ops.take(ops.segment_sum(ops.ones((n,), "int32"), group, num_segments=n), group)
+    first_of = ops.cast(ops.searchsorted(sorted_keys, sorted_keys, side="left"), "int32")
+    occurrences = ops.cast(ops.searchsorted(sorted_keys, sorted_keys, side="right"), "int32") - first_of
+    first = first_of == positions
 
     def by_key(x):
         return ops.take(x, order, axis=0)
@@ -132,17 +134,19 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     candidate = first & ~found_k & (counts >= min_count)
     if padding_zero:
         candidate = candidate & (sorted_keys != 0)
-    # The distinct keys again, by bucket (a stable sort keeps key order within one).
-    buckets, _ = bucket_layout(capacity)
-    by_bucket = ops.argsort(ops.where(first, bucket_k, buckets))
-    run_bucket = ops.take(ops.where(first, bucket_k, buckets), by_bucket)
+    # The distinct keys again, in runs of one bucket (a stable sort keeps key order in a run).
+    run_of = ops.where(first, bucket_k, buckets)
+    by_bucket = ops.argsort(run_of)
+    run_bucket = ops.take(run_of, by_bucket)
     start = ops.cast(ops.searchsorted(run_bucket, run_bucket, side="left"), "int32")
-    in_run = ops.expand_dims(run_bucket < buckets, -1)
-    held_now = ops.segment_max(ops.cast(ops.take(match_k, by_bucket, axis=0) & in_run, "int32"), start, num_segments=n)
-    held_now = ops.take(held_now, start, axis=0) > 0
+    end = ops.cast(ops.searchsorted(run_bucket, run_bucket, side="right"), "int32")
+    # Rows that keys of the step hold: any match in the run, from a running count.
+    held = ops.cast(ops.take(match_k, by_bucket, axis=0) & ops.expand_dims(run_bucket < buckets, -1), "int32")
+    held = ops.concatenate([ops.zeros((1, slots), "int32"), ops.cumsum(held, axis=0)])
+    held_now = (ops.take(held, end, axis=0) - ops.take(held, start, axis=0)) > 0
     wants = ops.take(candidate, by_bucket)
-    wanting = ops.cumsum(ops.cast(wants, "int32"))
-    rank = wanting - 1 - (ops.take(wanting, start) - ops.cast(ops.take(wants, start), "int32"))
+    wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
+    rank = ops.take(wanting, positions + 1) - 1 - ops.take(wanting, start)
 
     def by_run(x):
         return ops.take(by_key(x), by_bucket, axis=0)
@@ -153,31 +157,28 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     ranked = ops.sort(base * slots + ops.arange(slots, dtype="int32"), axis=-1)
     chosen = ops.take_along_axis(ranked, ops.expand_dims(ops.clip(rank, 0, slots - 1), -1), axis=-1)[:, 0]
     admitted = wants & (rank < slots) & (chosen // slots < _PROTECTED)
-    new_rows = ops.take(by_key(found.buckets), by_bucket) * slots + ops.mod(chosen, slots)
-    # Back to key order, then every occurrence of a key takes its representative's row.
-    back = ops.expand_dims(by_bucket, -1)
-    admitted_k = ops.scatter(back, ops.cast(admitted, "int32"), (n,)) > 0
-    new_rows_k = ops.scatter(back, ops.where(admitted, new_rows, 0), (n,))
-    group_admitted = ops.take(ops.segment_max(ops.cast(admitted_k, "int32"), group, num_segments=n), group) > 0
-    group_rows = ops.take(ops.segment_max(new_rows_k, group, num_segments=n), group)
-    rows_k = ops.where(found_k, by_key(found.rows), ops.where(group_admitted, group_rows, 0))
+    new_rows = ops.take(bucket_k, by_bucket) * slots + ops.mod(chosen, slots)
+    # Back to key order, then every occurrence of a key takes its first one's row.
+    admitted_k = _unpermute(ops.cast(admitted, "int32"), by_bucket) > 0
+    new_rows_k = _unpermute(ops.where(admitted, new_rows, 0), by_bucket)
+    group_admitted = ops.take(admitted_k, first_of)
+    rows_k = ops.where(found_k, by_key(found.rows), ops.where(group_admitted, ops.take(new_rows_k, first_of), 0))
     old_scores = ops.sum(ops.where(match_k, by_key(found.scores), 0), axis=-1)
     seen = ops.minimum(old_scores + occurrences, _PROTECTED - 1) if lfu else ops.full((n,), step, "int32")
     fresh_score = occurrences if lfu else ops.full((n,), step, "int32")
     writes = first & (found_k | admitted_k)
-    unsorted = ops.expand_dims(order, -1)
-
-    def back_to_input_order(x):
-        return ops.scatter(unsorted, x, (n,))
-
-    sightings = ops.where(first & ~found_k, occurrences, 0)
     return Admitted(
-        rows=back_to_input_order(rows_k),
-        found=back_to_input_order(ops.cast(found_k | group_admitted, "int32")) > 0,
-        fresh=back_to_input_order(ops.cast(group_admitted, "int32")) > 0,
+        rows=_unpermute(rows_k, order),
+        found=_unpermute(ops.cast(found_k | group_admitted, "int32"), order) > 0,
+        fresh=_unpermute(ops.cast(group_admitted, "int32"), order) > 0,
         write_rows=ops.where(writes, rows_k, capacity),
         write_keys=sorted_keys,
         write_scores=ops.where(found_k, seen, fresh_score),
         admitted_rows=ops.where(first & admitted_k, rows_k, capacity),
-        sightings=back_to_input_order(sightings),
+        sightings=_unpermute(ops.where(first & ~found_k, occurrences, 0), order),
     )
+
+
+def _unpermute(x, order):
+    """`y` with `y[order[i]] = x[i]`: undoes `take(..., order)`."""
+    return ops.scatter_update(ops.zeros_like(x), ops.expand_dims(order, -1), x)
