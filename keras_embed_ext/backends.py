@@ -308,7 +308,8 @@ def _nibbles(packed):
 def scatter_into(variable, rows, values):
     """`variable[rows] = values` in place: the rows alone are written (a whole copy on
     TensorFlow's `tensor_scatter_nd_update`, not here). Rows listed twice must get
-    equal values, or be scratch."""
+    equal values, or be scratch. For a 2-D variable and 1-D values, `rows` number its
+    elements, row-major."""
     _write_rows(variable, rows, values, add=False)
 
 
@@ -320,21 +321,27 @@ def add_into(variable, rows, values):
 def _write_rows(variable, rows, values, add):
     backend = keras.backend.backend()
     values = keras.ops.cast(values, variable.dtype)
+    elements = len(variable.shape) == 2 and len(values.shape) == 1
     if backend == "tensorflow":
         import tensorflow as tf
 
         local = replica_local(variable.value)
+        if elements:
+            width = variable.shape[1]
+            index = tf.stack([rows // width, rows % width], axis=-1)
+            return local.scatter_nd_add(index, values) if add else local.scatter_nd_update(index, values)
         slices = tf.IndexedSlices(values, rows)
-        local.scatter_add(slices) if add else local.scatter_update(slices)
-    elif backend == "torch":
+        return local.scatter_add(slices) if add else local.scatter_update(slices)
+    if backend == "torch":
         import torch
 
         with torch.no_grad():
             target, index = variable.value, rows.long()
-            target.index_add_(0, index, values) if add else target.index_copy_(0, index, values)
-    else:
-        at = variable.value.at[rows]
-        variable.assign(at.add(values) if add else at.set(values))
+            target = target.view(-1) if elements else target
+            return target.index_add_(0, index, values) if add else target.index_copy_(0, index, values)
+    value = variable.value.reshape(-1) if elements else variable.value
+    value = value.at[rows].add(values) if add else value.at[rows].set(values)
+    variable.assign(value.reshape(variable.shape))
 
 
 def compress(x, mask):

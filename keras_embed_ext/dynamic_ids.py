@@ -135,7 +135,8 @@ class KeyMap:
     def __init__(self, add_variable, capacity: int, config: DynamicIds):
         self.capacity = capacity
         self.config = config
-        size = (capacity + 1,)  # the last row is scratch (`key_slots`)
+        buckets, slots = key_slots.bucket_layout(capacity)
+        size = (buckets + 1, slots)  # a row per bucket, then a scratch one (`key_slots`)
 
         def state(name, shape, dtype):
             return add_variable(name=f"id_map_{name}", shape=shape, initializer="zeros", dtype=dtype,
@@ -180,7 +181,7 @@ class KeyMap:
         renewed = None
         if keras.backend.backend() != "jax" or not is_traced(flat):
             renewed = compress(change.admitted_rows, change.admitted_rows < self.capacity)
-        admitted_at = ops.cast(ops.take(self.admitted.value, change.rows), "float32")
+        admitted_at = ops.cast(ops.take(ops.reshape(self.admitted.value, (-1,)), change.rows), "float32")
         return MappedKeys(ops.reshape(change.rows, shape), ops.reshape(change.found, shape), admitted_at, renewed)
 
     def save(self, store, seed_state):
@@ -210,14 +211,18 @@ class KeyMap:
         if SEED_KEY in store.keys():
             seed_state.assign(np.asarray(store[SEED_KEY]))
 
+    def admitted_steps(self):
+        """The step at which each of the table's rows was given to its key (0: never)."""
+        return ops.reshape(self.admitted.value, (-1,))[: self.capacity]
+
     def resident(self):
         """`(keys, rows)`: the resident keys and their rows, int64 numpy arrays."""
-        scores = to_host(ops.convert_to_tensor(self.scores.value))[: self.capacity]
+        scores = _host(self.scores).reshape(-1)[: self.capacity]
         live = scores > 0
         if self.config.ttl_steps is not None:
-            live &= int(to_host(ops.convert_to_tensor(self.clock.value))) - scores < self.config.ttl_steps
+            live &= int(_host(self.clock)) - scores < self.config.ttl_steps
         rows = np.flatnonzero(live)
-        keys = to_host(ops.convert_to_tensor(self.keys.value))[rows]
+        keys = _host(self.keys).reshape(-1)[rows]
         return keys.astype("int64"), rows.astype("int64")
 
 

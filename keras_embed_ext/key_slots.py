@@ -5,62 +5,67 @@ Values in, values out, in `keras.ops`, with static shapes (the same code runs un
 `BUCKET_SIZE` rows (one bucket when the table is smaller); a key may live only in the
 bucket its hash names, so finding it compares the key with one bucket's keys, and
 admitting it frees the lowest-scored row of that bucket. Every per-row array has one
-row more than the table: the last one is scratch that writes which change nothing go to.
+bucket more than the table: writes which change nothing go to its first row (`capacity`
+in the flat numbering of writes, where row `r` is bucket `r // slots`, slot `r % slots`).
 """
 
 from typing import NamedTuple
 
 from keras import ops
 
+from keras_embed_ext.backends import take_rows
+
 BUCKET_SIZE = 16
-# Two primes just under sqrt(2**31): a hash state times a multiplier below them, plus a
-# 16-bit chunk of the key, stays within int32 on every backend (JAX without x64 too).
-_PRIMES = (46337, 46327)
-_MULTIPLIERS = (19069, 17011)
+# murmur3's 32-bit finalizer constants, as signed int32.
+_MIX = (0x85EBCA6B - 2**32, 0xC2B2AE35 - 2**32)
+_SEEDS = (0x2545F491, 0x6A09E667)
 # A row's eviction rank is `base * slots + slot`: unique, so no sort's tie-breaking
 # decides. Rows a step looks up (and a last bucket's missing rows) get `_PROTECTED`.
 _PROTECTED = (2**31 - 1) // BUCKET_SIZE - 1
 
 
 def bucket_layout(capacity: int):
-    """`(buckets, slots)`: how many buckets, of how many rows each."""
+    """`(buckets, slots)`: how many buckets, of how many rows each. A key map holds
+    `(buckets + 1, slots)` arrays: a bucket's rows side by side, then one scratch bucket."""
     slots = min(BUCKET_SIZE, capacity)
     return -(-capacity // slots), slots
 
 
-def _chunks(keys):
-    """The key's four 16-bit chunks, low to high, as int32: the same for a key given as
-    int32 or int64, so a key has one bucket on every backend."""
-    if keys.dtype == "int64" or str(keys.dtype).endswith("int64"):
-        return [ops.cast(ops.bitwise_and(ops.right_shift(keys, 16 * i), 0xFFFF), "int32") for i in range(4)]
+def _words(keys):
+    """A key's low and high 32 bits as int32: the same for a key given as int32 or int64
+    (its sign extended), so a key has one bucket on every backend."""
+    if "int64" in str(keys.dtype):
+        return ops.cast(ops.bitwise_and(keys, 0xFFFFFFFF), "int32"), ops.cast(ops.right_shift(keys, 32), "int32")
     keys = ops.cast(keys, "int32")
-    low = [ops.bitwise_and(ops.right_shift(keys, 16 * i), 0xFFFF) for i in range(2)]
-    sign = ops.where(keys < 0, 0xFFFF, 0)
-    return low + [sign, sign]
+    return keys, ops.right_shift(keys, 31)
 
 
-def hash_keys(keys):
-    """Two independent int32 hashes in `[0, 46337)` of each key: a few rounds of
-    multiply-add and squaring modulo a prime, over the key's 16-bit chunks."""
-    hashes = []
-    for prime, multiplier in zip(_PRIMES, _MULTIPLIERS):
-        state = ops.zeros_like(ops.cast(keys, "int32"))
-        for chunk in reversed(_chunks(keys)):
-            state = ops.mod((ops.mod(state + chunk, prime) + 1) * multiplier, prime)
-            state = ops.mod(state * state + chunk, prime)
-        hashes.append(state)
-    return hashes
+def _shifted_out(x, bits):
+    """`x >>> bits`: a logical shift of int32 `x`."""
+    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
+
+
+def _mix(x):
+    """murmur3's finalizer, in int32 arithmetic that wraps alike on every backend."""
+    x = ops.bitwise_xor(x, _shifted_out(x, 16)) * _MIX[0]
+    x = ops.bitwise_xor(x, _shifted_out(x, 13)) * _MIX[1]
+    return ops.bitwise_xor(x, _shifted_out(x, 16))
+
+
+def hash_keys(keys, seed_index=0):
+    """A nonnegative int32 hash of each key."""
+    low, high = _words(keys)
+    mixed = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(low, _SEEDS[seed_index])), high))
+    return ops.bitwise_and(mixed, 0x7FFFFFFF)
 
 
 def buckets_of(keys, buckets: int):
-    first, second = hash_keys(keys)
-    return ops.mod(first * _PRIMES[1] + second, buckets)
+    return ops.mod(hash_keys(keys), buckets)
 
 
 def sketch_cells(keys, width: int):
     """The two count-min cells of each key in a `(2 * width,)` sighting sketch."""
-    first, second = hash_keys(keys)
-    return ops.mod(first, width), width + ops.mod(second, width)
+    return ops.mod(hash_keys(keys, 0), width), width + ops.mod(hash_keys(keys, 1), width)
 
 
 class Found(NamedTuple):
@@ -74,21 +79,22 @@ class Found(NamedTuple):
 
 
 def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None):
-    """Each key's row among the resident keys. `scores` are a row's sightings (LFU) or
-    last step seen (LRU, TTL), 0 for a free row; `clock` counts the training steps taken.
-    With `ttl_steps`, a key unseen for that many steps is no longer resident."""
+    """Each key's row among the resident keys, from `(buckets + 1, slots)` arrays:
+    `scores` are a row's sightings (LFU) or last step seen (LRU, TTL), 0 for a free
+    row; `clock` counts the training steps taken. With `ttl_steps`, a key unseen for
+    that many steps is no longer resident."""
     buckets, slots = bucket_layout(capacity)
     bucket = buckets_of(keys, buckets)
     slot_rows = ops.expand_dims(bucket * slots, -1) + ops.arange(slots, dtype="int32")
     exists = slot_rows < capacity
-    slot_rows = ops.where(exists, slot_rows, capacity)
-    slot_scores = ops.take(scores, slot_rows, axis=0)
+    slot_scores = take_rows(scores, bucket)
     live = exists & (slot_scores > 0)
     if ttl_steps is not None:
         live = live & (clock - slot_scores < ttl_steps)
-    match = live & (ops.take(stored_keys, slot_rows, axis=0) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1))
+    match = live & (take_rows(stored_keys, bucket) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1))
     found = ops.any(match, axis=-1)
     rows = ops.where(found, bucket * slots + ops.cast(ops.argmax(match, axis=-1), "int32"), 0)
+    slot_rows = ops.where(exists, slot_rows, capacity)
     return Found(rows, found, bucket, slot_rows, live, match, slot_scores)
 
 

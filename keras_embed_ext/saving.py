@@ -83,7 +83,7 @@ class SavedTable:
         if key_map is not None:
             key_map.load(store, self.renewal_seed_generator.state, f"Embedding layer '{self.name}'")
             if self._table.row_training is not None:
-                self._table.row_training.renewed_through(key_map.admitted.value[: self.input_dim])
+                self._table.row_training.renewed_through(key_map.admitted_steps())
         if alpha is not None and self.lora_enabled and len(targets) > len(base):
             self._table.adapter.alpha = self.lora_alpha = alpha  # the scale the saved adapter was trained with
 

@@ -333,3 +333,26 @@ def test_distributed_table_shared_by_features_equals_one_layer():
         layer.id_map("items")
     with pytest.raises(ValueError, match="'users' is dynamic.*row-wise"):
         kee.DistributedEmbedding({"u": kee.FeatureConfig("u", kee.TableConfig("users", 4, 2, optimizer=None, dynamic=True), (2,), (2, 2))})
+
+
+def _murmur_finalizer(x):
+    x = x ^ (x >> np.uint32(16))
+    x = x * np.uint32(0x85EBCA6B)
+    x = x ^ (x >> np.uint32(13))
+    x = x * np.uint32(0xC2B2AE35)
+    return x ^ (x >> np.uint32(16))
+
+
+def test_a_key_hashes_alike_on_every_backend_and_key_dtype():
+    """Buckets follow murmur3's finalizer over a key's two 32-bit words, computed here in
+    numpy's uint32 arithmetic: a key map saved on one backend finds its keys on another."""
+    from keras_embed_ext import key_slots
+
+    keys = np.array([0, 1, -1, 12345, -2**31, 2**31 - 1] + ([BIG, -BIG, 7 * BIG + 3] if _wide_keys() else []))
+    with np.errstate(over="ignore"):
+        low, high = (keys & 0xFFFFFFFF).astype(np.uint32), (keys >> 32).astype(np.int64).astype(np.uint32)
+        for seed_index, seed in enumerate((0x2545F491, 0x6A09E667)):
+            expected = _murmur_finalizer(_murmur_finalizer(low ^ np.uint32(seed)) ^ high) & np.uint32(0x7FFFFFFF)
+            np.testing.assert_array_equal(to_numpy(key_slots.hash_keys(_keys(keys), seed_index)), expected)
+            if np.all(np.abs(keys) < 2**31):  # int32 keys: the same hash
+                np.testing.assert_array_equal(to_numpy(key_slots.hash_keys(keys.astype("int32"), seed_index)), expected)
