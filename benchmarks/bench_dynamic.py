@@ -40,13 +40,14 @@ def _lookup_fn(layer):
     if BACKEND == "jax":
         import jax
 
-        state = [v.value for v in layer.variables]
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
 
         @jax.jit
-        def lookup(state, ids):
-            return layer.stateless_call([], state, ids)[0]
+        def lookup(trainable, non_trainable, ids):
+            return layer.stateless_call(trainable, non_trainable, ids)[0]
 
-        return lambda ids: lookup(state, ids)
+        return lambda ids: lookup(trainable, non_trainable, ids)
     if BACKEND == "tensorflow":
         import tensorflow as tf
 

@@ -163,6 +163,7 @@ class KeyMap:
                                config.ttl_steps)
         if not admit:
             return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)
+        _check_one_replica(self.keys.path)
         sighted = cells = None
         if self.sightings is not None:
             cells = key_slots.sketch_cells(flat, SKETCH_WIDTH)
@@ -224,6 +225,35 @@ class KeyMap:
         rows = np.flatnonzero(live)
         keys = _host(self.keys).reshape(-1)[rows]
         return keys.astype("int64"), rows.astype("int64")
+
+
+def _check_one_replica(path):
+    """Admission must be decided from the global batch's keys, the same on every replica;
+    engines that split the batch among replicas with a map each are refused by name."""
+    backend = keras.backend.backend()
+    engine = None
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            engine = f"a tf.distribute strategy of {context.num_replicas_in_sync} replicas"
+    elif backend == "torch":
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            engine = f"torch.distributed ({dist.get_world_size()} processes)"
+    else:
+        import jax
+
+        if jax.process_count() > 1:
+            engine = f"JAX over {jax.process_count()} processes"
+    if engine is not None:
+        raise ValueError(
+            f"The dynamic table of '{path.rsplit('/', 1)[0]}' admits keys in training steps from the whole "
+            f"batch; under {engine} each replica would admit its own keys into its own map. Train it in one "
+            "process (on JAX, `keras.distribution.DataParallel` in one process decides from the global batch)."
+        )
 
 
 def _key_of(variable):
