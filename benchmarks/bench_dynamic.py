@@ -95,9 +95,9 @@ def speed(capacity):
     lookup_rows = to_device(rows.astype("int32").reshape(-1, 1))
     plain_dynamic = kee.Embedding(capacity, DIM, dynamic=True)
     plain_dynamic.build()
-    plain_dynamic._table.key_map.keys.assign(dynamic._table.key_map.keys.value)
-    plain_dynamic._table.key_map.scores.assign(dynamic._table.key_map.scores.value)
-    plain_dynamic._table.key_map.clock.assign(dynamic._table.key_map.clock.value)
+    for name in ("keys", "scores", "clock"):  # copies: a train step may donate the source's buffers
+        source = getattr(dynamic._table.key_map, name)
+        getattr(plain_dynamic._table.key_map, name).assign(np.array(keras.ops.convert_to_numpy(source)))
     plain_static = kee.Embedding(capacity, DIM)
     plain_static.build()
     dynamic_lookup, static_lookup = _lookup_fn(plain_dynamic), _lookup_fn(plain_static)

@@ -13,6 +13,7 @@ SCRIPTS = {
     "examples/tied_language_model.py": r"loss ([\d.]+) -> ([\d.]+)",
     "examples/recommender.py": r"loss ([\d.]+) -> ([\d.]+)",
     "examples/dlrm.py": r"loss ([\d.]+) -> ([\d.]+)",
+    "examples/dynamic_ids.py": r"loss ([\d.]+) -> ([\d.]+)",
     "-m keras_embed_ext.demo": r"shifted task accuracy: ([\d.]+) -> ([\d.]+)",
 }
 
