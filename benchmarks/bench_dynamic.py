@@ -116,7 +116,7 @@ def speed(capacity):
     ], rounds=7)
     key_map = dynamic._table.key_map.variables()[:3]  # keys, scores, admitted
     extra = dynamic._table.row_training.renewed_at
-    map_bytes = sum(np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize * v.shape[0] for v in key_map)
+    map_bytes = sum(np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize * np.prod(v.shape) for v in key_map)
     map_bytes += 0 if extra is None else 4 * extra.shape[0]
     return {"backend": BACKEND, "capacity": capacity, "lookup_dynamic_ms": lookup_dynamic_ms,
             "lookup_static_ms": lookup_static_ms, "step_resident_ms": resident_ms, "step_new_ms": new_ms,

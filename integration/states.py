@@ -16,9 +16,10 @@ import numpy as np  # noqa: E402
 
 import keras_embed_ext as kee  # noqa: E402
 
-STATES = ("float", "lora", "int8", "int4", "int8_lora", "int4_lora", "collection")
+STATES = ("float", "lora", "int8", "int4", "int8_lora", "int4_lora", "collection", "dynamic")
 V, D, RANK = 64, 10, 3
 IDS = np.random.default_rng(1).integers(0, V, size=(4, 7)).astype("int32")
+KEYS = np.random.default_rng(3).integers(-2**31, 2**31 - 1, size=(4, 7)).astype("int32")  # raw ids, any int32
 
 
 def build_collection():
@@ -41,9 +42,23 @@ def collection_ids():
     return {"one": IDS[:, 0], "bag": IDS, "other": IDS % 9}
 
 
+def build_dynamic():
+    """A dynamic table smaller than the keys it has seen, trained a few steps: its file holds
+    a map with evictions behind it, and the optimizer's state."""
+    inputs = keras.Input((KEYS.shape[1],), dtype="int32")
+    layer = kee.Embedding(24, D, dynamic=kee.DynamicIds(min_count=2), name="emb")
+    model = keras.Model(inputs, layer(inputs))
+    model.compile("sgd", "mse")
+    for shift in (0, 0, 1, 1, 2):
+        model.train_on_batch(np.roll(KEYS, shift), np.ones((4, 7, D), "float32"))
+    return model
+
+
 def build(state):
     if state == "collection":
         return build_collection()
+    if state == "dynamic":
+        return build_dynamic()
     rng = np.random.default_rng(0)
     table = rng.standard_normal((V, D)).astype("float32")
     inputs = keras.Input((IDS.shape[1],), dtype="int32")
@@ -65,7 +80,12 @@ def build(state):
 
 def run(model):
     """The model's outputs, and for the collection its optimizers' state too."""
-    if model.get_layer("emb").__class__.__name__ != "DistributedEmbedding":
+    layer = model.get_layer("emb")
+    if getattr(layer, "dynamic", None) is not None:
+        state = [np.ravel(keras.ops.convert_to_numpy(v)) for v in layer.row_optimizer_variables]
+        outputs = np.ravel(keras.ops.convert_to_numpy(model(KEYS)))
+        return np.concatenate([outputs, *layer.id_map(), *state]).astype("float64")
+    if layer.__class__.__name__ != "DistributedEmbedding":
         return np.asarray(keras.ops.convert_to_numpy(model(IDS)))
     state = [np.ravel(keras.ops.convert_to_numpy(v)) for v in model.get_layer("emb").row_optimizer_variables]
     return np.concatenate([np.ravel(keras.ops.convert_to_numpy(model(collection_ids()))), *state]).astype("float64")
@@ -84,7 +104,7 @@ def main(command, *dirs):
             for state in STATES:
                 model = keras.saving.load_model(os.path.join(source, f"{state}.keras"))
                 layer = model.get_layer("emb")
-                if state != "collection":
+                if state not in ("collection", "dynamic"):
                     assert layer.lora_enabled == ("lora" in state)
                     assert layer.quantization_mode == (state.split("_")[0] if state.startswith("int") else None)
                 np.save(os.path.join(out, f"{state}.npy"), run(model))

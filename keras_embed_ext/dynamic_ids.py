@@ -160,7 +160,7 @@ class KeyMap:
         flat = ops.reshape(keys, (-1,))
         config = self.config
         found = key_slots.find(flat, self.keys.value, self.scores.value, self.clock.value, self.capacity,
-                               config.ttl_steps)
+                               config.ttl_steps, for_admission=admit)
         if not admit:
             return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)
         _check_one_replica(self.keys.path)

@@ -78,20 +78,33 @@ class Found(NamedTuple):
     scores: object  # (n, slots) int32
 
 
-def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None):
+def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None, for_admission=True):
     """Each key's row among the resident keys, from `(buckets + 1, slots)` arrays:
     `scores` are a row's sightings (LFU) or last step seen (LRU, TTL), 0 for a free
     row; `clock` counts the training steps taken. With `ttl_steps`, a key unseen for
-    that many steps is no longer resident."""
+    that many steps is no longer resident.
+
+    Without `for_admission` only `rows` and `found` are computed, reading one score
+    per key: a resident key is the first of its bucket's slots to hold it, since a
+    key admitted again takes the lowest free slot, before any it left behind."""
     buckets, slots = bucket_layout(capacity)
     bucket = buckets_of(keys, buckets)
+    holds = take_rows(stored_keys, bucket) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
+    if not for_admission:
+        slot = ops.cast(ops.argmax(holds, axis=-1), "int32")
+        rows = bucket * slots + slot
+        score = ops.take(ops.reshape(scores, (-1,)), rows)
+        found = ops.any(holds, axis=-1) & (score > 0) & (rows < capacity)
+        if ttl_steps is not None:
+            found = found & (clock - score < ttl_steps)
+        return Found(ops.where(found, rows, 0), found, bucket, None, None, None, None)
     slot_rows = ops.expand_dims(bucket * slots, -1) + ops.arange(slots, dtype="int32")
     exists = slot_rows < capacity
     slot_scores = take_rows(scores, bucket)
     live = exists & (slot_scores > 0)
     if ttl_steps is not None:
         live = live & (clock - slot_scores < ttl_steps)
-    match = live & (take_rows(stored_keys, bucket) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1))
+    match = live & holds
     found = ops.any(match, axis=-1)
     rows = ops.where(found, bucket * slots + ops.cast(ops.argmax(match, axis=-1), "int32"), 0)
     slot_rows = ops.where(exists, slot_rows, capacity)
