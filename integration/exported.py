@@ -23,6 +23,17 @@ V, D, L = 64, 16, 5
 STATES = ("float", "mask", "int8", "int4", "lora", "int8_lora", "int4_lora")
 FORMATS = {"tensorflow": ("tf_saved_model", "onnx"), "jax": ("tf_saved_model", "onnx"), "torch": ("torch", "onnx")}
 IDS = np.random.default_rng(1).integers(0, V, size=(3, L)).astype("int32")
+KEYS = np.random.default_rng(2).integers(-2**31, 2**31 - 1, size=(3, L)).astype("int32")
+
+
+def build_dynamic():
+    """A dynamic table trained a step on raw keys: the export serves its frozen map."""
+    layer = kee.Embedding(V, D, dynamic=True)
+    model = keras.Sequential([keras.Input((L,), dtype="int32"), layer, keras.layers.GlobalAveragePooling1D(),
+                              keras.layers.Dense(2, kernel_initializer="ones")])
+    model.compile("sgd", "mse")
+    model.train_on_batch(KEYS[:2], np.ones((2, 2), "float32"))  # the third row's keys stay unknown
+    return model
 
 
 def build(layer_class, state):
@@ -73,6 +84,16 @@ def main():
                 except Exception as error:  # noqa: BLE001 - what failed is the report
                     entry[name] = f"{type(error).__name__}: {str(error)[:200]}"
             report[f"{state}/{fmt}"] = entry
+    for fmt in FORMATS[keras.backend.backend()][:1]:
+        model = build_dynamic()
+        keys = KEYS[:1] if fmt == "torch" else KEYS
+        expected = keras.ops.convert_to_numpy(model(keys))
+        path = os.path.join(tempfile.mkdtemp(), "model.pt2" if fmt == "torch" else "model")
+        try:
+            ours = float(np.abs(served(model, fmt, path, keys) - expected).max())
+        except Exception as error:  # noqa: BLE001 - what failed is the report
+            ours = f"{type(error).__name__}: {str(error)[:200]}"
+        report[f"dynamic/{fmt}"] = {"keras": "no dynamic tables", "ours": ours}
     # A file, not stdout: exporters print there too (torch's ONNX exporter, its graph).
     with open(sys.argv[1], "w") as file:
         json.dump(report, file)

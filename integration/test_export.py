@@ -27,3 +27,6 @@ def test_exports_wherever_keras_layer_does(backend, tmp_path):
     # Both formats ran here (an exporter missing would fail both layers alike).
     assert isinstance(report["float/" + ("torch" if backend == "torch" else "tf_saved_model")]["ours"], float)
     assert isinstance(report["float/onnx"]["ours"], float), report["float/onnx"]
+    # A dynamic table serves its frozen key map.
+    dynamic = report["dynamic/" + ("torch" if backend == "torch" else "tf_saved_model")]["ours"]
+    assert isinstance(dynamic, float) and dynamic <= 1e-5, dynamic
