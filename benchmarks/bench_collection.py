@@ -14,6 +14,8 @@ one process and timed interleaved, a block of steps each per round, one thread:
   bags), trained by the model's Adam;
 - `keras_rs`: keras-rs' `DistributedEmbedding` with the same configs (when installed);
 - `mlp`: the model without tables, what the rest of the step costs;
+- `kee_dynamic` (not run by default): `kee` with every table dynamic (`TableConfig(dynamic=True)`, capacity
+  the capped cardinality) and raw keys, Zipf-distributed over 2**31 values per feature;
 - tables alone (the loss: the pooled vectors times a fixed upstream gradient), on
   torch: `kee_tables` (`kee.DistributedEmbedding`), `fbgemm_adagrad` and
   `fbgemm_rowwise_adagrad` (FBGEMM's fused CPU TBE, when `fbgemm_gpu` imports),
@@ -50,13 +52,14 @@ def cardinalities(scale):
     return [max(2, int(min(c, CAP) * scale)) for c in CRITEO]
 
 
-def feature_configs(module, sizes, batch):
+def feature_configs(module, sizes, batch, dynamic=False):
     """`{name: FeatureConfig}` of `module` (keras_embed_ext or keras_rs.layers)."""
     import keras
 
     configs = {}
     for i, size in enumerate(sizes):
-        table = module.TableConfig(f"t{i}", size, DIM, optimizer=keras.optimizers.Adagrad(0.05), combiner="mean")
+        table = module.TableConfig(f"t{i}", size, DIM, optimizer=keras.optimizers.Adagrad(0.05), combiner="mean",
+                                   **({"dynamic": True} if dynamic else {}))
         shape = (batch,) if i < BAGS_FROM else (batch, BAG)
         configs[f"c{i:02d}"] = module.FeatureConfig(f"c{i:02d}", table, shape, (batch, DIM))
     return configs
@@ -102,8 +105,8 @@ def build(contender, sizes, batch):
     dense = keras.Input((DENSE,), name="numeric")
     if contender == "mlp":
         embedded = []
-    elif contender in ("kee", "kee_small"):
-        outputs = kee.DistributedEmbedding(feature_configs(kee, sizes, batch))(inputs)
+    elif contender in ("kee", "kee_small", "kee_dynamic"):
+        outputs = kee.DistributedEmbedding(feature_configs(kee, sizes, batch, contender == "kee_dynamic"))(inputs)
         embedded = [outputs[name] for name in sorted(outputs)]
     elif contender == "keras_rs":
         import keras_rs
@@ -129,11 +132,19 @@ def build(contender, sizes, batch):
     return model
 
 
-def batches(sizes, batch, count=4, seed=0):
+def batches(sizes, batch, count=4, seed=0, raw_keys=False):
+    """Ids of each table's rows; with `raw_keys`, keys over 2**31 values, Zipf-distributed."""
     rng = np.random.default_rng(seed)
+
+    def ids(i, size, shape):
+        if not raw_keys:
+            return rng.integers(0, size, shape)
+        ranks = np.minimum(rng.zipf(1.2, shape), 2**31 - 2)  # popular keys first, a long tail
+        return (ranks * (2654435761 + 2 * i) + i) % (2**31 - 1)
+
     out = []
     for _ in range(count):
-        x = {f"c{i:02d}": rng.integers(0, size, (batch, BAG) if i >= BAGS_FROM else (batch,)).astype("int32")
+        x = {f"c{i:02d}": ids(i, size, (batch, BAG) if i >= BAGS_FROM else (batch,)).astype("int32")
              for i, size in enumerate(sizes)}
         x["numeric"] = rng.standard_normal((batch, DENSE)).astype("float32")
         out.append((x, rng.integers(0, 2, (batch, 1)).astype("float32")))
@@ -159,11 +170,12 @@ def main():
     full = cardinalities(args.scale)
     small = cardinalities(args.scale / 10)
     data = {size_key: batches(sizes, args.batch) for size_key, sizes in (("full", full), ("small", small))}
+    data["raw"] = batches(full, args.batch, raw_keys=True)
     models, memory = {}, {}
     for contender in contenders:
-        sizes_key = "small" if contender == "kee_small" else "full"
+        sizes_key = _data_key(contender)
         keras.utils.set_random_seed(0)
-        step = models[contender] = build_step(contender, full if sizes_key == "full" else small, args.batch)
+        step = models[contender] = build_step(contender, small if sizes_key == "small" else full, args.batch)
         for x, y in data[sizes_key][:2]:  # compiling and first-step copies are not a step's cost
             step(x, y)
         gc.collect()
@@ -176,7 +188,7 @@ def main():
     load = os.getloadavg()[0]
     for _ in range(args.rounds):
         for contender in contenders:
-            steps = data["small" if contender == "kee_small" else "full"]
+            steps = data[_data_key(contender)]
             start, cpu_start = time.perf_counter(), time.process_time()
             for step in range(args.steps):
                 x, y = steps[step % len(steps)]
@@ -197,6 +209,10 @@ def main():
         print(f"| {r['contender']} | {r['rows']:,} | {r['ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
               f"{r['cpu_ms']:.1f} | {r['cpu_ms'] / reference:.2f} | {r['mb_added']:.0f} |")
     print(json.dumps(rows), file=sys.stderr)
+
+
+def _data_key(contender):
+    return {"kee_small": "small", "kee_dynamic": "raw"}.get(contender, "full")
 
 
 def _available(contender):
