@@ -153,6 +153,7 @@ def quality():
     import keras_embed_ext as kee
     from common import BACKEND
 
+    keras.utils.set_random_seed(0)
     days = _stream()
     dtype = "int64" if _wide() else "int32"
 
