@@ -19,5 +19,5 @@ from keras_embed_ext.migrate import replacing_embeddings
 from keras_embed_ext.reversible import ReversibleEmbedding
 
 __version__ = "0.1.0"
-__all__ = ["DistributedEmbedding", "EmbedReduce", "Embedding", "FeatureConfig", "ReversibleEmbedding", "TableConfig", "optimizers",
+__all__ = ["DistributedEmbedding", "DynamicIds", "EmbedReduce", "Embedding", "FeatureConfig", "ReversibleEmbedding", "TableConfig", "optimizers",
            "replace_embeddings", "replacing_embeddings", "__version__"]

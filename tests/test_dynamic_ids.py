@@ -13,9 +13,9 @@ from hypothesis.stateful import invariant
 from hypothesis.stateful import rule
 
 import keras_embed_ext as kee
-from tests.conftest import BACKEND
-from tests.conftest import to_numpy
-from tests.conftest import traced
+from conftest import BACKEND
+from conftest import to_numpy
+from conftest import traced
 
 
 def _wide_keys() -> bool:
