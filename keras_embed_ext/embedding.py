@@ -173,13 +173,14 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         if self.dynamic is not None:
             check_row_initializer(self.embeddings_initializer, self.name)
             sparse_optimizer = "adagrad" if sparse_optimizer is None else sparse_optimizer
-            if not isinstance(seed, keras.random.SeedGenerator):
-                self.renewal_seed_generator = keras.random.SeedGenerator(seed)
+            self.renewal_seed_generator = (
+                seed if isinstance(seed, keras.random.SeedGenerator) else keras.random.SeedGenerator(seed)
+            )
         self.sparse_optimizer = optimizers.get(sparse_optimizer)
         check_sparse_optimizer(self.sparse_optimizer, self.embeddings_regularizer, self.embeddings_constraint)
         self._table = Table(self, (self.input_dim, self.output_dim), self.embeddings_initializer,
                             self.embeddings_regularizer, self.embeddings_constraint, self.sparse_optimizer,
-                            self.dynamic, getattr(self, "renewal_seed_generator", seed))
+                            self.dynamic, getattr(self, "renewal_seed_generator", None))
         self._fused_float_bags = Fused(self._float_bags)
         if weights is not None:
             # The given table is the base; an adapter asked for starts on it.

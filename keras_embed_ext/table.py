@@ -13,11 +13,11 @@ from keras import ops
 from keras import regularizers
 
 from keras_embed_ext import keras_optimizer
-from keras_embed_ext.dynamic_ids import KeyMap
-from keras_embed_ext.fresh_rows import row_initializer
 from keras_embed_ext.backends import Fused
 from keras_embed_ext.backends import rows_layout
+from keras_embed_ext.dynamic_ids import KeyMap
 from keras_embed_ext.formats import format_for
+from keras_embed_ext.fresh_rows import row_initializer
 from keras_embed_ext.ids import zero_invalid
 from keras_embed_ext.lora import Adapter
 from keras_embed_ext.lora import check_rank_and_alpha
