@@ -119,8 +119,8 @@ class MappedKeys(NamedTuple):
     rows: object  # the key's row (0 where it has none), shaped as the keys
     found: object  # bool, shaped as the keys: the key has a row
     admitted_at: object  # (n,) float32 step at which each key's row was given, or None
-    renewed_rows: object  # the distinct rows given in this step, renewed at once, or None (JAX's
-    # training step renews them in the lookup)
+    renewed_rows: object  # the distinct rows given in this step, to renew now; None where the
+    # training lookup renews them (JAX inside a step)
 
 
 class KeyMap:

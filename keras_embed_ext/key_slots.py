@@ -117,7 +117,6 @@ def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None, for_ad
 class Admitted(NamedTuple):
     rows: object  # (n,) int32: each key's row after the step, 0 where it has none
     found: object  # (n,) bool: the key has a row
-    fresh: object  # (n,) bool: the row was given to the key in this step
     write_rows: object  # (n,) int32: the rows whose key and score change, `capacity` elsewhere
     write_keys: object  # (n,) their keys
     write_scores: object  # (n,) their scores
@@ -180,7 +179,6 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     return Admitted(
         rows=_unpermute(rows_k, order),
         found=_unpermute(ops.cast(found_k | group_admitted, "int32"), order) > 0,
-        fresh=_unpermute(ops.cast(group_admitted, "int32"), order) > 0,
         write_rows=ops.where(writes, rows_k, capacity),
         write_keys=sorted_keys,
         write_scores=ops.where(found_k, seen, fresh_score),
