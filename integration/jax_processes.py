@@ -18,7 +18,7 @@ os.environ["KERAS_BACKEND"] = "jax"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 V, D, L, BATCH, STEPS = 64, 8, 5, 16, 3
-STATES = ("float", "sparse_adagrad", "lora_sparse_adam", "collection")
+STATES = ("float", "sparse_adagrad", "lora_sparse_adam", "collection", "dynamic")
 
 
 def build(state):
@@ -37,6 +37,9 @@ def build(state):
         inputs = {n: keras.Input((L,), dtype="int32", name=n) for n in configs}
         outputs = kee.DistributedEmbedding(configs)(inputs)
         embedded = keras.layers.Concatenate()([outputs["bag"], outputs["other"]])
+    elif state == "dynamic":  # raw keys, more of them than rows: keys are evicted and rows renewed
+        inputs = keras.Input((L,), dtype="int32")
+        embedded = kee.Embedding(V // 4, D, dynamic=kee.DynamicIds(eviction="lru"), combiner="mean", seed=1)(inputs)
     else:
         inputs = keras.Input((L,), dtype="int32")
         optimizer = {"sparse_adagrad": "adagrad", "lora_sparse_adam": "adam"}.get(state)
@@ -56,6 +59,8 @@ def data(state):
     rng = np.random.default_rng(0)
     ids = rng.integers(0, V, (STEPS * BATCH, L)).astype("int32")
     target = rng.standard_normal((STEPS * BATCH, 1)).astype("float32")
+    if state == "dynamic":
+        return ids * 7919 - 30000, target
     return ({"bag": ids, "other": (ids * 5) % V} if state == "collection" else ids), target
 
 

@@ -51,6 +51,9 @@ def embedding_model(state):
         weights = keras.Input((L,))
         layer = kee.Embedding(V, D, mask_zero=True, **kwargs)
         return keras.Model([ids, weights], head(layer(ids, weights=weights))), [IDS, BAG_WEIGHTS]
+    if state == "dynamic":  # raw keys, more of them than rows: keys are evicted and rows renewed
+        layer = kee.Embedding(V // 4, D, dynamic=kee.DynamicIds(eviction="lru"), combiner="mean", seed=1)
+        return keras.Model(ids, head(layer(ids))), IDS * 7919 - 30000
     layer = kee.Embedding(V, D, **kwargs)
     model = keras.Model(ids, head(layer(ids)))
     if state.startswith("int"):
@@ -161,7 +164,8 @@ def ragged_custom_loop():
 
 
 STATES = ("float", "mask_zero_weights", "lora", "int8", "int4", "sparse_sgd", "sparse_adagrad",
-          "sparse_rowwise_adagrad", "sparse_adam", "sparse_ftrl", "reversible_tied", "reversible_untied", "collection")
+          "sparse_rowwise_adagrad", "sparse_adam", "sparse_ftrl", "reversible_tied", "reversible_untied", "collection",
+          "dynamic")
 
 if __name__ == "__main__":
     # One strategy for the process: TensorFlow's collectives of a second one clash with the first's.

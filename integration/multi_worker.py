@@ -19,7 +19,7 @@ import sys
 os.environ["KERAS_BACKEND"] = "tensorflow"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-STATES = ("float", "sparse_adagrad", "collection")
+STATES = ("float", "sparse_adagrad", "collection", "dynamic")
 
 
 def main(mode, *args):

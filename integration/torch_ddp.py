@@ -20,7 +20,7 @@ os.environ["KERAS_BACKEND"] = "torch"
 
 V, D, L, BATCH, STEPS = 64, 8, 5, 16, 3
 GUIDE_STATES = ("float", "lora")
-KERAS_LOOP_STATES = ("float", "lora", "sparse_adagrad", "lora_sparse_adam", "collection")
+KERAS_LOOP_STATES = ("float", "lora", "sparse_adagrad", "lora_sparse_adam", "collection", "dynamic")
 
 
 def build(state):

@@ -305,6 +305,14 @@ def _nibbles(packed):
     return keras.ops.cast(keras.ops.where(low > 7, low - 16, low), "int8"), keras.ops.cast(high - 8, "int8")
 
 
+def assign_here(variable, value):
+    """`variable.assign(value)`; under a `tf.distribute` strategy, of this replica's copy
+    (each replica computes the same value)."""
+    if keras.backend.backend() == "tensorflow":
+        return replica_local(variable.value).assign(value)
+    return variable.assign(value)
+
+
 def scatter_into(variable, rows, values):
     """`variable[rows] = values` in place: the rows alone are written (a whole copy on
     TensorFlow's `tensor_scatter_nd_update`, not here). Rows listed twice must get

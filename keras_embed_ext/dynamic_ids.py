@@ -12,7 +12,9 @@ import numpy as np
 from keras import ops
 
 from keras_embed_ext import key_slots
+from keras_embed_ext import replica_keys
 from keras_embed_ext.backends import add_into
+from keras_embed_ext.backends import assign_here
 from keras_embed_ext.backends import compress
 from keras_embed_ext.backends import is_traced
 from keras_embed_ext.backends import scatter_into
@@ -155,15 +157,17 @@ class KeyMap:
     def map(self, keys, admit: bool, padding_zero: bool = False) -> MappedKeys:
         """The rows of `keys` (from `check_keys`); with `admit` (a training step), new
         keys are admitted first (key 0 never, with `padding_zero`) and the map moves one
-        step on."""
+        step on. Every replica admits from the keys of all (`replica_keys`)."""
         shape = ops.shape(keys)
         flat = ops.reshape(keys, (-1,))
         config = self.config
-        found = key_slots.find(flat, self.keys.value, self.scores.value, self.clock.value, self.capacity,
-                               config.ttl_steps, for_admission=admit)
         if not admit:
+            found = key_slots.find(flat, self.keys.value, self.scores.value, self.clock.value, self.capacity,
+                                   config.ttl_steps, for_admission=False)
             return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)
-        _check_one_replica(self.keys.path)
+        flat, start = replica_keys.gather(flat)
+        found = key_slots.find(flat, self.keys.value, self.scores.value, self.clock.value, self.capacity,
+                               config.ttl_steps, for_admission=True)
         sighted = cells = None
         if self.sightings is not None:
             cells = key_slots.sketch_cells(flat, SKETCH_WIDTH)
@@ -178,12 +182,15 @@ class KeyMap:
         if cells is not None:
             for cell in cells:
                 add_into(self.sightings, cell, change.sightings)
-        self.clock.assign(clock + 1)
+        assign_here(self.clock, clock + 1)
         renewed = None
         if keras.backend.backend() != "jax" or not is_traced(flat):
             renewed = compress(change.admitted_rows, change.admitted_rows < self.capacity)
-        admitted_at = ops.cast(ops.take(ops.reshape(self.admitted.value, (-1,)), change.rows), "float32")
-        return MappedKeys(ops.reshape(change.rows, shape), ops.reshape(change.found, shape), admitted_at, renewed)
+        count = ops.size(keys)
+        rows = replica_keys.own(change.rows, start, count)
+        admitted_at = ops.cast(ops.take(ops.reshape(self.admitted.value, (-1,)), rows), "float32")
+        found = replica_keys.own(change.found, start, count)
+        return MappedKeys(ops.reshape(rows, shape), ops.reshape(found, shape), admitted_at, renewed)
 
     def save(self, store, seed_state):
         """Writes the map and `seed_state` (the renewals' seed) into a layer's `store`,
@@ -225,35 +232,6 @@ class KeyMap:
         rows = np.flatnonzero(live)
         keys = _host(self.keys).reshape(-1)[rows]
         return keys.astype("int64"), rows.astype("int64")
-
-
-def _check_one_replica(path):
-    """Admission must be decided from the global batch's keys, the same on every replica;
-    engines that split the batch among replicas with a map each are refused by name."""
-    backend = keras.backend.backend()
-    engine = None
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            engine = f"a tf.distribute strategy of {context.num_replicas_in_sync} replicas"
-    elif backend == "torch":
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            engine = f"torch.distributed ({dist.get_world_size()} processes)"
-    else:
-        import jax
-
-        if jax.process_count() > 1:
-            engine = f"JAX over {jax.process_count()} processes"
-    if engine is not None:
-        raise ValueError(
-            f"The dynamic table of '{path.rsplit('/', 1)[0]}' admits keys in training steps from the whole "
-            f"batch; under {engine} each replica would admit its own keys into its own map. Train it in one "
-            "process (on JAX, `keras.distribution.DataParallel` in one process decides from the global batch)."
-        )
 
 
 def _key_of(variable):

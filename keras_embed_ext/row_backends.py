@@ -213,24 +213,4 @@ def add_to_step(step, count):
     return keras.ops.convert_to_tensor(step.value)
 
 
-def _scatter_tensorflow(variable, rows, new):
-    import tensorflow as tf
-
-    replica_local(variable.value).scatter_update(tf.IndexedSlices(new, rows))
-
-
-def _scatter_torch(variable, rows, new):
-    import torch
-
-    with torch.no_grad():
-        variable.value.index_copy_(0, rows.long(), new.to(variable.value.dtype))
-
-
-def _scatter_jax(variable, rows, new):
-    """Eager JAX only (a renewal outside a training step): inside one, rows are written
-    by the lookup's backward pass."""
-    variable.assign(variable.value.at[rows].set(new.astype(variable.dtype)))
-
-
 BY_ROW = {"tensorflow": _by_row_tensorflow, "torch": _by_row_torch}
-SCATTER = {"tensorflow": _scatter_tensorflow, "torch": _scatter_torch, "jax": _scatter_jax}

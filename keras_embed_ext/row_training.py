@@ -26,6 +26,7 @@ from keras import ops
 
 from keras_embed_ext import keras_optimizer
 from keras_embed_ext import row_backends
+from keras_embed_ext.backends import scatter_into
 from keras_embed_ext.backends import take_rows
 
 
@@ -138,13 +139,12 @@ class RowTraining:
         optimizer's initial state: on TensorFlow and torch, and on JAX outside a training
         step (`step`, the map's, is then their renewal step)."""
         count = ops.shape(rows)[0]
-        backend = keras.backend.backend()
         if self.renewed_at is not None:
-            row_backends.SCATTER[backend](self.renewed_at, rows, ops.full((count,), ops.cast(step, "float32")))
-        row_backends.SCATTER[backend](self.variable, rows, self.new_rows(count))
+            scatter_into(self.renewed_at, rows, ops.full((count,), ops.cast(step, "float32")))
+        scatter_into(self.variable, rows, self.new_rows(count))
         for slot, (name, per_row) in zip(self.slots, self.optimizer.slots):
             shape = (count,) if per_row else (count, *slot.shape[1:])
-            row_backends.SCATTER[backend](slot, rows, ops.full(shape, self.optimizer.slot_initial_value(name)))
+            scatter_into(slot, rows, ops.full(shape, self.optimizer.slot_initial_value(name)))
 
     def renewed_through(self, admitted):
         """JAX, after a map is loaded: rows given up to `admitted` (per row) count as
@@ -174,7 +174,7 @@ class RowTraining:
         old = [take_rows(v, rows) for v in values]
         new_rows, new_slots = self._update(old[0], grads, old[1:], step=step)
         for variable, new in zip(values, (new_rows, *new_slots)):
-            row_backends.SCATTER[backend](variable, rows, new)
+            scatter_into(variable, rows, new)
 
     def _update(self, rows, grads, slots, step):
         """The optimizer's new `(rows, slots)`; a row whose gradient is zero keeps its values."""
