@@ -92,6 +92,21 @@ def take_rows(table, ids):
     return keras.ops.take(table, ids, axis=0)
 
 
+def take_elements(table, index):
+    """`table.reshape(-1)[index]` of a 2-D variable or tensor, reading only those
+    elements (on TensorFlow, a reshaped variable is read, and copied, in full)."""
+    if isinstance(table, keras.Variable):
+        table = table.value
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(table, tf.Variable):
+            width = table.shape[1]
+            return tf.raw_ops.ResourceGatherNd(resource=replica_local(table).handle, dtype=table.dtype,
+                                               indices=tf.stack([index // width, index % width], axis=-1))
+    return keras.ops.take(keras.ops.reshape(table, (-1,)), index)
+
+
 def replica_local(variable):
     """A TensorFlow variable, or under a `tf.distribute` strategy the copy of a
     mirrored variable on this replica's device, whose reads and sparse updates TensorFlow

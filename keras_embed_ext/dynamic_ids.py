@@ -18,6 +18,8 @@ from keras_embed_ext.backends import assign_here
 from keras_embed_ext.backends import compress
 from keras_embed_ext.backends import is_traced
 from keras_embed_ext.backends import scatter_into
+from keras_embed_ext.backends import take_elements
+from keras_embed_ext.backends import take_rows
 from keras_embed_ext.backends import to_host
 from keras_embed_ext.ids import dtype_name
 
@@ -163,24 +165,21 @@ class KeyMap:
         config = self.config
         if not admit:
             found = key_slots.find(flat, self.keys.value, self.scores.value, self.clock.value, self.capacity,
-                                   config.ttl_steps, for_admission=False)
+                                   config.ttl_steps)
             return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)
         flat, start = replica_keys.gather(flat)
-        found = key_slots.find(flat, self.keys.value, self.scores.value, self.clock.value, self.capacity,
-                               config.ttl_steps, for_admission=True)
-        sighted = cells = None
-        if self.sightings is not None:
-            cells = key_slots.sketch_cells(flat, SKETCH_WIDTH)
-            sketch = self.sightings.value
-            sighted = ops.minimum(ops.take(sketch, cells[0]), ops.take(sketch, cells[1]))
         clock = self.clock.value
-        change = key_slots.admit(flat, found, self.capacity, clock, config.eviction == "lfu", config.min_count,
-                                 sighted, padding_zero)
-        scatter_into(self.keys, change.write_rows, ops.cast(change.write_keys, self.keys.dtype))
-        scatter_into(self.scores, change.write_rows, change.write_scores)
+        found = key_slots.find(flat, self.keys.value, self.scores.value, clock, self.capacity, config.ttl_steps)
+        unknown = ~found.found if not padding_zero else ~found.found & (flat != 0)
+        # Most steps of a trained table bring no new key: the admission's sort is skipped.
+        change = ops.cond(ops.any(unknown), lambda: self._admit(flat, found, clock, padding_zero),
+                          lambda: key_slots.none_admitted(flat, found, self.capacity))
+        scatter_into(self.keys, change.admitted_rows, ops.cast(change.admitted_keys, self.keys.dtype))
+        scatter_into(self.scores, change.admitted_rows, change.admitted_scores)
         scatter_into(self.admitted, change.admitted_rows, ops.full(ops.shape(flat), clock + 1, "int32"))
-        if cells is not None:
-            for cell in cells:
+        self._add_sightings(key_slots.seen_rows(found, self.capacity), clock)
+        if self.sightings is not None:
+            for cell in key_slots.sketch_cells(flat, SKETCH_WIDTH):
                 add_into(self.sightings, cell, change.sightings)
         assign_here(self.clock, clock + 1)
         renewed = None
@@ -188,9 +187,31 @@ class KeyMap:
             renewed = compress(change.admitted_rows, change.admitted_rows < self.capacity)
         count = ops.size(keys)
         rows = replica_keys.own(change.rows, start, count)
-        admitted_at = ops.cast(ops.take(ops.reshape(self.admitted.value, (-1,)), rows), "float32")
+        admitted_at = ops.cast(take_elements(self.admitted.value, rows), "float32")
         found = replica_keys.own(change.found, start, count)
         return MappedKeys(ops.reshape(rows, shape), ops.reshape(found, shape), admitted_at, renewed)
+
+    def _admit(self, keys, found, clock, padding_zero):
+        """`key_slots.admit` of the step's `keys` (`found` by `key_slots.find`), with
+        their sightings so far."""
+        config = self.config
+        slots = key_slots.bucket_slots(found, self.scores.value, clock, self.capacity, config.ttl_steps)
+        sighted = None
+        if self.sightings is not None:
+            cells = key_slots.sketch_cells(keys, SKETCH_WIDTH)
+            sketch = self.sightings.value
+            sighted = ops.minimum(take_rows(sketch, cells[0]), take_rows(sketch, cells[1]))
+        return key_slots.admit(keys, found, slots, self.capacity, clock, config.eviction == "lfu",
+                               config.min_count, sighted, padding_zero)
+
+    def _add_sightings(self, rows, clock):
+        """Resident keys' new scores, at `rows` (`key_slots.seen_rows`): their occurrences
+        added (LFU, up to `key_slots.MAX_SCORE`) or the step (LRU, TTL)."""
+        if self.config.eviction != "lfu":
+            return scatter_into(self.scores, rows, ops.full(ops.shape(rows), clock + 1, "int32"))
+        add_into(self.scores, rows, ops.ones(ops.shape(rows), "int32"))
+        summed = take_elements(self.scores.value, rows)
+        scatter_into(self.scores, rows, ops.minimum(summed, key_slots.MAX_SCORE))
 
     def save(self, store, seed_state):
         """Writes the map and `seed_state` (the renewals' seed) into a layer's `store`,

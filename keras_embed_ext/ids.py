@@ -120,4 +120,13 @@ def zero_invalid(rows, valid):
     """`rows (..., n)` with the rows of invalid ids zeroed (`valid` from `validate`)."""
     if valid is None:
         return rows
+    if backend.backend() == "torch" and rows.device.type == "cpu":
+        # torch's CPU `where` over rows costs several copies of them; a copy zeroing
+        # the invalid rows alone costs one.
+        import torch
+
+        invalid = torch.nonzero(~valid.reshape(-1)).reshape(-1)
+        if invalid.shape[0] == 0:
+            return rows
+        return rows.reshape(-1, rows.shape[-1]).index_fill(0, invalid, 0).reshape(rows.shape)
     return ops.where(ops.expand_dims(valid, -1), rows, ops.zeros_like(rows))

@@ -15,6 +15,7 @@ from keras import ops
 
 from keras_embed_ext.backends import kth_smallest
 from keras_embed_ext.backends import order_by_bucket_then_key
+from keras_embed_ext.backends import take_elements
 from keras_embed_ext.backends import take_rows
 
 BUCKET_SIZE = 16
@@ -24,6 +25,7 @@ _SEEDS = (0x2545F491, 0x6A09E667)
 # A row's eviction rank is `base * slots + slot`: unique, so no sort's tie-breaking
 # decides. Rows a step looks up (and a last bucket's missing rows) get `_PROTECTED`.
 _PROTECTED = (2**31 - 1) // BUCKET_SIZE - 1
+MAX_SCORE = _PROTECTED - 1  # an LFU score stops growing here
 
 
 def bucket_layout(capacity: int):
@@ -74,66 +76,86 @@ class Found(NamedTuple):
     rows: object  # (n,) int32: the key's row, 0 where not found
     found: object  # (n,) bool
     buckets: object  # (n,) int32
-    slot_rows: object  # (n, slots) int32: the bucket's rows, `capacity` (scratch) where missing
-    live: object  # (n, slots) bool: the row holds a key
+    holds: object  # (n, slots) bool: the bucket's row holds this key (live or not)
+
+
+class Slots(NamedTuple):
+    """The rows of each key's bucket, which an admission chooses among."""
+    rows: object  # (n, slots) int32: the bucket's rows, `capacity` (scratch) where missing
+    live: object  # (n, slots) bool: the row holds a resident key
     match: object  # (n, slots) bool: the row holds this key
     scores: object  # (n, slots) int32
 
 
-def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None, for_admission=True):
+def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None) -> Found:
     """Each key's row among the resident keys, from `(buckets + 1, slots)` arrays:
     `scores` are a row's sightings (LFU) or last step seen (LRU, TTL), 0 for a free
     row; `clock` counts the training steps taken. With `ttl_steps`, a key unseen for
     that many steps is no longer resident.
 
-    Without `for_admission` only `rows` and `found` are computed, reading one score
-    per key: a resident key is the first of its bucket's slots to hold it, since a
-    key admitted again takes the lowest free slot, before any it left behind."""
+    One score is read per key: a resident key is the first of its bucket's slots to
+    hold it, since a key admitted again takes the lowest free slot, before any it left
+    behind."""
     buckets, slots = bucket_layout(capacity)
     bucket = buckets_of(keys, buckets)
     holds = take_rows(stored_keys, bucket) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
-    if not for_admission:
-        slot = ops.cast(ops.argmax(holds, axis=-1), "int32")
-        rows = bucket * slots + slot
-        score = ops.take(ops.reshape(scores, (-1,)), rows)
-        held = ops.take_along_axis(holds, ops.expand_dims(slot, -1), axis=-1)[:, 0]
-        found = held & (score > 0) & (rows < capacity)
-        if ttl_steps is not None:
-            found = found & (clock - score < ttl_steps)
-        return Found(ops.where(found, rows, 0), found, bucket, None, None, None, None)
-    slot_rows = ops.expand_dims(bucket * slots, -1) + ops.arange(slots, dtype="int32")
+    # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,
+    # which every backend reduces faster than an argmax over bools.
+    first = ops.max(ops.cast(holds, "int8") * ops.cast(ops.arange(slots, 0, -1), "int8"), axis=-1)
+    rows = bucket * slots + ops.mod(slots - ops.cast(first, "int32"), slots)
+    score = take_elements(scores, rows)
+    found = (first > 0) & (score > 0) & (rows < capacity)
+    if ttl_steps is not None:
+        found = found & (clock - score < ttl_steps)
+    return Found(ops.where(found, rows, 0), found, bucket, holds)
+
+
+def bucket_slots(found: Found, scores, clock, capacity: int, ttl_steps=None) -> Slots:
+    """The rows of each key's bucket, with their scores, for `admit`."""
+    slots = bucket_layout(capacity)[1]
+    slot_rows = ops.expand_dims(found.buckets * slots, -1) + ops.arange(slots, dtype="int32")
     exists = slot_rows < capacity
-    slot_scores = take_rows(scores, bucket)
+    slot_scores = take_rows(scores, found.buckets)
     live = exists & (slot_scores > 0)
     if ttl_steps is not None:
         live = live & (clock - slot_scores < ttl_steps)
-    match = live & holds
-    found = ops.any(match, axis=-1)
-    rows = ops.where(found, bucket * slots + ops.cast(ops.argmax(match, axis=-1), "int32"), 0)
-    slot_rows = ops.where(exists, slot_rows, capacity)
-    return Found(rows, found, bucket, slot_rows, live, match, slot_scores)
+    return Slots(ops.where(exists, slot_rows, capacity), live, live & found.holds, slot_scores)
 
 
 class Admitted(NamedTuple):
     rows: object  # (n,) int32: each key's row after the step, 0 where it has none
     found: object  # (n,) bool: the key has a row
-    write_rows: object  # (n,) int32: the rows whose key and score change, `capacity` elsewhere
-    write_keys: object  # (n,) their keys
-    write_scores: object  # (n,) their scores
-    admitted_rows: object  # (n,) int32: the rows given a key, `capacity` elsewhere
+    admitted_rows: object  # (n,) int32: the rows given to new keys, `capacity` elsewhere
+    admitted_keys: object  # (n,) their keys
+    admitted_scores: object  # (n,) their first scores
     sightings: object  # (n,) int32: each key's occurrences if it was not resident, else 0
 
 
-def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 1, sighted=None,
-          padding_zero=False):
-    """One training step's changes to the key map, for flat `keys (n,)` and `find`'s result.
+def none_admitted(keys, found: Found, capacity: int) -> Admitted:
+    """`admit`'s result when every key is resident (or padding): nothing to write."""
+    nowhere = ops.full(ops.shape(keys), capacity, "int32")
+    zeros = ops.zeros(ops.shape(keys), "int32")
+    return Admitted(found.rows, found.found, nowhere, keys, zeros, zeros)
+
+
+def seen_rows(found: Found, capacity: int):
+    """The rows of the resident keys, one entry per occurrence, `capacity` (a row no key
+    holds) for the others: where a step adds to the keys' scores."""
+    return ops.where(found.found, found.rows, capacity)
+
+
+def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, min_count: int = 1,
+          sighted=None, padding_zero=False):
+    """One training step's admissions, for flat `keys (n,)`, `find`'s result and
+    `bucket_slots`'.
 
     A key not resident is admitted once its sightings (`sighted`, from the sketch, plus
     its occurrences now) reach `min_count`: it takes the lowest-scored row of its
     bucket that no key of this step holds, free rows first. Several new keys of one
     bucket take its rows in increasing key order; one left without a row reads zeros.
-    Resident keys of the step get their new score: sightings added (LFU) or the step.
-    With `padding_zero`, key 0 is padding and never admitted.
+    An admitted key's first score is its occurrences (LFU) or the step. With
+    `padding_zero`, key 0 is padding and never admitted. (Resident keys' scores are
+    the caller's, at `seen_rows`.)
     """
     n = ops.shape(keys)[0]  # a tensor in a TensorFlow graph of unknown batch size
     buckets, slots = bucket_layout(capacity)
@@ -151,7 +173,7 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     def by_key(x):
         return ops.take(x, order, axis=0)
 
-    found_k, bucket_k, match_k = by_key(found.found), by_key(found.buckets), by_key(found.match)
+    found_k, bucket_k, match_k = by_key(found.found), by_key(found.buckets), by_key(slots_of.match)
     counts = occurrences if sighted is None else by_key(sighted) + occurrences
     wants = first & ~found_k & (counts >= min_count)
     if padding_zero:
@@ -163,8 +185,8 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     held_now = (ops.take(held, end, axis=0) - ops.take(held, start, axis=0)) > 0
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
     rank = ops.take(wanting, positions + 1) - 1 - ops.take(wanting, start)
-    live, scores, slot_rows = by_key(found.live), by_key(found.scores), by_key(found.slot_rows)
-    base = ops.where(live, ops.minimum(scores, _PROTECTED - 1), 0)
+    live, scores, slot_rows = by_key(slots_of.live), by_key(slots_of.scores), by_key(slots_of.rows)
+    base = ops.where(live, ops.minimum(scores, MAX_SCORE), 0)
     base = ops.where(held_now | (slot_rows >= capacity), _PROTECTED, base)
     chosen = kth_smallest(base * slots + ops.arange(slots, dtype="int32"), ops.clip(rank, 0, slots - 1))
     admitted_k = wants & (rank < slots) & (chosen // slots < _PROTECTED)
@@ -172,17 +194,12 @@ def admit(keys, found: Found, capacity: int, clock, lfu: bool, min_count: int = 
     group_admitted = ops.take(admitted_k, first_of)
     new_rows = ops.take(bucket_k * slots + ops.mod(chosen, slots), first_of)
     rows_k = ops.where(found_k, by_key(found.rows), ops.where(group_admitted, new_rows, 0))
-    old_scores = ops.sum(ops.where(match_k, by_key(found.scores), 0), axis=-1)
-    seen = ops.minimum(old_scores + occurrences, _PROTECTED - 1) if lfu else ops.full((n,), step, "int32")
-    fresh_score = occurrences if lfu else ops.full((n,), step, "int32")
-    writes = first & (found_k | admitted_k)
     return Admitted(
         rows=_unpermute(rows_k, order),
         found=_unpermute(ops.cast(found_k | group_admitted, "int32"), order) > 0,
-        write_rows=ops.where(writes, rows_k, capacity),
-        write_keys=sorted_keys,
-        write_scores=ops.where(found_k, seen, fresh_score),
         admitted_rows=ops.where(first & admitted_k, rows_k, capacity),
+        admitted_keys=sorted_keys,
+        admitted_scores=occurrences if lfu else ops.full((n,), step, "int32"),
         sightings=_unpermute(ops.where(first & ~found_k, occurrences, 0), order),
     )
 
