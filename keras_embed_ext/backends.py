@@ -100,7 +100,7 @@ def take_elements(table, index):
     if keras.backend.backend() == "tensorflow":
         import tensorflow as tf
 
-        if isinstance(table, tf.Variable):
+        if isinstance(table, tf.Variable) and not _compiled_by_xla():  # XLA has no ResourceGatherNd
             width = table.shape[1]
             return tf.raw_ops.ResourceGatherNd(resource=replica_local(table).handle, dtype=table.dtype,
                                                indices=tf.stack([index // width, index % width], axis=-1))

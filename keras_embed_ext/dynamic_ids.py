@@ -15,6 +15,7 @@ from keras_embed_ext import key_slots
 from keras_embed_ext import replica_keys
 from keras_embed_ext.backends import add_into
 from keras_embed_ext.backends import assign_here
+from keras_embed_ext.backends import Fused
 from keras_embed_ext.backends import compress
 from keras_embed_ext.backends import is_traced
 from keras_embed_ext.backends import scatter_into
@@ -151,6 +152,7 @@ class KeyMap:
         self.admitted = state("admitted", size, "int32")
         self.clock = state("clock", (), "int32")
         self.sightings = state("sightings", (2 * SKETCH_WIDTH,), "int32") if config.min_count > 1 else None
+        self._fused_find = Fused(self._find)
 
     def variables(self):
         """The map's state, in the order it is saved."""
@@ -164,12 +166,11 @@ class KeyMap:
         flat = ops.reshape(keys, (-1,))
         config = self.config
         if not admit:
-            found = key_slots.find(flat, self.keys.value, self.scores.value, self.clock.value, self.capacity,
-                                   config.ttl_steps)
+            found = self.find(flat)
             return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)
         flat, start = replica_keys.gather(flat)
         clock = self.clock.value
-        found = key_slots.find(flat, self.keys.value, self.scores.value, clock, self.capacity, config.ttl_steps)
+        found = self.find(flat)
         unknown = ~found.found if not padding_zero else ~found.found & (flat != 0)
         # Most steps of a trained table bring no new key: the admission's sort is skipped.
         change = ops.cond(ops.any(unknown), lambda: self._admit(flat, found, clock, padding_zero),
@@ -191,9 +192,18 @@ class KeyMap:
         found = replica_keys.own(change.found, start, count)
         return MappedKeys(ops.reshape(rows, shape), ops.reshape(found, shape), admitted_at, renewed)
 
+    def find(self, keys) -> key_slots.Found:
+        """`key_slots.find` of flat `keys` in this map (compiled by XLA on TensorFlow,
+        which fuses its passes over the keys and their buckets)."""
+        return self._fused_find((self.capacity, self.config.ttl_steps), (self.keys, self.scores, self.clock), keys)
+
+    def _find(self, keys):
+        return key_slots.find(keys, self.keys.value, self.scores.value, self.clock.value, self.capacity,
+                              self.config.ttl_steps)
+
     def _admit(self, keys, found, clock, padding_zero):
-        """`key_slots.admit` of the step's `keys` (`found` by `key_slots.find`), with
-        their sightings so far."""
+        """`key_slots.admit` of the step's `keys` (`found` by `find`), with their
+        sightings so far."""
         config = self.config
         slots = key_slots.bucket_slots(found, self.scores.value, clock, self.capacity, config.ttl_steps)
         sighted = None
