@@ -125,5 +125,5 @@ class _nothing:
 
 if __name__ == "__main__":
     if sys.argv[1] == "process":
-        os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+        os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
     main(*sys.argv[1:])
