@@ -120,7 +120,7 @@ def zero_invalid(rows, valid):
     """`rows (..., n)` with the rows of invalid ids zeroed (`valid` from `validate`)."""
     if valid is None:
         return rows
-    if backend.backend() == "torch" and rows.device.type == "cpu":
+    if backend.backend() == "torch" and rows.device.type == "cpu" and not is_traced(rows):
         # torch's CPU `where` over rows costs several copies of them; a copy zeroing
         # the invalid rows alone costs one.
         import torch
