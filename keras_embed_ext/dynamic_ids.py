@@ -164,7 +164,6 @@ class KeyMap:
         step on. Every replica admits from the keys of all (`replica_keys`)."""
         shape = ops.shape(keys)
         flat = ops.reshape(keys, (-1,))
-        config = self.config
         if not admit:
             found = self.find(flat)
             return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)

@@ -163,6 +163,23 @@ def test_buckets_evict_only_when_full():
     assert len(set(rows.tolist())) == 16 and rows.max() < 100
 
 
+def test_lfu_scores_stop_below_the_protected_rank():
+    """A resident key's sightings are added where it lives, then capped: a step of
+    repeats (no new key: the admission is skipped) cannot overflow its score."""
+    from keras_embed_ext.key_slots import MAX_SCORE
+
+    layer = kee.Embedding(16, 2, dynamic=kee.DynamicIds(eviction="lfu"))
+    layer(_keys([5, 8]), training=True)
+    (row,) = layer.id_map()[1][layer.id_map()[0] == 5]
+    scores = layer._table.key_map.scores
+    for start, repeats, expected in [(10, 3, 13), (MAX_SCORE - 1, 3, MAX_SCORE)]:
+        value = to_numpy(scores).copy()
+        value.reshape(-1)[row] = start
+        scores.assign(value)
+        layer(_keys([5] * repeats + [8]), training=True)
+        assert to_numpy(scores).reshape(-1)[row] == expected
+
+
 def test_many_keys_fill_a_large_table_without_sharing_rows():
     rng = np.random.default_rng(0)
     layer = kee.Embedding(512, 2, dynamic=kee.DynamicIds(eviction="lru"))
