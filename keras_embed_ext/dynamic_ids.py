@@ -170,16 +170,17 @@ class KeyMap:
         flat, start = replica_keys.gather(flat)
         clock = self.clock.value
         found = self.find(flat)
+        cells = None if self.sightings is None else key_slots.sketch_cells(flat, SKETCH_WIDTH)
         unknown = ~found.found if not padding_zero else ~found.found & (flat != 0)
         # Most steps of a trained table bring no new key: the admission's sort is skipped.
-        change = ops.cond(ops.any(unknown), lambda: self._admit(flat, found, clock, padding_zero),
+        change = ops.cond(ops.any(unknown), lambda: self._admit(flat, found, cells, clock, padding_zero),
                           lambda: key_slots.none_admitted(flat, found, self.capacity))
         scatter_into(self.keys, change.admitted_rows, ops.cast(change.admitted_keys, self.keys.dtype))
         scatter_into(self.scores, change.admitted_rows, change.admitted_scores)
         scatter_into(self.admitted, change.admitted_rows, ops.full(ops.shape(flat), clock + 1, "int32"))
         self._add_sightings(key_slots.seen_rows(found, self.capacity), clock)
-        if self.sightings is not None:
-            for cell in key_slots.sketch_cells(flat, SKETCH_WIDTH):
+        if cells is not None:
+            for cell in cells:
                 add_into(self.sightings, cell, change.sightings)
         assign_here(self.clock, clock + 1)
         renewed = None
@@ -200,14 +201,13 @@ class KeyMap:
         return key_slots.find(keys, self.keys.value, self.scores.value, self.clock.value, self.capacity,
                               self.config.ttl_steps)
 
-    def _admit(self, keys, found, clock, padding_zero):
+    def _admit(self, keys, found, cells, clock, padding_zero):
         """`key_slots.admit` of the step's `keys` (`found` by `find`), with their
-        sightings so far."""
+        sightings so far (read at the sketch's `cells`)."""
         config = self.config
         slots = key_slots.bucket_slots(found, self.scores.value, clock, self.capacity, config.ttl_steps)
         sighted = None
-        if self.sightings is not None:
-            cells = key_slots.sketch_cells(keys, SKETCH_WIDTH)
+        if cells is not None:
             sketch = self.sightings.value
             sighted = ops.minimum(take_rows(sketch, cells[0]), take_rows(sketch, cells[1]))
         return key_slots.admit(keys, found, slots, self.capacity, clock, config.eviction == "lfu",
