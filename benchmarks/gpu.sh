@@ -32,10 +32,10 @@ PY=${PYTHON:-python3}
 failed=0
 
 if [[ $what == smoke ]]; then
-  VOCAB=1000 BIG_VOCAB=2000 IDS=256 REVERSE_VOCAB=512 REVERSE_TOKENS=8 ROUNDS=1 BENCH_SECONDS=${BENCH_SECONDS:-900}
+  VOCAB=1000 TRAIN_VOCABS=1000 IDS=256 REVERSE_VOCAB=512 REVERSE_TOKENS=8 ROUNDS=1 BENCH_SECONDS=${BENCH_SECONDS:-900}
   COLLECTION="--scale 0.001 --batch 64 --rounds 1 --steps 1"
 else
-  VOCAB=1000000 BIG_VOCAB=4000000 IDS=65536 REVERSE_VOCAB=256000 REVERSE_TOKENS=1024 ROUNDS=10 COLLECTION="--rounds 5"
+  VOCAB=1000000 TRAIN_VOCABS="1000000 4000000" IDS=65536 REVERSE_VOCAB=256000 REVERSE_TOKENS=1024 ROUNDS=10 COLLECTION="--rounds 5"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/device.txt"
 fi
 KERAS_BACKEND=jax $PY -c "import jax, torch, keras; print('jax', jax.__version__, jax.devices()[0].device_kind, \
@@ -71,7 +71,7 @@ if [[ $what != tests ]]; then
   part lookup.md $PY benchmarks/bench_lookup.py --backends jax torch --vocab "$VOCAB" --ids "$IDS" \
     --out "$OUT/lookup"
   part train_sparse.md $PY benchmarks/bench_train.py --sparse-optimizer --backends jax torch \
-    --vocab "$VOCAB" "$BIG_VOCAB" --contenders ours native --optimizers sgd adagrad adam --out "$OUT/train_sparse"
+    --vocab $TRAIN_VOCABS --contenders ours native --optimizers sgd adagrad adam --out "$OUT/train_sparse"
   for backend in jax torch; do
     part collection.md env KERAS_BACKEND=$backend $PY benchmarks/bench_collection.py $COLLECTION
   done
