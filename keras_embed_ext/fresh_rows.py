@@ -20,24 +20,40 @@ def check_row_initializer(initializer, layer_name):
         )
 
 
-def row_initializer(initializer, table_shape, seed_generator):
-    """A callable `(count) -> (count, output_dim)` float32 rows, drawn from `initializer`
-    with `seed_generator` (new values on every call). A `VarianceScaling` initializer
-    keeps the scale it has for the whole table's shape."""
-    if not isinstance(initializer, initializers.Initializer):
-        return lambda count: initializer((count, table_shape[1]), "float32")
-    config = initializer.get_config()
-    if "seed" not in config:  # Constant, Zeros, Ones: the same values every time
-        return lambda count: initializer((count, table_shape[1]), "float32")
+class FreshRows:
+    """`(count, seed=None) -> (count, output_dim)` float32 rows, drawn from `initializer`:
+    with `seed_generator` (new values on every call), or with `seed`, a seed drawn from it
+    beforehand (JAX: drawn outside a `cond` whose branch draws the rows). A
+    `VarianceScaling` initializer keeps the scale it has for the whole table's shape."""
+
+    def __init__(self, initializer, table_shape, seed_generator):
+        self.seed_generator = seed_generator
+        self._dim = table_shape[1]
+        self._draw = _draw_of(initializer, table_shape)
+
+    def __call__(self, count, seed=None):
+        return keras.ops.cast(self._draw((count, self._dim), self.seed_generator if seed is None else seed), "float32")
+
+
+def _draw_of(initializer, table_shape):
+    """`(shape, seed) -> values` of `initializer`."""
+    if not isinstance(initializer, initializers.Initializer) or "seed" not in initializer.get_config():
+        # A function, or Constant, Zeros, Ones: the same values every time.
+        return lambda shape, seed: initializer(shape, "float32")
     if isinstance(initializer, initializers.VarianceScaling):
-        return _variance_scaling_rows(initializer, table_shape, seed_generator)
+        return _variance_scaling_draw(initializer, table_shape)
+    config = initializer.get_config()
     config["seed"] = None
     fresh = type(initializer).from_config(config)
-    fresh.seed = seed_generator
-    return lambda count: keras.ops.cast(fresh((count, table_shape[1]), "float32"), "float32")
+
+    def draw(shape, seed):
+        fresh.seed = seed
+        return fresh(shape, "float32")
+
+    return draw
 
 
-def _variance_scaling_rows(initializer, table_shape, seed_generator):
+def _variance_scaling_draw(initializer, table_shape):
     """`VarianceScaling`'s draw with the scale of the whole table's shape (its own call
     would take the fans of the rows drawn)."""
     fan_in, fan_out = table_shape
@@ -45,14 +61,12 @@ def _variance_scaling_rows(initializer, table_shape, seed_generator):
     scale = initializer.scale / max(1.0, fan)
     distribution = initializer.distribution
 
-    def draw(count):
-        shape = (count, table_shape[1])
+    def draw(shape, seed):
         if distribution == "truncated_normal":  # 0.8796...: the stddev of a standard normal truncated at 2
-            return keras.random.truncated_normal(shape, stddev=math.sqrt(scale) / 0.87962566103423978,
-                                                 seed=seed_generator)
+            return keras.random.truncated_normal(shape, stddev=math.sqrt(scale) / 0.87962566103423978, seed=seed)
         if distribution == "untruncated_normal":
-            return keras.random.normal(shape, stddev=math.sqrt(scale), seed=seed_generator)
+            return keras.random.normal(shape, stddev=math.sqrt(scale), seed=seed)
         limit = math.sqrt(3.0 * scale)
-        return keras.random.uniform(shape, minval=-limit, maxval=limit, seed=seed_generator)
+        return keras.random.uniform(shape, minval=-limit, maxval=limit, seed=seed)
 
     return draw

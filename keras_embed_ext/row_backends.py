@@ -96,10 +96,11 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
     each distinct row is updated there (the other positions name row `input_dim`, which
     the scatter drops). A step in which no row gets a gradient is not counted.
 
-    `renewal`, for a dynamic table: `(renewed_at, admitted_at, new_rows, slot_values)`.
+    `renewal`, for a dynamic table: `(renewed_at, admitted_at, draw, slot_values)`.
     A row given to its key after its last renewal (`admitted_at > renewed_at`) reads
-    `new_rows` (at its id's first occurrence) and the optimizer's initial state, and
-    is written so, with its renewal step, whatever its gradient."""
+    new rows (`draw()`, one per id, taken at its first occurrence) and the optimizer's
+    initial state, and is written so, with its renewal step, whatever its gradient.
+    Rows are drawn only in a step that renews one."""
     import jax
     import jax.numpy as jnp
 
@@ -144,9 +145,13 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
         return table, new_slots, step, renewed_at, None, None, None, None
 
     lookup.defvjp(forward, backward)
-    renewed_at, stamps, new_rows = (None, None, None) if renewal is None else renewal[:3]
-    return lookup(table.value, [s.value for s in slots], step.value,
-                  None if renewed_at is None else renewed_at.value, ids.reshape(-1), first, stamps, new_rows)
+    flat = ids.reshape(-1)
+    renewed_at = stamps = new_rows = None
+    if renewal is not None:
+        renewed_at, stamps, draw = renewal[0].value, renewal[1], renewal[2]
+        new_rows = jax.lax.cond(jnp.any(stamps > take_rows(renewed_at, flat)), draw,
+                                lambda: jnp.zeros((flat.shape[0], table.shape[1]), "float32"))
+    return lookup(table.value, [s.value for s in slots], step.value, renewed_at, flat, first, stamps, new_rows)
 
 
 def is_sparse(value) -> bool:

@@ -18,6 +18,7 @@ The state is the layer's (saved with it) but not among its `weights`: keras coun
 those as the model's parameters, as it does not count its own optimizer's state.
 """
 
+import functools
 import weakref
 
 import keras
@@ -45,7 +46,7 @@ class RowTraining:
         add_loss: Adds the loss-scale probe of a training lookup (the layer's).
         variable: The variable trained row-wise.
         optimizer: Its `keras_embed_ext.optimizers.RowOptimizer`.
-        new_rows: For a dynamic table, `(count) -> rows` that a renewed row starts from.
+        new_rows: For a dynamic table, the `fresh_rows.FreshRows` a renewed row starts from.
     """
 
     def __init__(self, add_weight, add_loss, variable, optimizer, new_rows=None):
@@ -126,7 +127,10 @@ class RowTraining:
             renewal = None
             if self.renewed_at is not None:
                 slot_values = [self.optimizer.slot_initial_value(slot) for slot, _ in self.optimizer.slots]
-                renewal = (self.renewed_at, admitted_at, self.new_rows(ops.size(ids)), slot_values)
+                # The seed is drawn here, the rows only in a step that renews one.
+                seed = self.new_rows.seed_generator.next()
+                draw = functools.partial(self.new_rows, ops.size(ids), seed)
+                renewal = (self.renewed_at, admitted_at, draw, slot_values)
             rows, probe = row_backends.lookup_jax(self.variable, self.slots, self.step, ids, first, self._update,
                                                   renewal)
         # keras divides an added loss among `tf.distribute` replicas; the probe must read

@@ -17,7 +17,7 @@ from keras_embed_ext.backends import Fused
 from keras_embed_ext.backends import rows_layout
 from keras_embed_ext.dynamic_ids import KeyMap
 from keras_embed_ext.formats import format_for
-from keras_embed_ext.fresh_rows import row_initializer
+from keras_embed_ext.fresh_rows import FreshRows
 from keras_embed_ext.ids import zero_invalid
 from keras_embed_ext.lora import Adapter
 from keras_embed_ext.lora import check_rank_and_alpha
@@ -54,7 +54,7 @@ class Table:
         self.row_training = None
         self.dynamic = dynamic
         self.key_map = None
-        self._new_rows = dynamic and row_initializer(initializer, self.shape, seed_generator)
+        self._new_rows = FreshRows(initializer, self.shape, seed_generator) if dynamic else None
         self._fused_lookup = Fused(self._lookup)
 
     @property
@@ -224,7 +224,7 @@ class Table:
             current.release(self.owner._untrack_variable)
         with unlocked(self.owner):
             self.row_training = None if target is None else RowTraining(
-                self._add_variable, self.owner.add_loss, target, self.optimizer, self._new_rows or None)
+                self._add_variable, self.owner.add_loss, target, self.optimizer, self._new_rows)
 
     def _add_variable(self, *, name, shape, initializer, dtype="float32", trainable=True, autocast=False,
                       regularizer=None):
