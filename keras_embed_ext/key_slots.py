@@ -14,7 +14,7 @@ from typing import NamedTuple
 from keras import ops
 
 from keras_embed_ext.backends import kth_smallest
-from keras_embed_ext.backends import order_by_bucket_then_key
+from keras_embed_ext.backends import group_by_bucket_then_key
 from keras_embed_ext.backends import take_elements
 from keras_embed_ext.backends import take_rows
 
@@ -128,7 +128,7 @@ class Admitted(NamedTuple):
     admitted_rows: object  # (n,) int32: the rows given to new keys, `capacity` elsewhere
     admitted_keys: object  # (n,) their keys
     admitted_scores: object  # (n,) their first scores
-    sightings: object  # (n,) int32: each key's occurrences if it was not resident, else 0
+    sightings: object  # (n,) int32: 1 for each occurrence of a key not resident, else 0
 
 
 def none_admitted(keys, found: Found, capacity: int) -> Admitted:
@@ -163,7 +163,7 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     positions = ops.arange(n, dtype="int32")
     # One order by bucket, then key: a key's occurrences side by side (its first one
     # represents it), a bucket's keys in a run, in increasing key order.
-    order = order_by_bucket_then_key(found.buckets, keys)
+    order, position = group_by_bucket_then_key(found.buckets, keys)
     sorted_keys = ops.take(keys, order)
     first = ops.concatenate([ops.ones((1,), "bool"), sorted_keys[1:] != sorted_keys[:-1]])
     group = ops.cumsum(ops.cast(first, "int32"))
@@ -195,15 +195,10 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     new_rows = ops.take(bucket_k * slots + ops.mod(chosen, slots), first_of)
     rows_k = ops.where(found_k, by_key(found.rows), ops.where(group_admitted, new_rows, 0))
     return Admitted(
-        rows=_unpermute(rows_k, order),
-        found=_unpermute(ops.cast(found_k | group_admitted, "int32"), order) > 0,
+        rows=ops.take(rows_k, position),
+        found=ops.take(found_k | group_admitted, position),
         admitted_rows=ops.where(first & admitted_k, rows_k, capacity),
         admitted_keys=sorted_keys,
         admitted_scores=occurrences if lfu else ops.full((n,), step, "int32"),
-        sightings=_unpermute(ops.where(first & ~found_k, occurrences, 0), order),
+        sightings=ops.cast(~found.found, "int32"),
     )
-
-
-def _unpermute(x, order):
-    """`y` with `y[order[i]] = x[i]`: undoes `take(..., order)`."""
-    return ops.scatter_update(ops.zeros_like(x), ops.expand_dims(order, -1), x)

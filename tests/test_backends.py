@@ -359,3 +359,27 @@ def test_on_accelerator_says_where_a_tensor_lives():
     assert to_numpy(traced(lambda x: x + float(on_accelerator(x)))(keras.ops.zeros(2)))[0] == float(accelerator)
     with keras.device("cpu:0"):
         assert not on_accelerator(keras.ops.zeros((2, 3)))
+
+
+def _check_grouping(buckets, keys):
+    from keras_embed_ext.backends import group_by_bucket_then_key
+
+    order, position = (to_numpy(x) for x in group_by_bucket_then_key(
+        keras.ops.convert_to_tensor(buckets), keras.ops.convert_to_tensor(keys)))
+    expected = np.lexsort((keys, buckets))
+    np.testing.assert_array_equal(keys[order], keys[expected])
+    np.testing.assert_array_equal(buckets[order], buckets[expected])
+    np.testing.assert_array_equal(keys[order][position], keys)
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=40), st.integers(1, 5))
+def test_keys_grouped_by_bucket_then_key_as_numpy_sorts_them(keys, buckets):
+    keys = np.array(keys, "int32")
+    _check_grouping((np.abs(keys.astype("int64")) % buckets).astype("int32"), keys)
+
+
+def test_grouping_beyond_the_size_of_int32_ranks():
+    rng = np.random.default_rng(0)
+    keys = rng.integers(-1000, 1000, 46_341).astype("int32")
+    _check_grouping(rng.integers(0, 7, 46_341).astype("int32"), keys)
