@@ -17,6 +17,7 @@ day 1 + a table of its vocabulary (each table trained by the same row-wise Adagr
 
     python benchmarks/bench_dynamic.py                 # every backend, speed and quality
     python benchmarks/bench_dynamic.py --backends jax --parts quality
+    python benchmarks/bench_dynamic.py --parts speed --capacities 16384 --resident 4096 --rounds 1  # a smoke run
 """
 
 import argparse
@@ -75,7 +76,7 @@ def _wide():
     return jax.config.jax_enable_x64
 
 
-def speed(capacity):
+def speed(capacity, resident_count=RESIDENT, rounds=7):
     import keras
     import numpy as np
 
@@ -85,7 +86,7 @@ def speed(capacity):
     pin_one_thread()
     rng = np.random.default_rng(0)
     high = 2**62 if _wide() else 2**31 - 1
-    resident = rng.integers(-high, high, RESIDENT)
+    resident = rng.integers(-high, high, resident_count)
     dynamic = kee.Embedding(capacity, DIM, dynamic=kee.DynamicIds(eviction="lru"), combiner="mean")
     dynamic(resident.reshape(-1, BAG), training=True)  # every key admitted
     keys, rows = dynamic.id_map()
@@ -114,7 +115,7 @@ def speed(capacity):
         lambda: dynamic_model.train_on_batch(resident_bags, targets),
         lambda: new_model.train_on_batch(next(fresh), targets),
         lambda: static_model.train_on_batch(static_rows, targets),
-    ], rounds=7)
+    ], rounds=rounds)
     key_map = dynamic._table.key_map.variables()[:3]  # keys, scores, admitted
     extra = dynamic._table.row_training.renewed_at
     map_bytes = sum(np.dtype(keras.backend.standardize_dtype(v.dtype)).itemsize * np.prod(v.shape) for v in key_map)
@@ -191,18 +192,22 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
     parser.add_argument("--parts", nargs="+", default=["speed", "quality"])
+    parser.add_argument("--capacities", nargs="+", type=int, default=list(CAPACITIES))
+    parser.add_argument("--resident", type=int, default=RESIDENT, help="keys a lookup finds")
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     parser.add_argument("--worker", nargs="+")
     args = parser.parse_args()
     if args.worker:
         sys.path.insert(0, HERE)
         part = args.worker[0]
-        rows = [speed(c) for c in CAPACITIES] if part == "speed" else quality()
+        rows = [speed(c, args.resident, args.rounds) for c in args.capacities] if part == "speed" else quality()
         print(json.dumps(rows))
         return
     lines = []
     if "speed" in args.parts:
-        rows = rows_from_workers(__file__, args.backends, ["speed"])
+        sizes = ["--capacities", *map(str, args.capacities), "--resident", str(args.resident), "--rounds", str(args.rounds)]
+        rows = rows_from_workers(__file__, args.backends, ["speed", *sizes])
         table = ["| backend | capacity | lookup: dynamic / static ms | step, all resident / static | "
                  "step, all new / static | key map, bytes a row |", "|---|---:|---:|---:|---:|---:|"]
         for r in rows:

@@ -8,8 +8,9 @@
 #          host memory (integration/host_table_gpu.py)
 #   bench  lookups in every state at 65,536 ids (against the native gather and the copy bandwidth),
 #          training steps with sparse_optimizer against the native sparse step at 1M and 4M rows, the
-#          DLRM-like recommender collection (benchmarks/bench_collection.py), and the reverse
-#          projection at V = 256k (forward at D = 512, forward + backward at D = 2,048, tied and untied)
+#          DLRM-like recommender collection (benchmarks/bench_collection.py), the reverse
+#          projection at V = 256k (forward at D = 512, forward + backward at D = 2,048, tied and untied),
+#          and dynamic tables against static ones (benchmarks/bench_dynamic.py, speed)
 #   all    tests, then bench
 #   smoke  every part of bench at tiny sizes, on whatever device there is (the CPU in CI)
 #
@@ -33,9 +34,9 @@ failed=0
 
 if [[ $what == smoke ]]; then
   VOCAB=1000 TRAIN_VOCABS=1000 IDS=256 REVERSE_VOCAB=512 REVERSE_TOKENS=8 ROUNDS=1 BENCH_SECONDS=${BENCH_SECONDS:-900}
-  COLLECTION="--scale 0.001 --batch 64 --rounds 1 --steps 1"
+  COLLECTION="--scale 0.001 --batch 64 --rounds 1 --steps 1" DYNAMIC="--capacities 16384 --resident 4096 --rounds 1"
 else
-  VOCAB=1000000 TRAIN_VOCABS="1000000 4000000" IDS=65536 REVERSE_VOCAB=256000 REVERSE_TOKENS=1024 ROUNDS=10 COLLECTION="--rounds 5"
+  VOCAB=1000000 TRAIN_VOCABS="1000000 4000000" IDS=65536 REVERSE_VOCAB=256000 REVERSE_TOKENS=1024 ROUNDS=10 COLLECTION="--rounds 5" DYNAMIC=""
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee "$OUT/device.txt"
 fi
 KERAS_BACKEND=jax $PY -c "import jax, torch, keras; print('jax', jax.__version__, jax.devices()[0].device_kind, \
@@ -81,5 +82,6 @@ if [[ $what != tests ]]; then
     part reverse.md env KERAS_BACKEND=$backend $PY benchmarks/bench_reverse.py --vocab "$REVERSE_VOCAB" --dim 2048 \
       --tokens "$REVERSE_TOKENS" --rounds "$ROUNDS" --states int8,int4,int4_lora
   done
+  part dynamic.md $PY benchmarks/bench_dynamic.py --backends jax torch --parts speed $DYNAMIC --out "$OUT/dynamic"
 fi
 exit $failed

@@ -13,7 +13,7 @@ def test_every_part_of_the_gpu_script_runs(tmp_path):
                             timeout=900, env={**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     expected = {"lookup.md": "| jax |", "train_sparse.md": "| torch |", "reverse.md": "| int4_lora | False |",
-                "collection.md": "| kee_per_feature |"}
+                "collection.md": "| kee_per_feature |", "dynamic.md": "| torch | 16,384 |"}
     for name, row in expected.items():
         with open(tmp_path / name) as f:
             text = f.read()
