@@ -166,9 +166,8 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     order, position = group_by_bucket_then_key(found.buckets, keys)
     sorted_keys = ops.take(keys, order)
     first = ops.concatenate([ops.ones((1,), "bool"), sorted_keys[1:] != sorted_keys[:-1]])
-    group = ops.cumsum(ops.cast(first, "int32"))
-    first_of = ops.cast(ops.searchsorted(group, group, side="left"), "int32")
-    occurrences = ops.cast(ops.searchsorted(group, group, side="right"), "int32") - first_of
+    first_of, next_of = _runs(first, positions, n)
+    occurrences = next_of - first_of
 
     def by_key(x):
         return ops.take(x, order, axis=0)
@@ -178,8 +177,7 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     wants = first & ~found_k & (counts >= min_count)
     if padding_zero:
         wants = wants & (sorted_keys != 0)
-    start = ops.cast(ops.searchsorted(bucket_k, bucket_k, side="left"), "int32")
-    end = ops.cast(ops.searchsorted(bucket_k, bucket_k, side="right"), "int32")
+    start, end = _runs(ops.concatenate([ops.ones((1,), "bool"), bucket_k[1:] != bucket_k[:-1]]), positions, n)
     # Rows that keys of the step hold: any match in the bucket's run, from a running count.
     held = ops.concatenate([ops.zeros((1, slots), "int32"), ops.cumsum(ops.cast(match_k, "int32"), axis=0)])
     held_now = (ops.take(held, end, axis=0) - ops.take(held, start, axis=0)) > 0
@@ -202,3 +200,16 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
         admitted_scores=occurrences if lfu else ops.full((n,), step, "int32"),
         sightings=ops.cast(~found.found, "int32"),
     )
+
+
+def _runs(starts, positions, n):
+    """`(start, end)` of each position's run, where `starts` marks the first position
+    of each run: one scatter of the runs' starts (a run's index is a running count of
+    `starts`), read back twice. Cheaper than a binary search on torch's CPU."""
+    run = ops.cumsum(ops.cast(starts, "int32")) - 1
+    # Run r starts at `first[r]`, and the run after the last ends at `n`; writes of
+    # positions within a run go to the scratch element `n + 1`.
+    first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
+                               positions)
+    return ops.take(first, run), ops.take(first, run + 1)
+
