@@ -39,7 +39,8 @@ def traced(fn, compiled=False):
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
-    keras.utils.clear_session()
+    # Without keras' full garbage collection, which took as long as the average test.
+    keras.utils.clear_session(free_memory=False)
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")

@@ -104,7 +104,7 @@ class DynamicTableMachine(RuleBasedStateMachine):
 
     @initialize(capacity=st.integers(1, 16), config=_policies(), optimizer=st.sampled_from(["adagrad", "sgd"]))
     def build(self, capacity, config, optimizer):
-        keras.utils.clear_session()
+        keras.utils.clear_session(free_memory=False)
         self.layer = kee.Embedding(capacity, 3, dynamic=config, sparse_optimizer=optimizer)
         self.layer.build()
         self.reference = ReferenceKeyMap(capacity, config)
