@@ -32,6 +32,7 @@ def build(state):
 
 def main(mode, *args):
     import faulthandler
+    import gc
 
     import keras
     import numpy as np
@@ -80,6 +81,9 @@ def main(mode, *args):
                         optimizer.apply([v.value.grad for v in trainable], trainable)
             for i, value in enumerate(model.get_weights()):
                 weights[f"{loop}/{state}/{i}"] = value
+            # DDP's reducer is freed while the process group it holds is alive, not at the function's exit.
+            del network, model, optimizer, loss
+            gc.collect()
     if not distributed or torch.distributed.get_rank() == 0:
         np.savez(args[-1], **weights)
     if distributed:
