@@ -10,8 +10,8 @@ if "keras" not in sys.modules:
 from keras_embed_ext import optimizers
 from keras_embed_ext.configs import FeatureConfig
 from keras_embed_ext.configs import TableConfig
-from keras_embed_ext.dynamic_ids import DynamicIds
 from keras_embed_ext.distributed import DistributedEmbedding
+from keras_embed_ext.dynamic_ids import DynamicIds
 from keras_embed_ext.embed_reduce import EmbedReduce
 from keras_embed_ext.embedding import Embedding
 from keras_embed_ext.migrate import replace_embeddings

@@ -24,7 +24,9 @@ import math
 import keras
 from keras import ops
 
-from keras_embed_ext.backends import add_matmul, in_place, on_accelerator
+from keras_embed_ext.backends.arithmetic import add_matmul
+from keras_embed_ext.backends.arithmetic import in_place
+from keras_embed_ext.backends.devices import on_accelerator
 
 BLOCK_BYTES = 4 * 2**20  # a float32 block that fits a core's cache
 ACCELERATOR_BLOCK_BYTES = 256 * 2**20  # a float32 block that fills a GPU

@@ -9,9 +9,9 @@ over segments.
 import numpy as np
 from keras import ops
 
-from keras_embed_ext.backends import on_device_of
-from keras_embed_ext.backends import to_device_of
-from keras_embed_ext.backends import weighted_bag_sum
+from keras_embed_ext.backends.devices import on_device_of
+from keras_embed_ext.backends.devices import to_device_of
+from keras_embed_ext.backends.rows import weighted_bag_sum
 from keras_embed_ext.ids import dtype_name
 from keras_embed_ext.ids import is_numeric
 
@@ -112,7 +112,7 @@ def float_bags(table, ids, valid, weights, keep_scale, combiner, mask_zero=False
     dropout's per-id scale, or None.
 
     The bags are weighted sums of the table's rows, taken without writing the
-    `(..., L, D)` rows where the backend can (`backends.weighted_bag_sum`).
+    `(..., L, D)` rows where the backend can (`backends.rows.weighted_bag_sum`).
     """
     bag_weights = with_bag_weights(counted(ids, valid, mask_zero), weights)
     row_weights = bag_weights if keep_scale is None else bag_weights * keep_scale

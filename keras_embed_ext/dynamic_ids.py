@@ -13,15 +13,15 @@ from keras import ops
 
 from keras_embed_ext import key_slots
 from keras_embed_ext import replica_keys
-from keras_embed_ext.backends import add_into
-from keras_embed_ext.backends import assign_here
-from keras_embed_ext.backends import Fused
-from keras_embed_ext.backends import compress
-from keras_embed_ext.backends import is_traced
-from keras_embed_ext.backends import scatter_into
-from keras_embed_ext.backends import take_elements
-from keras_embed_ext.backends import take_rows
-from keras_embed_ext.backends import to_host
+from keras_embed_ext.backends.context import is_traced
+from keras_embed_ext.backends.devices import to_host
+from keras_embed_ext.backends.fused import Fused
+from keras_embed_ext.backends.keys import compress
+from keras_embed_ext.backends.rows import add_into
+from keras_embed_ext.backends.rows import assign_here
+from keras_embed_ext.backends.rows import scatter_into
+from keras_embed_ext.backends.rows import take_elements
+from keras_embed_ext.backends.rows import take_rows
 from keras_embed_ext.ids import dtype_name
 
 EVICTIONS = ("lfu", "lru", "ttl")

@@ -17,8 +17,8 @@ from keras_embed_ext.arguments import check_float_dtype
 from keras_embed_ext.arguments import check_sparse_optimizer
 from keras_embed_ext.arguments import initial_table
 from keras_embed_ext.arguments import reject_unknown_arguments
-from keras_embed_ext.backends import Fused
-from keras_embed_ext.backends import gradients_summed_per_id
+from keras_embed_ext.backends.context import gradients_summed_per_id
+from keras_embed_ext.backends.fused import Fused
 from keras_embed_ext.dropout import row_keep_scale
 from keras_embed_ext.formats import int4_block_size
 from keras_embed_ext.fresh_rows import check_row_initializer
@@ -259,7 +259,7 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
 
     def _float_bags(self, ids, valid, weights, keep_scale):
         """`combiners.float_bags` of this layer's float table; on TensorFlow the layer runs
-        it compiled by XLA (`backends.Fused`), which fuses the gather into the sum."""
+        it compiled by XLA (`backends.fused.Fused`), which fuses the gather into the sum."""
         return combiners.float_bags(self._embeddings, ids, valid, weights, keep_scale, self.combiner, self.mask_zero)
 
     def _flat_lookup(self, inputs, weights, training):

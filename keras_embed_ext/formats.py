@@ -16,11 +16,11 @@ from keras import dtype_policies
 from keras import ops
 from keras import quantizers
 
-from keras_embed_ext.backends import in_place
-from keras_embed_ext.backends import on_device_of
-from keras_embed_ext.backends import reshape
-from keras_embed_ext.backends import take_int4_rows
-from keras_embed_ext.backends import take_rows
+from keras_embed_ext.backends.arithmetic import in_place
+from keras_embed_ext.backends.arithmetic import reshape
+from keras_embed_ext.backends.devices import on_device_of
+from keras_embed_ext.backends.int4 import take_int4_rows
+from keras_embed_ext.backends.rows import take_rows
 from keras_embed_ext.blocked_logits import blocked_logits
 from keras_embed_ext.blocked_logits import dense_logits
 

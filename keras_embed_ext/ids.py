@@ -6,8 +6,8 @@ import numpy as np
 from keras import backend
 from keras import ops
 
-from keras_embed_ext.backends import is_traced
-from keras_embed_ext.backends import to_host
+from keras_embed_ext.backends.context import is_traced
+from keras_embed_ext.backends.devices import to_host
 
 INVALID_ID_POLICIES = ("raise", "zero")
 

@@ -13,10 +13,10 @@ from typing import NamedTuple
 
 from keras import ops
 
-from keras_embed_ext.backends import kth_smallest
-from keras_embed_ext.backends import group_by_bucket_then_key
-from keras_embed_ext.backends import take_elements
-from keras_embed_ext.backends import take_rows
+from keras_embed_ext.backends.keys import group_by_bucket_then_key
+from keras_embed_ext.backends.keys import kth_smallest
+from keras_embed_ext.backends.rows import take_elements
+from keras_embed_ext.backends.rows import take_rows
 
 BUCKET_SIZE = 16
 # murmur3's 32-bit finalizer constants, as signed int32.

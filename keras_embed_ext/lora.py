@@ -5,10 +5,10 @@ from keras import ops
 
 from keras_embed_ext.arguments import check_lora_alpha
 from keras_embed_ext.arguments import is_positive_int
-from keras_embed_ext.backends import add_matmul
-from keras_embed_ext.backends import on_device_of
-from keras_embed_ext.backends import take_rows
-from keras_embed_ext.backends import to_device_of
+from keras_embed_ext.backends.arithmetic import add_matmul
+from keras_embed_ext.backends.devices import on_device_of
+from keras_embed_ext.backends.devices import to_device_of
+from keras_embed_ext.backends.rows import take_rows
 from keras_embed_ext.ids import zero_invalid
 
 

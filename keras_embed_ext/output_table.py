@@ -13,7 +13,7 @@ import numpy as np
 from keras import ops
 from keras import quantizers
 
-from keras_embed_ext.backends import unpack_int4
+from keras_embed_ext.backends.int4 import unpack_int4
 from keras_embed_ext.blocked_logits import blocked_logits
 from keras_embed_ext.blocked_logits import dense_logits
 from keras_embed_ext.formats import Int4Blocks

@@ -14,8 +14,8 @@ import functools
 
 import keras
 
-from keras_embed_ext.backends import replica_local
-from keras_embed_ext.backends import take_rows
+from keras_embed_ext.backends.rows import replica_local
+from keras_embed_ext.backends.rows import take_rows
 
 
 def lookup_with_sparse_gradient(variable, ids):

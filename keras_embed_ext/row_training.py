@@ -27,8 +27,8 @@ from keras import ops
 
 from keras_embed_ext import keras_optimizer
 from keras_embed_ext import row_backends
-from keras_embed_ext.backends import scatter_into
-from keras_embed_ext.backends import take_rows
+from keras_embed_ext.backends.rows import scatter_into
+from keras_embed_ext.backends.rows import take_rows
 
 
 def _state_travels_as_gradient() -> bool:

@@ -13,8 +13,8 @@ from keras import ops
 from keras import regularizers
 
 from keras_embed_ext import keras_optimizer
-from keras_embed_ext.backends import Fused
-from keras_embed_ext.backends import rows_layout
+from keras_embed_ext.backends.devices import rows_layout
+from keras_embed_ext.backends.fused import Fused
 from keras_embed_ext.dynamic_ids import KeyMap
 from keras_embed_ext.formats import format_for
 from keras_embed_ext.fresh_rows import FreshRows
@@ -105,7 +105,7 @@ class Table:
     def _fused_rows(self, ids, valid):
         """`_lookup` of a quantized or adapted table, compiled by XLA on TensorFlow: a
         decode and the adapter are passes of their own, which TensorFlow fuses only
-        when compiled (`backends.Fused`)."""
+        when compiled (`backends.fused.Fused`)."""
         adapter = [] if self.adapter is None else self.adapter.variables()
         scale = self.adapter is not None and self.adapter.alpha / self.adapter.rank
         key = (type(self.format), getattr(self.format, "block_size", None), self.shape[1], scale)

@@ -10,14 +10,14 @@ from hypothesis import strategies as st
 import keras_embed_ext as kee
 import reference as ref
 from conftest import BACKEND, gradients, table, to_numpy, traced
-from keras_embed_ext.backends import add_matmul
-from keras_embed_ext.backends import in_place
-from keras_embed_ext.backends import on_accelerator
-from keras_embed_ext.backends import take_int4_rows
-from keras_embed_ext.backends import take_rows
-from keras_embed_ext.backends import to_host
-from keras_embed_ext.backends import unpack_int4
-from keras_embed_ext.backends import weighted_bag_sum
+from keras_embed_ext.backends.arithmetic import add_matmul
+from keras_embed_ext.backends.arithmetic import in_place
+from keras_embed_ext.backends.devices import on_accelerator
+from keras_embed_ext.backends.devices import to_host
+from keras_embed_ext.backends.int4 import take_int4_rows
+from keras_embed_ext.backends.int4 import unpack_int4
+from keras_embed_ext.backends.rows import take_rows
+from keras_embed_ext.backends.rows import weighted_bag_sum
 
 IDS = np.random.default_rng(0).integers(0, 50, size=(6, 7)).astype("int32")
 
@@ -26,7 +26,7 @@ if BACKEND == "jax":
     def test_traced_ids_are_recognised_under_jit():
         import jax
 
-        from keras_embed_ext.backends import is_traced
+        from keras_embed_ext.backends.context import is_traced
 
         assert jax.jit(lambda x: np.int32(is_traced(x)) + x * 0)(np.int32(1)) == 1
         assert not is_traced(jax.numpy.ones(2))
@@ -182,7 +182,7 @@ if BACKEND == "tensorflow":
         # layer or per enable_lora would grow memory with each.
         import tensorflow as tf
 
-        from keras_embed_ext import backends
+        from keras_embed_ext.backends import fused
 
         ids = tf.constant([[1, 7, 3], [0, 2, 9]])
 
@@ -204,11 +204,11 @@ if BACKEND == "tensorflow":
             check(layer, to_numpy(layer.embeddings))
 
         cycle(0)
-        compiled = dict(backends._COMPILED)
+        compiled = dict(fused._COMPILED)
         traces = {key: fn.experimental_get_tracing_count() for key, fn in compiled.items()}
         for seed in range(1, 4):
             cycle(seed)
-        assert backends._COMPILED == compiled
+        assert fused._COMPILED == compiled
         assert {key: fn.experimental_get_tracing_count() for key, fn in compiled.items()} == traces
 
     def test_sgd_on_the_table_updates_only_the_looked_up_rows():
@@ -362,7 +362,7 @@ def test_on_accelerator_says_where_a_tensor_lives():
 
 
 def _check_grouping(buckets, keys):
-    from keras_embed_ext.backends import group_by_bucket_then_key
+    from keras_embed_ext.backends.keys import group_by_bucket_then_key
 
     order, position = (to_numpy(x) for x in group_by_bucket_then_key(
         keras.ops.convert_to_tensor(buckets), keras.ops.convert_to_tensor(keys)))

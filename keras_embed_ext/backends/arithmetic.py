@@ -1,0 +1,55 @@
+"""Row-sized arithmetic written in place on torch, where each new output costs fresh
+pages from the allocator."""
+
+import keras
+
+
+def reshape(x, shape):
+    """`keras.ops.reshape(x, shape)`; on torch the tensor's own, without keras' flattening
+    of `shape` to look for symbolic tensors in every eager call."""
+    if keras.backend.backend() == "torch":
+        return x.reshape(shape)
+    return keras.ops.reshape(x, shape)
+
+
+_TORCH_IN_PLACE = {"add": "add_", "subtract": "sub_", "multiply": "mul_", "divide": "div_"}
+
+
+def in_place(op, fresh, other):
+    """`keras.ops.<op>(fresh, other)`; on torch written into `fresh`, a float tensor just made.
+
+    On a CPU each new output of a row-sized op costs fresh pages from the allocator,
+    often more than the arithmetic itself. `fresh` keeps its shape and dtype.
+    """
+    if keras.backend.backend() == "torch" and fresh.dtype == other.dtype:
+        if _broadcasts_into(other.shape, fresh.shape):
+            return getattr(fresh, _TORCH_IN_PLACE[op])(other)
+    return getattr(keras.ops, op)(fresh, other)
+
+
+def _broadcasts_into(shape, target):
+    """Whether `shape` broadcasts to `target` unchanged, in plain Python:
+    `torch.broadcast_shapes` costs more than the op it guards."""
+    return len(shape) <= len(target) and all(
+        size in (1, target_size) for size, target_size in zip(reversed(shape), reversed(target))
+    )
+
+
+def add_matmul(fresh, a, b):
+    """`fresh + a @ b` for `fresh (..., D)`, `a (..., r)`, `b (r, D)`; in place on torch.
+
+    Under `torch.compile`, a rank up to 16 is written as `r` multiply-adds, which
+    inductor fuses with the gather into one pass over the rows; `addmm` writes a new
+    tensor. Larger ranks keep the matmul, faster there.
+    """
+    if keras.backend.backend() == "torch" and fresh.dtype == a.dtype == b.dtype:
+        import torch
+
+        if torch.compiler.is_compiling() and b.shape[0] <= 16:
+            for k in range(b.shape[0]):
+                fresh = fresh + a[..., k : k + 1] * b[k]
+            return fresh
+        if fresh.is_contiguous():
+            fresh.view(-1, fresh.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), b)
+            return fresh
+    return fresh + keras.ops.matmul(a, b)

@@ -1,0 +1,177 @@
+"""Reads and writes of a table's rows: the backends' own gathers, where `keras.ops`
+reads more than the rows (or is measurably slower), and in-place row writes."""
+
+import functools
+import operator
+
+import keras
+
+from keras_embed_ext.backends.context import compiled_by_xla
+from keras_embed_ext.backends.context import is_traced
+from keras_embed_ext.backends.context import summing_repeats
+
+
+def take_rows(table, ids):
+    """`table[ids]` along axis 0, for a variable or tensor `table` and ids known to be in range.
+
+    `keras.ops.take` first wraps negative ids, which the validated ids never are,
+    and on TensorFlow reads the whole variable before gathering. A variable that a
+    sparse update (an optimizer step on `IndexedSlices`) has touched is copied in
+    full by every such read; `sparse_read` reads only the rows. It is what
+    `tf.gather` calls on axis 0, without its Python checks in every eager call.
+    """
+    backend = keras.backend.backend()
+    if isinstance(table, keras.Variable):
+        table = table.value
+    if backend == "torch":
+        import torch
+
+        if table.ndim == 2:
+            return torch.nn.functional.embedding(ids, table)
+        rows = torch.index_select(table, 0, ids.reshape(-1))
+        return rows.reshape((*ids.shape, *table.shape[1:]))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(table, tf.Variable):
+            if table.trainable and summing_repeats():
+                return _gather_summing_repeats(replica_local(table), ids)
+            return replica_local(table).sparse_read(ids)
+        return tf.raw_ops.GatherV2(params=table, indices=ids, axis=0)
+    if backend == "jax":
+        import jax.numpy as jnp
+
+        return jnp.take(table, ids, axis=0, mode="clip")
+    return keras.ops.take(table, ids, axis=0)
+
+
+def take_elements(table, index):
+    """`table.reshape(-1)[index]` of a 2-D variable or tensor, reading only those
+    elements (on TensorFlow, a reshaped variable is read, and copied, in full)."""
+    if isinstance(table, keras.Variable):
+        table = table.value
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if isinstance(table, tf.Variable) and not compiled_by_xla():  # XLA has no ResourceGatherNd
+            width = table.shape[1]
+            return tf.raw_ops.ResourceGatherNd(resource=replica_local(table).handle, dtype=table.dtype,
+                                               indices=tf.stack([index // width, index % width], axis=-1))
+    return keras.ops.take(keras.ops.reshape(table, (-1,)), index)
+
+
+def replica_local(variable):
+    """A TensorFlow variable, or under a `tf.distribute` strategy the copy of a
+    mirrored variable on this replica's device, whose reads and sparse updates TensorFlow
+    takes there (a `MirroredVariable` has no `sparse_read` in a replica context)."""
+    local = getattr(variable, "_get_on_device_or_primary", None)
+    return variable if local is None else local()
+
+
+def _gather_summing_repeats(variable, ids):
+    """`variable.sparse_read(ids)`, whose gradient sums the slices of a repeated id.
+
+    TensorFlow's own gradient of a gather has a slice per occurrence, and keras'
+    Adagrad and Adam square each slice of a repeated id (the sum of squares, where the
+    dense gradient gives the square of the sum). Here each distinct id is read once
+    and its rows are copied out to its occurrences, so the gradient of the read has
+    one slice per id (zeros at row 0 pad it to a static count, which XLA needs).
+    """
+    import tensorflow as tf
+
+    flat_ids = tf.reshape(ids, [-1])
+    count = tf.size(flat_ids)
+    order = tf.argsort(flat_ids, stable=True)
+    sorted_ids = tf.gather(flat_ids, order)
+    first = tf.concat([[True], sorted_ids[1:] != sorted_ids[:-1]], axis=0)
+    sorted_segment = tf.cumsum(tf.cast(first, "int32")) - 1
+    distinct = tf.maximum(tf.math.unsorted_segment_max(sorted_ids, sorted_segment, count), 0)
+    segment = tf.gather(sorted_segment, tf.math.invert_permutation(order))
+    rows = tf.gather(variable.sparse_read(distinct), segment)
+    return tf.reshape(rows, tf.concat([tf.shape(ids), tf.shape(rows)[1:]], axis=0))
+
+
+def split_rows(rows, sizes):
+    """`rows` split along axis 0 into parts of `sizes` (ints, or on TensorFlow scalar
+    tensors of a batch size known only when run)."""
+    if all(isinstance(size, int) for size in sizes):
+        bounds = [sum(sizes[: i + 1]) for i in range(len(sizes) - 1)]
+        return keras.ops.split(rows, bounds, axis=0)
+    import tensorflow as tf
+
+    return tf.split(rows, tf.stack(sizes), axis=0)
+
+
+def weighted_bag_sum(table, ids, weights):
+    """`sum over l of weights[..., l] * table[ids[..., l]]`: `(..., D)` for `ids (..., L)`
+    known to be in range.
+
+    torch's `embedding_bag` adds the rows up as it reads them, where a gather first
+    writes all `(..., L, D)` rows. Under `jax.jit`, XLA fuses a sum of `L` gathers into
+    one pass, where it writes the gathered rows before reducing them; the compile time
+    grows with `L`, so it is written out up to `L = 64` (figures: docs/performance.md).
+    """
+    backend = keras.backend.backend()
+    bag_size = ids.shape[-1] if ids.ndim > 0 else None
+    if backend == "jax" and is_traced(ids) and bag_size and bag_size <= 64:
+        weights = keras.ops.cast(weights, table.dtype)
+        weighted = (take_rows(table, ids[..., i]) * weights[..., i, None] for i in range(bag_size))
+        return functools.reduce(operator.add, weighted)
+    if backend == "torch" and bag_size:
+        import torch
+
+        table = table.value if isinstance(table, keras.Variable) else table
+        bags = ids.reshape(-1, ids.shape[-1])
+        sums = torch.nn.functional.embedding_bag(
+            bags, table, mode="sum", per_sample_weights=weights.reshape(bags.shape).to(table.dtype)
+        )
+        return sums.reshape((*ids.shape[:-1], table.shape[-1]))
+    rows = take_rows(table, ids)
+    return keras.ops.sum(rows * keras.ops.expand_dims(keras.ops.cast(weights, rows.dtype), -1), axis=-2)
+
+
+def assign_here(variable, value):
+    """`variable.assign(value)`; under a `tf.distribute` strategy, of this replica's copy
+    (each replica computes the same value)."""
+    if keras.backend.backend() == "tensorflow":
+        return replica_local(variable.value).assign(value)
+    return variable.assign(value)
+
+
+def scatter_into(variable, rows, values):
+    """`variable[rows] = values` in place: the rows alone are written (a whole copy on
+    TensorFlow's `tensor_scatter_nd_update`, not here). Rows listed twice must get
+    equal values, or be scratch. For a 2-D variable and 1-D values, `rows` number its
+    elements, row-major."""
+    _write_rows(variable, rows, values, add=False)
+
+
+def add_into(variable, rows, values):
+    """`variable[rows] += values` in place, a row listed twice getting both."""
+    _write_rows(variable, rows, values, add=True)
+
+
+def _write_rows(variable, rows, values, add):
+    backend = keras.backend.backend()
+    values = keras.ops.cast(values, variable.dtype)
+    elements = len(variable.shape) == 2 and len(values.shape) == 1
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        local = replica_local(variable.value)
+        if elements:
+            width = variable.shape[1]
+            index = tf.stack([rows // width, rows % width], axis=-1)
+            return local.scatter_nd_add(index, values) if add else local.scatter_nd_update(index, values)
+        slices = tf.IndexedSlices(values, rows)
+        return local.scatter_add(slices) if add else local.scatter_update(slices)
+    if backend == "torch":
+        import torch
+
+        with torch.no_grad():
+            target, index = variable.value, rows.long()
+            target = target.view(-1) if elements else target
+            return target.index_add_(0, index, values) if add else target.index_copy_(0, index, values)
+    value = variable.value.reshape(-1) if elements else variable.value
+    value = value.at[rows].add(values) if add else value.at[rows].set(values)
+    variable.assign(value.reshape(variable.shape))
