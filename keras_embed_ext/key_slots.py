@@ -165,8 +165,7 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     # represents it), a bucket's keys in a run, in increasing key order.
     order, position = group_by_bucket_then_key(found.buckets, keys)
     sorted_keys = ops.take(keys, order)
-    first = ops.concatenate([ops.ones((1,), "bool"), sorted_keys[1:] != sorted_keys[:-1]])
-    first_of, next_of = _runs(first, positions, n)
+    first, first_of, next_of = _runs(sorted_keys, positions, n)
     occurrences = next_of - first_of
 
     def by_key(x):
@@ -177,7 +176,7 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     wants = first & ~found_k & (counts >= min_count)
     if padding_zero:
         wants = wants & (sorted_keys != 0)
-    start, end = _runs(ops.concatenate([ops.ones((1,), "bool"), bucket_k[1:] != bucket_k[:-1]]), positions, n)
+    _, start, end = _runs(bucket_k, positions, n)
     # Rows that keys of the step hold: any match in the bucket's run, from a running count.
     held = ops.concatenate([ops.zeros((1, slots), "int32"), ops.cumsum(ops.cast(match_k, "int32"), axis=0)])
     held_now = (ops.take(held, end, axis=0) - ops.take(held, start, axis=0)) > 0
@@ -202,14 +201,16 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     )
 
 
-def _runs(starts, positions, n):
-    """`(start, end)` of each position's run, where `starts` marks the first position
-    of each run: one scatter of the runs' starts (a run's index is a running count of
-    `starts`), read back twice. Cheaper than a binary search on torch's CPU."""
+def _runs(sorted_values, positions, n):
+    """`(starts, start, end)` of the runs of equal values in `sorted_values (n,)`: whether
+    each position begins a run, and the first position of each position's run and the
+    one after its last. One scatter of the runs' starts (a run's index is a running
+    count of `starts`), read back twice: cheaper than a binary search on torch's CPU."""
+    starts = ops.concatenate([ops.ones((1,), "bool"), sorted_values[1:] != sorted_values[:-1]])
     run = ops.cumsum(ops.cast(starts, "int32")) - 1
     # Run r starts at `first[r]`, and the run after the last ends at `n`; writes of
     # positions within a run go to the scratch element `n + 1`.
     first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
                                positions)
-    return ops.take(first, run), ops.take(first, run + 1)
+    return starts, ops.take(first, run), ops.take(first, run + 1)
 
