@@ -106,21 +106,20 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
 
     input_dim = table.shape[0]
 
-    def renewed(table, renewed_at, flat, first, stamps, new_rows):
-        """Per flat id: whether its row starts afresh, and the rows it reads."""
+    def renewed(table, flat, first, stale, new_rows):
+        """The rows the flat ids read: a row that starts afresh reads its new row."""
         looked_up = take_rows(table, flat)
-        if renewed_at is None:
-            return None, looked_up
-        stale = stamps > take_rows(renewed_at, flat)
-        return stale, jnp.where(stale[:, None], new_rows[first].astype(table.dtype), looked_up)
+        if stale is None:
+            return looked_up
+        return jnp.where(stale[:, None], new_rows[first].astype(table.dtype), looked_up)
 
     @jax.custom_vjp
-    def lookup(table, slots, step, renewed_at, flat, first, stamps, new_rows):
-        rows = renewed(table, renewed_at, flat, first, stamps, new_rows)[1]
+    def lookup(table, slots, step, renewed_at, flat, first, stamps, stale, new_rows):
+        rows = renewed(table, flat, first, stale, new_rows)
         return rows.reshape(*ids.shape, -1), jnp.zeros((), "float32")
 
-    def forward(table, slots, step, renewed_at, flat, first, stamps, new_rows):
-        stale, looked_up = renewed(table, renewed_at, flat, first, stamps, new_rows)
+    def forward(table, slots, step, renewed_at, flat, first, stamps, stale, new_rows):
+        looked_up = renewed(table, flat, first, stale, new_rows)
         outputs = (looked_up.reshape(*ids.shape, -1), jnp.zeros((), "float32"))
         return outputs, (table, slots, step, renewed_at, flat, first, stamps, stale, looked_up)
 
@@ -138,20 +137,20 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
         if stale is not None:
             old_slots = [jnp.where(stale.reshape((-1,) + (1,) * (s.ndim - 1)), value, s)
                          for s, value in zip(old_slots, renewal[3])]
-            renewed_at = renewed_at.at[rows].set(jnp.maximum(stamps, take_rows(renewed_at, flat)), mode="drop")
+            renewed_at = renewed_at.at[rows].max(stamps, mode="drop")
         new_rows, new_slots = update(looked_up, grads, old_slots, step=step)
         new_slots = [s.at[rows].set(new, mode="drop") for s, new in zip(slots, new_slots)]
         table = table.at[rows].set(new_rows.astype(table.dtype), mode="drop")
-        return table, new_slots, step, renewed_at, None, None, None, None
+        return table, new_slots, step, renewed_at, None, None, None, None, None
 
     lookup.defvjp(forward, backward)
     flat = ids.reshape(-1)
-    renewed_at = stamps = new_rows = None
+    renewed_at = stamps = stale = new_rows = None
     if renewal is not None:
         renewed_at, stamps, draw = renewal[0].value, renewal[1], renewal[2]
-        new_rows = jax.lax.cond(jnp.any(stamps > take_rows(renewed_at, flat)), draw,
-                                lambda: jnp.zeros((flat.shape[0], table.shape[1]), "float32"))
-    return lookup(table.value, [s.value for s in slots], step.value, renewed_at, flat, first, stamps, new_rows)
+        stale = stamps > take_rows(renewed_at, flat)
+        new_rows = jax.lax.cond(jnp.any(stale), draw, lambda: jnp.zeros((flat.shape[0], table.shape[1]), "float32"))
+    return lookup(table.value, [s.value for s in slots], step.value, renewed_at, flat, first, stamps, stale, new_rows)
 
 
 def is_sparse(value) -> bool:
