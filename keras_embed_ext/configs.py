@@ -41,7 +41,9 @@ class TableConfig:
             SparseCore, kept in the config; nothing here is bounded by them.
         dynamic: `None`, `True` or a `keras_embed_ext.DynamicIds`: the table's ids are
             raw keys, given rows as training steps see them (`Embedding(dynamic=...)`).
-            A dynamic table is a stack of its own.
+            Dynamic tables share a stack (and one key map, in which each keeps its own
+            rows) when they share `embedding_dim`, optimizer, `dynamic` and an
+            initializer whose rows do not depend on the table's size.
     """
 
     name: str
@@ -192,9 +194,15 @@ def stacks(tables, table_stacking="auto"):
         return [[table] for table in tables]
 
     def key(table):
-        if dynamic_ids.get(table.dynamic) is not None:  # its keys are its own: a stack of its own
+        shared = table.embedding_dim, optimizer_key(optimizers.get(table.optimizer))
+        dynamic = dynamic_ids.get(table.dynamic)
+        if dynamic is None:
+            return shared
+        # A row freed in any of a stack's tables is drawn afresh by the stack's initializer.
+        row_initializer = _row_initializer_key(table.initializer)
+        if row_initializer is None:
             return ("dynamic", table.name)
-        return table.embedding_dim, optimizer_key(optimizers.get(table.optimizer))
+        return ("dynamic", *shared, repr(sorted(dynamic.get_config().items())), row_initializer)
 
     if table_stacking == "auto":
         groups = {}
@@ -226,10 +234,23 @@ def stacks(tables, table_stacking="auto"):
         if len({key(table) for table in members}) > 1:
             raise ValueError(
                 f"`table_stacking`: tables {list(group)} cannot share a stack: a stack's tables have one "
-                "`embedding_dim` and one optimizer, and a dynamic table is a stack of its own."
+                "`embedding_dim` and one optimizer, and dynamic tables one `dynamic` and one initializer "
+                "whose rows do not depend on the table's size (static and dynamic tables never share one)."
             )
         result.append(members)
     return result + [[table] for table in tables if table.name not in stacked]
+
+
+def _row_initializer_key(initializer):
+    """What two dynamic tables' initializers need in common to draw a freed row alike,
+    whatever their sizes; `None` where a row's values depend on the table's size
+    (`VarianceScaling` over `fan_in` or `fan_avg`, `GlorotUniform` among them)."""
+    initializer = keras.initializers.get(initializer)
+    if isinstance(initializer, keras.initializers.VarianceScaling) and initializer.mode != "fan_out":
+        return None
+    if not isinstance(initializer, keras.initializers.Initializer):
+        return repr(initializer)
+    return type(initializer).__name__, repr(sorted(initializer.get_config().items()))
 
 
 def stack_name(group):

@@ -27,6 +27,7 @@ from keras_embed_ext.feature_inputs import unbundled
 from keras_embed_ext.ids import INVALID_ID_POLICIES
 from keras_embed_ext.ids import validate
 from keras_embed_ext.ids import warn_if_keras_wraps
+from keras_embed_ext.key_slots import KeyLayout
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")
@@ -93,18 +94,31 @@ class DistributedEmbedding(keras.layers.Layer):
         self.table_stacking = table_stacking
         self.invalid_ids = invalid_ids
         self._stack_of = {}  # table name -> (stack index, row offset)
+        self._key_table_of = {}  # a dynamic table's name -> its index in its stack's key map
         self._stacks = []
         for index, group in enumerate(stacks(self._features.tables, table_stacking)):
-            offsets = np.cumsum([0] + [table.vocabulary_size for table in group])
+            capacities = [table.vocabulary_size for table in group]
+            dynamic = group[0].dynamic
+            if dynamic_ids.get(dynamic) is not None:
+                # One key map, each table in buckets of its own (its rows padded to whole ones);
+                # the tables' initializers draw rows alike (`stacks`), so the first draws them all.
+                layout = KeyLayout(capacities)
+                offsets, rows, initializer = layout.row_offsets, layout.capacity, group[0].initializer
+                self._key_table_of.update({table.name: i for i, table in enumerate(group)})
+            else:
+                offsets = np.cumsum([0] + capacities)
+                rows, initializer = int(offsets[-1]), group[0].initializer
+                if len(group) > 1:
+                    initializer = StackedInitializer([t.initializer for t in group], capacities)
             for table, offset in zip(group, offsets):
                 self._stack_of[table.name] = (index, int(offset))
-            self._stacks.append(Embedding(
-                int(offsets[-1]), group[0].embedding_dim,
-                embeddings_initializer=group[0].initializer if len(group) == 1
-                else StackedInitializer([t.initializer for t in group], np.diff(offsets)),
+            stack = Embedding(
+                rows, group[0].embedding_dim, embeddings_initializer=initializer,
                 sparse_optimizer=optimizers.get(group[0].optimizer), invalid_ids="zero", dtype=self.dtype_policy,
-                name=stack_name(group), dynamic=group[0].dynamic,
-            ))
+                name=stack_name(group), dynamic=dynamic,
+            )
+            stack._table.key_capacities = tuple(capacities)
+            self._stacks.append(stack)
 
     @property
     def feature_configs(self):
@@ -145,7 +159,8 @@ class DistributedEmbedding(keras.layers.Layer):
                 members = [i for i, f in enumerate(features) if self._stack_of[f.table.name][0] == index]
                 if members:
                     looked_up = [self._feature_ids(features[i], ids[i], bag_weights[i]) for i in members]
-                    rows = self._stack_rows(stack, looked_up, training)
+                    key_tables = [self._key_table_of.get(features[i].table.name) for i in members]
+                    rows = self._stack_rows(stack, looked_up, training, key_tables)
                     for i, feature_ids, feature_rows in zip(members, looked_up, rows):
                         outputs[i] = ops.cast(feature_ids.reduce(feature_rows), self.compute_dtype)
         return keras.tree.pack_sequence_as(self._features.nested, outputs)
@@ -174,8 +189,9 @@ class DistributedEmbedding(keras.layers.Layer):
         offset = self._stack_of[table.name][1]
         return (valid_ids + offset if offset else valid_ids), valid
 
-    def _stack_rows(self, stack, looked_up, training):
-        """The rows of several features' ids in one gather from their stack."""
+    def _stack_rows(self, stack, looked_up, training, key_tables):
+        """The rows of several features' ids in one gather from their stack (`key_tables`:
+        each feature's table in a stack of several dynamic tables)."""
         ids_and_valid = [feature.ids for feature in looked_up]
         flat_ids = [ops.reshape(ids, (-1,)) for ids, _ in ids_and_valid]
         valid = None
@@ -186,7 +202,11 @@ class DistributedEmbedding(keras.layers.Layer):
         train_rows = bool(training) and self.trainable and stack.trainable
         mapped = None
         if stack.dynamic is not None:
-            all_ids, valid, mapped = stack._table.map_keys(all_ids, train_rows)
+            tables = None
+            if len(stack._table.key_capacities) > 1:
+                tables = ops.concatenate([ops.full_like(flat, table, dtype="int32")
+                                          for flat, table in zip(flat_ids, key_tables)])
+            all_ids, valid, mapped = stack._table.map_keys(all_ids, train_rows, tables=tables)
         rows = stack._table.lookup(all_ids, valid, train_rows, mapped)
         parts = [rows] if len(flat_ids) == 1 else split_rows(rows, [ops.shape(ids)[0] for ids in flat_ids])
         return [ops.reshape(part, (*ops.shape(ids), rows.shape[-1])) for part, (ids, _) in zip(parts, ids_and_valid)]
@@ -236,7 +256,7 @@ class DistributedEmbedding(keras.layers.Layer):
         if stack.dynamic is None:
             raise ValueError(f"Table '{table_name}' is not dynamic: its ids are its rows.")
         self.build()
-        return stack.id_map()
+        return stack._table.key_map.resident(self._key_table_of[table_name])
 
     @property
     def row_optimizer_variables(self) -> list:

@@ -129,19 +129,19 @@ class MappedKeys(NamedTuple):
 
 
 class KeyMap:
-    """The key map of a dynamic table of `capacity` rows.
+    """The key map of a dynamic table, or of the dynamic tables of one stack.
 
     Args:
         add_variable: Creates the map's state (the table's `_add_variable`).
-        capacity: The table's rows.
-        config: The table's `DynamicIds`.
+        capacities: The rows of each table (`key_slots.KeyLayout`).
+        config: The tables' `DynamicIds`.
     """
 
-    def __init__(self, add_variable, capacity: int, config: DynamicIds):
-        self.capacity = capacity
+    def __init__(self, add_variable, capacities, config: DynamicIds):
+        self.layout = key_slots.KeyLayout(capacities)
+        self.capacity = self.layout.capacity
         self.config = config
-        buckets, slots = key_slots.bucket_layout(capacity)
-        size = (buckets + 1, slots)  # a row per bucket, then a scratch one (`key_slots`)
+        size = (self.layout.buckets + 1, self.layout.slots)  # a row per bucket, then a scratch one
 
         def state(name, shape, dtype):
             return add_variable(name=f"id_map_{name}", shape=shape, initializer="zeros", dtype=dtype,
@@ -158,22 +158,27 @@ class KeyMap:
         """The map's state, in the order it is saved."""
         return [v for v in (self.keys, self.scores, self.admitted, self.clock, self.sightings) if v is not None]
 
-    def map(self, keys, admit: bool, padding_zero: bool = False) -> MappedKeys:
+    def map(self, keys, admit: bool, padding_zero: bool = False, tables=None) -> MappedKeys:
         """The rows of `keys` (from `check_keys`); with `admit` (a training step), new
         keys are admitted first (key 0 never, with `padding_zero`) and the map moves one
-        step on. Every replica admits from the keys of all (`replica_keys`)."""
+        step on. In a stack, `tables` (int32, shaped as the keys) names each key's table.
+        Every replica admits from the keys of all (`replica_keys`)."""
         shape = ops.shape(keys)
         flat = ops.reshape(keys, (-1,))
+        if tables is not None:
+            tables = ops.reshape(tables, (-1,))
         if not admit:
-            found = self.find(flat)
+            found = self.find(flat, tables)
             return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)
         flat, start = replica_keys.gather(flat)
+        if tables is not None:
+            tables = replica_keys.gather(tables)[0]
         clock = self.clock.value
-        found = self.find(flat)
-        cells = None if self.sightings is None else key_slots.sketch_cells(flat, SKETCH_WIDTH)
+        found = self.find(flat, tables)
+        cells = None if self.sightings is None else key_slots.sketch_cells(flat, SKETCH_WIDTH, tables)
         unknown = ~found.found if not padding_zero else ~found.found & (flat != 0)
         # Most steps of a trained table bring no new key: the admission's sort is skipped.
-        change = ops.cond(ops.any(unknown), lambda: self._admit(flat, found, cells, clock, padding_zero),
+        change = ops.cond(ops.any(unknown), lambda: self._admit(flat, tables, found, cells, clock, padding_zero),
                           lambda: key_slots.none_admitted(flat, found, self.capacity))
         scatter_into(self.keys, change.admitted_rows, ops.cast(change.admitted_keys, self.keys.dtype))
         scatter_into(self.scores, change.admitted_rows, change.admitted_scores)
@@ -192,25 +197,26 @@ class KeyMap:
         found = replica_keys.own(change.found, start, count)
         return MappedKeys(ops.reshape(rows, shape), ops.reshape(found, shape), admitted_at, renewed)
 
-    def find(self, keys) -> key_slots.Found:
+    def find(self, keys, tables=None) -> key_slots.Found:
         """`key_slots.find` of flat `keys` in this map (compiled by XLA on TensorFlow,
         which fuses its passes over the keys and their buckets)."""
-        return self._fused_find((self.capacity, self.config.ttl_steps), (self.keys, self.scores, self.clock), keys)
+        return self._fused_find((self.layout.capacities, self.config.ttl_steps), (self.keys, self.scores, self.clock),
+                                keys, tables)
 
-    def _find(self, keys):
-        return key_slots.find(keys, self.keys.value, self.scores.value, self.clock.value, self.capacity,
+    def _find(self, keys, tables):
+        return key_slots.find(keys, tables, self.keys.value, self.scores.value, self.clock.value, self.layout,
                               self.config.ttl_steps)
 
-    def _admit(self, keys, found, cells, clock, padding_zero):
+    def _admit(self, keys, tables, found, cells, clock, padding_zero):
         """`key_slots.admit` of the step's `keys` (`found` by `find`), with their
         sightings so far (read at the sketch's `cells`)."""
         config = self.config
-        slots = key_slots.bucket_slots(found, self.scores.value, clock, self.capacity, config.ttl_steps)
+        slots = key_slots.bucket_slots(found, tables, self.scores.value, clock, self.layout, config.ttl_steps)
         sighted = None
         if cells is not None:
             sketch = self.sightings.value
             sighted = ops.minimum(take_rows(sketch, cells[0]), take_rows(sketch, cells[1]))
-        return key_slots.admit(keys, found, slots, self.capacity, clock, config.eviction == "lfu",
+        return key_slots.admit(keys, found, slots, self.layout, clock, config.eviction == "lfu",
                                config.min_count, sighted, padding_zero)
 
     def _add_sightings(self, rows, clock):
@@ -253,14 +259,16 @@ class KeyMap:
         """The step at which each of the table's rows was given to its key (0: never)."""
         return ops.reshape(self.admitted.value, (-1,))[: self.capacity]
 
-    def resident(self):
-        """`(keys, rows)`: the resident keys and their rows, int64 numpy arrays."""
-        scores = _host(self.scores).reshape(-1)[: self.capacity]
+    def resident(self, table: int = 0):
+        """`(keys, rows)`: the resident keys of table `table` of the stack and their rows
+        in that table, int64 numpy arrays."""
+        start = self.layout.row_offsets[table]
+        scores = _host(self.scores).reshape(-1)[start : start + self.layout.capacities[table]]
         live = scores > 0
         if self.config.ttl_steps is not None:
             live &= int(_host(self.clock)) - scores < self.config.ttl_steps
         rows = np.flatnonzero(live)
-        keys = _host(self.keys).reshape(-1)[rows]
+        keys = _host(self.keys).reshape(-1)[start + rows]
         return keys.astype("int64"), rows.astype("int64")
 
 

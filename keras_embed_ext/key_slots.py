@@ -4,13 +4,16 @@ Values in, values out, in `keras.ops`, with static shapes (the same code runs un
 `jax.jit`, `tf.function` and torch). A table of `capacity` rows is split into buckets of
 `BUCKET_SIZE` rows (one bucket when the table is smaller); a key may live only in the
 bucket its hash names, so finding it compares the key with one bucket's keys, and
-admitting it frees the lowest-scored row of that bucket. Every per-row array has one
-bucket more than the table: writes which change nothing go to its first row (`capacity`
-in the flat numbering of writes, where row `r` is bucket `r // slots`, slot `r % slots`).
+admitting it frees the lowest-scored row of that bucket. Several dynamic tables of one
+stack (`KeyLayout`) each have buckets of their own, side by side. Every per-row array
+has one bucket more than the table: writes which change nothing go to its first row
+(`capacity` in the flat numbering of writes, where row `r` is bucket `r // slots`, slot
+`r % slots`).
 """
 
 from typing import NamedTuple
 
+import numpy as np
 from keras import ops
 
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
@@ -33,6 +36,48 @@ def bucket_layout(capacity: int):
     `(buckets + 1, slots)` arrays: a bucket's rows side by side, then one scratch bucket."""
     slots = min(BUCKET_SIZE, capacity)
     return -(-capacity // slots), slots
+
+
+class KeyLayout:
+    """Where the keys of the dynamic tables of one stack live: each table's buckets,
+    side by side, so a key never leaves its table's rows.
+
+    One table of `capacity` rows is laid out by `bucket_layout`. In a stack of several,
+    every bucket has `BUCKET_SIZE` slots and each table starts at a bucket of its own:
+    its rows are `row_offsets[t]` on, and the slots past its capacity are never given.
+    `capacity` is the stack's rows (padding included) and its scratch row.
+    """
+
+    def __init__(self, capacities):
+        self.capacities = tuple(int(c) for c in capacities)
+        if len(self.capacities) == 1:
+            self.buckets, self.slots = bucket_layout(self.capacities[0])
+            self.capacity = self.capacities[0]
+        else:
+            self.slots = BUCKET_SIZE
+            self.bucket_counts = np.array([-(-c // BUCKET_SIZE) for c in self.capacities], "int32")
+            self.bucket_offsets = np.concatenate([[0], np.cumsum(self.bucket_counts)[:-1]]).astype("int32")
+            self.buckets = int(self.bucket_counts.sum())
+            self.capacity = self.buckets * BUCKET_SIZE
+        self.row_offsets = [int(b) * self.slots for b in getattr(self, "bucket_offsets", [0])]
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.capacities) > 1
+
+    def buckets_of(self, keys, tables=None):
+        """The bucket of each key of table `tables` (int32, shaped as the keys)."""
+        hashed = hash_keys(keys)
+        if not self.stacked:
+            return ops.mod(hashed, self.buckets)
+        return ops.take(self.bucket_offsets, tables) + ops.mod(hashed, ops.take(self.bucket_counts, tables))
+
+    def exists(self, rows, tables=None):
+        """Whether each row of `rows` is one of its table's (not past its capacity)."""
+        if not self.stacked:
+            return rows < self.capacity
+        ends = np.asarray(self.row_offsets, "int32") + np.asarray(self.capacities, "int32")
+        return rows < ops.take(ends, tables)
 
 
 def _words(keys):
@@ -63,13 +108,13 @@ def hash_keys(keys, seed_index=0):
     return ops.bitwise_and(mixed, 0x7FFFFFFF)
 
 
-def buckets_of(keys, buckets: int):
-    return ops.mod(hash_keys(keys), buckets)
-
-
-def sketch_cells(keys, width: int):
-    """The two count-min cells of each key in a `(2 * width,)` sighting sketch."""
-    return ops.mod(hash_keys(keys, 0), width), width + ops.mod(hash_keys(keys, 1), width)
+def sketch_cells(keys, width: int, tables=None):
+    """The two count-min cells of each key in a `(2 * width,)` sighting sketch: in a
+    stack, a key of each table has cells of its own."""
+    hashes = [hash_keys(keys, 0), hash_keys(keys, 1)]
+    if tables is not None:
+        hashes = [ops.bitwise_and(ops.bitwise_xor(h, _mix(ops.cast(tables, "int32") + 1)), 0x7FFFFFFF) for h in hashes]
+    return ops.mod(hashes[0], width), width + ops.mod(hashes[1], width)
 
 
 class Found(NamedTuple):
@@ -87,8 +132,9 @@ class Slots(NamedTuple):
     scores: object  # (n, slots) int32
 
 
-def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None) -> Found:
-    """Each key's row among the resident keys, from `(buckets + 1, slots)` arrays:
+def find(keys, tables, stored_keys, scores, clock, layout: KeyLayout, ttl_steps=None) -> Found:
+    """Each key's row among the resident keys of its table (`tables`, in a stack), from
+    `(buckets + 1, slots)` arrays:
     `scores` are a row's sightings (LFU) or last step seen (LRU, TTL), 0 for a free
     row; `clock` counts the training steps taken. With `ttl_steps`, a key unseen for
     that many steps is no longer resident.
@@ -96,8 +142,8 @@ def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None) -> Fou
     One score is read per key: a resident key is the first of its bucket's slots to
     hold it, since a key admitted again takes the lowest free slot, before any it left
     behind."""
-    buckets, slots = bucket_layout(capacity)
-    bucket = buckets_of(keys, buckets)
+    slots, capacity = layout.slots, layout.capacity
+    bucket = layout.buckets_of(keys, tables)
     holds = take_rows(stored_keys, bucket) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
     # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,
     # which every backend reduces faster than an argmax over bools.
@@ -110,11 +156,11 @@ def find(keys, stored_keys, scores, clock, capacity: int, ttl_steps=None) -> Fou
     return Found(ops.where(found, rows, 0), found, bucket, holds)
 
 
-def bucket_slots(found: Found, scores, clock, capacity: int, ttl_steps=None) -> Slots:
+def bucket_slots(found: Found, tables, scores, clock, layout: KeyLayout, ttl_steps=None) -> Slots:
     """The rows of each key's bucket, with their scores, for `admit`."""
-    slots = bucket_layout(capacity)[1]
+    slots, capacity = layout.slots, layout.capacity
     slot_rows = ops.expand_dims(found.buckets * slots, -1) + ops.arange(slots, dtype="int32")
-    exists = slot_rows < capacity
+    exists = layout.exists(slot_rows, None if tables is None else ops.expand_dims(tables, -1))
     slot_scores = take_rows(scores, found.buckets)
     live = exists & (slot_scores > 0)
     if ttl_steps is not None:
@@ -144,7 +190,7 @@ def seen_rows(found: Found, capacity: int):
     return ops.where(found.found, found.rows, capacity)
 
 
-def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, min_count: int = 1,
+def admit(keys, found: Found, slots_of: Slots, layout: KeyLayout, clock, lfu: bool, min_count: int = 1,
           sighted=None, padding_zero=False):
     """One training step's admissions, for flat `keys (n,)`, `find`'s result and
     `bucket_slots`'.
@@ -158,25 +204,28 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     the caller's, at `seen_rows`.)
     """
     n = ops.shape(keys)[0]  # a tensor in a TensorFlow graph of unknown batch size
-    buckets, slots = bucket_layout(capacity)
+    slots, capacity = layout.slots, layout.capacity
     step = clock + 1
     positions = ops.arange(n, dtype="int32")
     # One order by bucket, then key: a key's occurrences side by side (its first one
     # represents it), a bucket's keys in a run, in increasing key order.
     order, position = group_by_bucket_then_key(found.buckets, keys)
     sorted_keys = ops.take(keys, order)
-    first, first_of, next_of = _runs(sorted_keys, positions, n)
-    occurrences = next_of - first_of
 
     def by_key(x):
         return ops.take(x, order, axis=0)
 
     found_k, bucket_k, match_k = by_key(found.found), by_key(found.buckets), by_key(slots_of.match)
+    # A key's run ends with its bucket's: in a stack, one key of two tables has two buckets.
+    bucket_starts = _starts(bucket_k)
+    first = _starts(sorted_keys) | bucket_starts
+    first_of, next_of = _runs(first, positions, n)
+    occurrences = next_of - first_of
     counts = occurrences if sighted is None else by_key(sighted) + occurrences
     wants = first & ~found_k & (counts >= min_count)
     if padding_zero:
         wants = wants & (sorted_keys != 0)
-    _, start, end = _runs(bucket_k, positions, n)
+    start, end = _runs(bucket_starts, positions, n)
     # Rows that keys of the step hold: any match in the bucket's run, from a running count.
     held = ops.concatenate([ops.zeros((1, slots), "int32"), ops.cumsum(ops.cast(match_k, "int32"), axis=0)])
     held_now = (ops.take(held, end, axis=0) - ops.take(held, start, axis=0)) > 0
@@ -201,16 +250,19 @@ def admit(keys, found: Found, slots_of: Slots, capacity: int, clock, lfu: bool, 
     )
 
 
-def _runs(sorted_values, positions, n):
-    """`(starts, start, end)` of the runs of equal values in `sorted_values (n,)`: whether
-    each position begins a run, and the first position of each position's run and the
-    one after its last. One scatter of the runs' starts (a run's index is a running
-    count of `starts`), read back twice: cheaper than a binary search on torch's CPU."""
-    starts = ops.concatenate([ops.ones((1,), "bool"), sorted_values[1:] != sorted_values[:-1]])
+def _starts(sorted_values):
+    """Whether each position of `sorted_values (n,)` begins a run of equal values."""
+    return ops.concatenate([ops.ones((1,), "bool"), sorted_values[1:] != sorted_values[:-1]])
+
+
+def _runs(starts, positions, n):
+    """`(start, end)` of each position's run, where `starts` marks the first position of
+    each run: one scatter of the runs' starts (a run's index is a running count of
+    `starts`), read back twice. Cheaper than a binary search on torch's CPU."""
     run = ops.cumsum(ops.cast(starts, "int32")) - 1
     # Run r starts at `first[r]`, and the run after the last ends at `n`; writes of
     # positions within a run go to the scratch element `n + 1`.
     first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
                                positions)
-    return starts, ops.take(first, run), ops.take(first, run + 1)
+    return ops.take(first, run), ops.take(first, run + 1)
 

@@ -53,6 +53,7 @@ class Table:
         self.adapter = None
         self.row_training = None
         self.dynamic = dynamic
+        self.key_capacities = (self.shape[0],)  # in a stack of dynamic tables, each one's rows
         self.key_map = None
         self._new_rows = FreshRows(initializer, self.shape, seed_generator) if dynamic else None
         self._fused_lookup = Fused(self._lookup)
@@ -68,15 +69,16 @@ class Table:
         self.format.build(self.owner.add_weight, self.shape, self.initializer, self.regularizer, self.constraint)
         if self.dynamic is not None:
             with unlocked(self.owner):
-                self.key_map = KeyMap(self._add_variable, self.shape[0], self.dynamic)
+                self.key_map = KeyMap(self._add_variable, self.key_capacities, self.dynamic)
         self._attach_optimizer()
 
-    def map_keys(self, keys, admit=False, padding_zero=False):
-        """`(ids, found, mapped)` of a dynamic table's `keys` (from `check_keys`): their
-        rows, whether they have one, and the map's `MappedKeys`; with `admit` (a
-        training step) new keys are admitted first, and rows given to them start
-        afresh (TensorFlow and torch: here; JAX: in the training lookup)."""
-        mapped = self.key_map.map(keys, admit, padding_zero)
+    def map_keys(self, keys, admit=False, padding_zero=False, tables=None):
+        """`(ids, found, mapped)` of a dynamic table's `keys` (from `check_keys`; `tables`:
+        in a stack, each key's table): their rows, whether they have one, and the map's
+        `MappedKeys`; with `admit` (a training step) new keys are admitted first, and
+        rows given to them start afresh (TensorFlow and torch: here; JAX: in the
+        training lookup)."""
+        mapped = self.key_map.map(keys, admit, padding_zero, tables)
         if mapped.renewed_rows is not None and self.row_training is not None:
             self.row_training.renew(mapped.renewed_rows, self.key_map.clock.value)
         return mapped.rows, mapped.found, mapped

@@ -370,13 +370,21 @@ def _check_grouping(buckets, keys):
     np.testing.assert_array_equal(keys[order], keys[expected])
     np.testing.assert_array_equal(buckets[order], buckets[expected])
     np.testing.assert_array_equal(keys[order][position], keys)
+    np.testing.assert_array_equal(buckets[order][position], buckets)
 
 
 @settings(deadline=None, max_examples=30)
-@given(st.lists(st.integers(-2**31, 2**31 - 1), min_size=1, max_size=40), st.integers(1, 5))
-def test_keys_grouped_by_bucket_then_key_as_numpy_sorts_them(keys, buckets):
-    keys = np.array(keys, "int32")
-    _check_grouping((np.abs(keys.astype("int64")) % buckets).astype("int32"), keys)
+@given(st.lists(st.tuples(st.one_of(st.integers(-3, 3), st.integers(-2**31, 2**31 - 1)), st.integers(0, 4)),
+                min_size=1, max_size=40),
+       st.booleans())
+def test_keys_grouped_by_bucket_then_key_as_numpy_sorts_them(pairs, one_bucket_per_key):
+    """Buckets drawn with the keys, or (several tables in one key map) one key in
+    several buckets."""
+    keys = np.array([key for key, _ in pairs], "int32")
+    buckets = np.array([bucket for _, bucket in pairs], "int32")
+    if one_bucket_per_key:
+        buckets = (np.abs(keys.astype("int64")) % 5).astype("int32")
+    _check_grouping(buckets, keys)
 
 
 def test_grouping_beyond_the_size_of_int32_ranks():

@@ -352,6 +352,58 @@ def test_distributed_table_shared_by_features_equals_one_layer():
         kee.DistributedEmbedding({"u": kee.FeatureConfig("u", kee.TableConfig("users", 4, 2, optimizer=None, dynamic=True), (2,), (2, 2))})
 
 
+@pytest.mark.parametrize("config", [kee.DynamicIds(), kee.DynamicIds(min_count=2, eviction="lru"),
+                                    kee.DynamicIds(eviction="ttl", ttl_steps=2)])
+def test_dynamic_tables_share_a_stack_each_admitting_as_alone(config):
+    """Dynamic tables of one dim, optimizer, policy and row initializer share a stack
+    and one key map, in which each table admits and evicts among its own rows exactly
+    as it does in a stack of its own; the features read their tables' mapped rows."""
+    sizes = {"tiny": 5, "users": 40, "items": 24}
+
+    def layer(table_stacking):
+        tables = {name: kee.TableConfig(name, size, 3, initializer="uniform", optimizer="adagrad", dynamic=config)
+                  for name, size in sizes.items()}
+        features = {name: kee.FeatureConfig(name, table, (6,), (6, 3)) for name, table in tables.items()}
+        features["users_bag"] = kee.FeatureConfig("users_bag", tables["users"], (6, 3), (6, 3))
+        return kee.DistributedEmbedding(features, table_stacking=table_stacking)
+
+    stacked, alone = layer("auto"), layer(None)
+    assert len(stacked._stacks) == 1 and len(alone._stacks) == 3
+    rng = np.random.default_rng(7)
+    pools = {"tiny": KEY_POOL[:9], "users": KEY_POOL + list(range(100, 160)), "items": KEY_POOL}
+    for _ in range(6):
+        inputs = {name: _keys(rng.choice(pools[name], 6)) for name in sizes}
+        inputs["users_bag"] = _keys(rng.choice(pools["users"], (6, 3)))
+        stacked(inputs, training=True)
+        alone(inputs, training=True)
+        for name in sizes:
+            for ours, theirs in zip(stacked.id_map(name), alone.id_map(name)):
+                np.testing.assert_array_equal(ours, theirs)
+    outputs = stacked(inputs)
+    tables = {name: to_numpy(table) for name, table in stacked.get_embedding_tables().items()}
+    for feature, table_name in (*((name, name) for name in sizes), ("users_bag", "users")):
+        resident = dict(zip(*(a.tolist() for a in stacked.id_map(table_name))))
+        keys = np.asarray(inputs[feature]).reshape(len(inputs[feature]), -1).tolist()
+        rows = [[tables[table_name][resident[k]] if k in resident else np.zeros(3, "float32") for k in bag]
+                for bag in keys]
+        np.testing.assert_allclose(to_numpy(outputs[feature]), np.mean(rows, axis=1), rtol=1e-6, atol=1e-7)
+
+
+def test_dynamic_tables_stack_only_when_a_freed_row_is_drawn_alike():
+    """Tables differing in `dynamic` or dimension, or drawn by an initializer whose rows
+    depend on the table's size, take stacks of their own."""
+    def table(name, dim=3, initializer="uniform", dynamic=True):
+        return kee.TableConfig(name, 20, dim, initializer=initializer, optimizer="adagrad", dynamic=dynamic)
+
+    tables = [table("a"), table("b"), table("lru", dynamic=kee.DynamicIds(eviction="lru")), table("wide", dim=4),
+              table("glorot", initializer="glorot_uniform"), table("static", dynamic=None)]
+    layer = kee.DistributedEmbedding({t.name: kee.FeatureConfig(t.name, t, (2,), (2, t.embedding_dim))
+                                      for t in tables})
+    stack_of = {name: index for name, (index, _) in layer._stack_of.items()}
+    assert stack_of["a"] == stack_of["b"]
+    assert len({stack_of[name] for name in ("a", "lru", "wide", "glorot", "static")}) == 5
+
+
 def _murmur_finalizer(x):
     x = x ^ (x >> np.uint32(16))
     x = x * np.uint32(0x85EBCA6B)

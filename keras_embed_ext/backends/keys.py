@@ -5,8 +5,9 @@ import keras
 
 def group_by_bucket_then_key(buckets, keys):
     """`(order, position)`: `take(keys, order)` is sorted by `buckets`, then `keys`, so a
-    key's repeats are side by side; `position[i]` is a sorted position of key `i` (for
-    a repeated key, of any of its repeats: what is read there is the same for each).
+    key's repeats in one bucket are side by side; `position[i]` is a sorted position of
+    key `i` (for a repeated (bucket, key), of any of its repeats: what is read there is
+    the same for each).
 
     On JAX, for `n` keys with `n * n < 2**31`, each key's rank among the keys and its
     bucket's rank among the buckets make one int32 per key, sorted alone: XLA's CPU sort
@@ -22,13 +23,15 @@ def group_by_bucket_then_key(buckets, keys):
         def rank(x):
             return jnp.searchsorted(jax.lax.sort(x), x, side="left", method="scan").astype("int32")
 
-        key_rank = rank(keys)
-        group = rank(buckets) * n + key_rank
+        group = rank(buckets) * n + rank(keys)
         sorted_groups = jax.lax.sort(group)
-        # A key of each rank (repeats write the same rank), read back from the sorted ranks.
-        key_of_rank = jnp.zeros((n,), "int32").at[key_rank].set(jnp.arange(n, dtype="int32"))
-        order = key_of_rank[sorted_groups % n]
-        return order, jnp.searchsorted(sorted_groups, group, side="left", method="scan").astype("int32")
+        position = jnp.searchsorted(sorted_groups, group, side="left", method="scan").astype("int32")
+        # An occurrence of each (bucket, key) at its run's first position (repeats write
+        # the same one), read back at each position of the run.
+        positions = jnp.arange(n, dtype="int32")
+        occurrence = jnp.zeros((n,), "int32").at[position].set(positions)
+        starts = jnp.concatenate([jnp.ones((1,), bool), sorted_groups[1:] != sorted_groups[:-1]])
+        return occurrence[jax.lax.cummax(jnp.where(starts, positions, 0))], position
     if keras.backend.backend() == "jax":
         import jax
 
