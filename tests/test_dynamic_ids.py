@@ -354,7 +354,7 @@ def test_distributed_table_shared_by_features_equals_one_layer():
 
 @pytest.mark.parametrize("config", [kee.DynamicIds(), kee.DynamicIds(min_count=2, eviction="lru"),
                                     kee.DynamicIds(eviction="ttl", ttl_steps=2)])
-def test_dynamic_tables_share_a_stack_each_admitting_as_alone(config):
+def test_dynamic_tables_share_a_stack_each_admitting_as_alone(config, tmp_path):
     """Dynamic tables of one dim, optimizer, policy and row initializer share a stack
     and one key map, in which each table admits and evicts among its own rows exactly
     as it does in a stack of its own; the features read their tables' mapped rows."""
@@ -387,6 +387,15 @@ def test_dynamic_tables_share_a_stack_each_admitting_as_alone(config):
         rows = [[tables[table_name][resident[k]] if k in resident else np.zeros(3, "float32") for k in bag]
                 for bag in keys]
         np.testing.assert_allclose(to_numpy(outputs[feature]), np.mean(rows, axis=1), rtol=1e-6, atol=1e-7)
+    # A file holds the stack's one map: the loaded layer has every table's keys and rows.
+    symbolic = {name: keras.Input(batch_shape=x.shape, dtype=str(x.dtype), name=name) for name, x in inputs.items()}
+    keras.Model(symbolic, stacked(symbolic)).save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras").layers[-1]
+    for name in sizes:
+        for ours, theirs in zip(stacked.id_map(name), loaded.id_map(name)):
+            np.testing.assert_array_equal(ours, theirs)
+    for name, output in loaded(inputs).items():
+        np.testing.assert_array_equal(to_numpy(output), to_numpy(outputs[name]))
 
 
 def test_dynamic_tables_stack_only_when_a_freed_row_is_drawn_alike():
