@@ -211,13 +211,12 @@ class KeyMap:
         """`key_slots.admit` of the step's `keys` (`found` by `find`), with their
         sightings so far (read at the sketch's `cells`)."""
         config = self.config
-        slots = key_slots.bucket_slots(found, tables, self.scores.value, clock, self.layout, config.ttl_steps)
         sighted = None
         if cells is not None:
             sketch = self.sightings.value
             sighted = ops.minimum(take_rows(sketch, cells[0]), take_rows(sketch, cells[1]))
-        return key_slots.admit(keys, found, slots, self.layout, clock, config.eviction == "lfu",
-                               config.min_count, sighted, padding_zero)
+        return key_slots.admit(keys, tables, found, self.scores.value, clock, self.layout, config.eviction == "lfu",
+                               config.min_count, sighted, padding_zero, config.ttl_steps)
 
     def _add_sightings(self, rows, clock):
         """Resident keys' new scores, at `rows` (`key_slots.seen_rows`): their occurrences

@@ -121,15 +121,6 @@ class Found(NamedTuple):
     rows: object  # (n,) int32: the key's row, 0 where not found
     found: object  # (n,) bool
     buckets: object  # (n,) int32
-    holds: object  # (n, slots) bool: the bucket's row holds this key (live or not)
-
-
-class Slots(NamedTuple):
-    """The rows of each key's bucket, which an admission chooses among."""
-    rows: object  # (n, slots) int32: the bucket's rows, `capacity` (scratch) where missing
-    live: object  # (n, slots) bool: the row holds a resident key
-    match: object  # (n, slots) bool: the row holds this key
-    scores: object  # (n, slots) int32
 
 
 def find(keys, tables, stored_keys, scores, clock, layout: KeyLayout, ttl_steps=None) -> Found:
@@ -153,19 +144,7 @@ def find(keys, tables, stored_keys, scores, clock, layout: KeyLayout, ttl_steps=
     found = (first > 0) & (score > 0) & (rows < capacity)
     if ttl_steps is not None:
         found = found & (clock - score < ttl_steps)
-    return Found(ops.where(found, rows, 0), found, bucket, holds)
-
-
-def bucket_slots(found: Found, tables, scores, clock, layout: KeyLayout, ttl_steps=None) -> Slots:
-    """The rows of each key's bucket, with their scores, for `admit`."""
-    slots, capacity = layout.slots, layout.capacity
-    slot_rows = ops.expand_dims(found.buckets * slots, -1) + ops.arange(slots, dtype="int32")
-    exists = layout.exists(slot_rows, None if tables is None else ops.expand_dims(tables, -1))
-    slot_scores = take_rows(scores, found.buckets)
-    live = exists & (slot_scores > 0)
-    if ttl_steps is not None:
-        live = live & (clock - slot_scores < ttl_steps)
-    return Slots(ops.where(exists, slot_rows, capacity), live, live & found.holds, slot_scores)
+    return Found(ops.where(found, rows, 0), found, bucket)
 
 
 class Admitted(NamedTuple):
@@ -190,10 +169,10 @@ def seen_rows(found: Found, capacity: int):
     return ops.where(found.found, found.rows, capacity)
 
 
-def admit(keys, found: Found, slots_of: Slots, layout: KeyLayout, clock, lfu: bool, min_count: int = 1,
-          sighted=None, padding_zero=False):
-    """One training step's admissions, for flat `keys (n,)`, `find`'s result and
-    `bucket_slots`'.
+def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: bool, min_count: int = 1,
+          sighted=None, padding_zero=False, ttl_steps=None):
+    """One training step's admissions, for flat `keys (n,)` (of `tables`, in a stack)
+    and `find`'s result, among rows of `scores` (as for `find`).
 
     A key not resident is admitted once its sightings (`sighted`, from the sketch, plus
     its occurrences now) reach `min_count`: it takes the lowest-scored row of its
@@ -215,7 +194,7 @@ def admit(keys, found: Found, slots_of: Slots, layout: KeyLayout, clock, lfu: bo
     def by_key(x):
         return ops.take(x, order, axis=0)
 
-    found_k, bucket_k, match_k = by_key(found.found), by_key(found.buckets), by_key(slots_of.match)
+    found_k, bucket_k, rows_found = by_key(found.found), by_key(found.buckets), by_key(found.rows)
     # A key's run ends with its bucket's: in a stack, one key of two tables has two buckets.
     bucket_starts = _starts(bucket_k)
     first = _starts(sorted_keys) | bucket_starts
@@ -225,21 +204,30 @@ def admit(keys, found: Found, slots_of: Slots, layout: KeyLayout, clock, lfu: bo
     wants = first & ~found_k & (counts >= min_count)
     if padding_zero:
         wants = wants & (sorted_keys != 0)
-    start, end = _runs(bucket_starts, positions, n)
-    # Rows that keys of the step hold: any match in the bucket's run, from a running count.
-    held = ops.concatenate([ops.zeros((1, slots), "int32"), ops.cumsum(ops.cast(match_k, "int32"), axis=0)])
-    held_now = (ops.take(held, end, axis=0) - ops.take(held, start, axis=0)) > 0
+    start, _ = _runs(bucket_starts, positions, n)
+    bucket_run = ops.cumsum(ops.cast(bucket_starts, "int32")) - 1
+    # The slots that keys of the step hold, as a bitmask per bucket: each resident key
+    # adds its slot's bit once (no two keys share a row, so the sum is the union).
+    bits = ops.where(first & found_k, ops.left_shift(ops.ones_like(rows_found), ops.mod(rows_found, slots)), 0)
+    held = ops.take(ops.segment_sum(bits, bucket_run, num_segments=n), bucket_run)
+    held_now = ops.bitwise_and(ops.right_shift(ops.expand_dims(held, -1), ops.arange(slots, dtype="int32")), 1) > 0
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
     rank = ops.take(wanting, positions + 1) - 1 - ops.take(wanting, start)
-    live, scores, slot_rows = by_key(slots_of.live), by_key(slots_of.scores), by_key(slots_of.rows)
-    base = ops.where(live, ops.minimum(scores, MAX_SCORE), 0)
-    base = ops.where(held_now | (slot_rows >= capacity), _PROTECTED, base)
+    # The rows of each key's bucket, with their scores.
+    slot_rows = ops.expand_dims(bucket_k * slots, -1) + ops.arange(slots, dtype="int32")
+    exists = layout.exists(slot_rows, None if tables is None else ops.expand_dims(by_key(tables), -1))
+    slot_scores = take_rows(scores, bucket_k)
+    live = exists & (slot_scores > 0)
+    if ttl_steps is not None:
+        live = live & (clock - slot_scores < ttl_steps)
+    base = ops.where(live, ops.minimum(slot_scores, MAX_SCORE), 0)
+    base = ops.where(held_now | ~exists, _PROTECTED, base)
     chosen = kth_smallest(base * slots + ops.arange(slots, dtype="int32"), ops.clip(rank, 0, slots - 1))
     admitted_k = wants & (rank < slots) & (chosen // slots < _PROTECTED)
     # Every occurrence of a key takes its first one's row.
     group_admitted = ops.take(admitted_k, first_of)
     new_rows = ops.take(bucket_k * slots + ops.mod(chosen, slots), first_of)
-    rows_k = ops.where(found_k, by_key(found.rows), ops.where(group_admitted, new_rows, 0))
+    rows_k = ops.where(found_k, rows_found, ops.where(group_admitted, new_rows, 0))
     return Admitted(
         rows=ops.take(rows_k, position),
         found=ops.take(found_k | group_admitted, position),
