@@ -13,9 +13,11 @@ has one bucket more than the table: writes which change nothing go to its first 
 
 from typing import NamedTuple
 
+import keras
 import numpy as np
 from keras import ops
 
+from keras_embed_ext.backends.keys import compress
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
 from keras_embed_ext.backends.keys import kth_smallest
 from keras_embed_ext.backends.rows import take_elements
@@ -209,20 +211,40 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     # The slots that keys of the step hold, as a bitmask per bucket: each resident key
     # adds its slot's bit once (no two keys share a row, so the sum is the union).
     bits = ops.where(first & found_k, ops.left_shift(ops.ones_like(rows_found), ops.mod(rows_found, slots)), 0)
-    held = ops.take(ops.segment_sum(bits, bucket_run, num_segments=n), bucket_run)
-    held_now = ops.bitwise_and(ops.right_shift(ops.expand_dims(held, -1), ops.arange(slots, dtype="int32")), 1) > 0
+    held = ops.segment_sum(bits, bucket_run, num_segments=n)
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
     rank = ops.take(wanting, positions + 1) - 1 - ops.take(wanting, start)
-    # The rows of each key's bucket, with their scores.
-    slot_rows = ops.expand_dims(bucket_k * slots, -1) + ops.arange(slots, dtype="int32")
-    exists = layout.exists(slot_rows, None if tables is None else ops.expand_dims(by_key(tables), -1))
-    slot_scores = take_rows(scores, bucket_k)
-    live = exists & (slot_scores > 0)
-    if ttl_steps is not None:
-        live = live & (clock - slot_scores < ttl_steps)
-    base = ops.where(live, ops.minimum(slot_scores, MAX_SCORE), 0)
-    base = ops.where(held_now | ~exists, _PROTECTED, base)
-    chosen = kth_smallest(base * slots + ops.arange(slots, dtype="int32"), ops.clip(rank, 0, slots - 1))
+    tables_k = None if tables is None else by_key(tables)
+
+    def candidates(at):
+        """`base * slots + slot` of each slot of the buckets of the keys at `at`, lowest
+        first to be given: free rows, then by score; rows held in the step, or past a
+        table's capacity, never."""
+        bucket = ops.take(bucket_k, at)
+        slot_rows = ops.expand_dims(bucket * slots, -1) + ops.arange(slots, dtype="int32")
+        exists = layout.exists(slot_rows, None if tables_k is None else ops.expand_dims(ops.take(tables_k, at), -1))
+        slot_scores = take_rows(scores, bucket)
+        live = exists & (slot_scores > 0)
+        if ttl_steps is not None:
+            live = live & (clock - slot_scores < ttl_steps)
+        held_bits = ops.right_shift(ops.expand_dims(ops.take(held, ops.take(bucket_run, at)), -1),
+                                    ops.arange(slots, dtype="int32"))
+        base = ops.where(live, ops.minimum(slot_scores, MAX_SCORE), 0)
+        base = ops.where((ops.bitwise_and(held_bits, 1) > 0) | ~exists, _PROTECTED, base)
+        return base * slots + ops.arange(slots, dtype="int32")
+
+    slot_rank = ops.clip(rank, 0, slots - 1)
+    if keras.backend.backend() == "jax":  # static shapes: each key's bucket, ranked per key
+        chosen = kth_smallest(candidates(positions), slot_rank)
+    else:  # each bucket with a new key ranked once (a sort), read at each key's rank
+        has_want = ops.segment_sum(ops.cast(wants, "int32"), bucket_run, num_segments=n) > 0
+        at = compress(positions, bucket_starts & ops.take(has_want, bucket_run))
+        count = ops.shape(at)[0]
+        # A last row that gives nothing, read by the keys of buckets without a new key.
+        ranked = ops.concatenate([ops.sort(candidates(at), axis=-1), ops.full((1, slots), _PROTECTED * slots, "int32")])
+        row_of_run = ops.scatter_update(ops.full((n,), count, "int32"), ops.expand_dims(ops.take(bucket_run, at), -1),
+                                        ops.arange(count, dtype="int32"))
+        chosen = ops.take(ops.reshape(ranked, (-1,)), ops.take(row_of_run, bucket_run) * slots + slot_rank)
     admitted_k = wants & (rank < slots) & (chosen // slots < _PROTECTED)
     # Every occurrence of a key takes its first one's row.
     group_admitted = ops.take(admitted_k, first_of)
