@@ -20,6 +20,7 @@ from keras import ops
 from keras_embed_ext.backends.keys import compress
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
 from keras_embed_ext.backends.keys import kth_smallest
+from keras_embed_ext.backends.keys import segment_sum
 from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
 
@@ -211,7 +212,7 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     # The slots that keys of the step hold, as a bitmask per bucket: each resident key
     # adds its slot's bit once (no two keys share a row, so the sum is the union).
     bits = ops.where(first & found_k, ops.left_shift(ops.ones_like(rows_found), ops.mod(rows_found, slots)), 0)
-    held = ops.segment_sum(bits, bucket_run, num_segments=n)
+    held = segment_sum(bits, bucket_run, n)
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
     rank = ops.take(wanting, positions + 1) - 1 - ops.take(wanting, start)
     tables_k = None if tables is None else by_key(tables)
@@ -237,7 +238,7 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     if keras.backend.backend() == "jax":  # static shapes: each key's bucket, ranked per key
         chosen = kth_smallest(candidates(positions), slot_rank)
     else:  # each bucket with a new key ranked once (a sort), read at each key's rank
-        has_want = ops.segment_sum(ops.cast(wants, "int32"), bucket_run, num_segments=n) > 0
+        has_want = segment_sum(ops.cast(wants, "int32"), bucket_run, n) > 0
         at = compress(positions, bucket_starts & ops.take(has_want, bucket_run))
         count = ops.shape(at)[0]
         # A last row that gives nothing, read by the keys of buckets without a new key.

@@ -391,3 +391,17 @@ def test_grouping_beyond_the_size_of_int32_ranks():
     rng = np.random.default_rng(0)
     keys = rng.integers(-1000, 1000, 46_341).astype("int32")
     _check_grouping(rng.integers(0, 7, 46_341).astype("int32"), keys)
+
+
+@settings(deadline=None, max_examples=20)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(-2**15, 2**15)), min_size=1, max_size=30))
+def test_segment_sum_keeps_ints_exact_as_numpy(pairs):
+    from keras_embed_ext.backends.keys import segment_sum
+
+    ids = np.array([i for i, _ in pairs], "int32")
+    data = np.array([v for _, v in pairs], "int32") * 4099  # beyond float32's exact integers once summed
+    expected = np.zeros(10, "int64")
+    np.add.at(expected, ids, data.astype("int64"))
+    result = segment_sum(keras.ops.convert_to_tensor(data), keras.ops.convert_to_tensor(ids), 10)
+    assert keras.backend.standardize_dtype(result.dtype) == "int32"
+    np.testing.assert_array_equal(to_numpy(result), expected.astype("int32"))

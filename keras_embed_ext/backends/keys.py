@@ -54,6 +54,21 @@ def kth_smallest(x, k):
     return ops.take_along_axis(ops.sort(x, axis=-1), ops.expand_dims(k, -1), axis=-1)[:, 0]
 
 
+def segment_sum(data, segment_ids, count):
+    """`keras.ops.segment_sum` of 1-D int `data` into `count` segments, in `data`'s dtype:
+    keras' torch version rounds through float32 and copies the ids per element."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return torch.zeros(count, dtype=data.dtype, device=data.device).index_add_(0, segment_ids.long(), data)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.math.unsorted_segment_sum(data, segment_ids, count)
+    return keras.ops.segment_sum(data, segment_ids, num_segments=count)
+
+
 def compress(x, mask):
     """The entries of `x` where `mask` holds (a dynamic shape: TensorFlow and torch)."""
     if keras.backend.backend() == "tensorflow":
