@@ -117,7 +117,8 @@ class DistributedEmbedding(keras.layers.Layer):
                 sparse_optimizer=optimizers.get(group[0].optimizer), invalid_ids="zero", dtype=self.dtype_policy,
                 name=stack_name(group), dynamic=dynamic,
             )
-            stack._table.key_capacities = tuple(capacities)
+            if dynamic_ids.get(dynamic) is not None:
+                stack._table.key_capacities = tuple(capacities)
             self._stacks.append(stack)
 
     @property

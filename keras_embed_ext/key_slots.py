@@ -54,15 +54,17 @@ class KeyLayout:
     def __init__(self, capacities):
         self.capacities = tuple(int(c) for c in capacities)
         if len(self.capacities) == 1:
-            self.buckets, self.slots = bucket_layout(self.capacities[0])
+            buckets, self.slots = bucket_layout(self.capacities[0])
+            self.bucket_counts = np.array([buckets], "int32")
             self.capacity = self.capacities[0]
         else:
             self.slots = BUCKET_SIZE
             self.bucket_counts = np.array([-(-c // BUCKET_SIZE) for c in self.capacities], "int32")
-            self.bucket_offsets = np.concatenate([[0], np.cumsum(self.bucket_counts)[:-1]]).astype("int32")
-            self.buckets = int(self.bucket_counts.sum())
-            self.capacity = self.buckets * BUCKET_SIZE
-        self.row_offsets = [int(b) * self.slots for b in getattr(self, "bucket_offsets", [0])]
+            self.capacity = int(self.bucket_counts.sum()) * BUCKET_SIZE
+        self.buckets = int(self.bucket_counts.sum())
+        self.bucket_offsets = (np.cumsum(self.bucket_counts) - self.bucket_counts).astype("int32")
+        self.row_offsets = [int(offset) * self.slots for offset in self.bucket_offsets]
+        self._row_ends = np.asarray(self.row_offsets, "int32") + np.asarray(self.capacities, "int32")
 
     @property
     def stacked(self) -> bool:
@@ -79,8 +81,7 @@ class KeyLayout:
         """Whether each row of `rows` is one of its table's (not past its capacity)."""
         if not self.stacked:
             return rows < self.capacity
-        ends = np.asarray(self.row_offsets, "int32") + np.asarray(self.capacities, "int32")
-        return rows < ops.take(ends, tables)
+        return rows < ops.take(self._row_ends, tables)
 
 
 def _words(keys):
