@@ -202,14 +202,13 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     # A key's run ends with its bucket's: in a stack, one key of two tables has two buckets.
     bucket_starts = _starts(bucket_k)
     first = _starts(sorted_keys) | bucket_starts
-    first_of, next_of = _runs(first, positions, n)
+    _, first_of, next_of = _runs(first, positions, n)
     occurrences = next_of - first_of
     counts = occurrences if sighted is None else by_key(sighted) + occurrences
     wants = first & ~found_k & (counts >= min_count)
     if padding_zero:
         wants = wants & (sorted_keys != 0)
-    start, _ = _runs(bucket_starts, positions, n)
-    bucket_run = ops.cumsum(ops.cast(bucket_starts, "int32")) - 1
+    bucket_run, start, _ = _runs(bucket_starts, positions, n)
     # The slots that keys of the step hold, as a bitmask per bucket: each resident key
     # adds its slot's bit once (no two keys share a row, so the sum is the union).
     bits = ops.where(first & found_k, ops.left_shift(ops.ones_like(rows_found), ops.mod(rows_found, slots)), 0)
@@ -268,13 +267,14 @@ def _starts(sorted_values):
 
 
 def _runs(starts, positions, n):
-    """`(start, end)` of each position's run, where `starts` marks the first position of
-    each run: one scatter of the runs' starts (a run's index is a running count of
-    `starts`), read back twice. Cheaper than a binary search on torch's CPU."""
+    """`(run, start, end)` of each position: its run's index, the run's first position and
+    the one after its last, where `starts` marks each run's first position. One scatter
+    of the runs' starts (a run's index is a running count of `starts`), read back twice:
+    cheaper than a binary search on torch's CPU."""
     run = ops.cumsum(ops.cast(starts, "int32")) - 1
     # Run r starts at `first[r]`, and the run after the last ends at `n`; writes of
     # positions within a run go to the scratch element `n + 1`.
     first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
                                positions)
-    return ops.take(first, run), ops.take(first, run + 1)
+    return run, ops.take(first, run), ops.take(first, run + 1)
 
