@@ -170,18 +170,21 @@ def _by_row_tensorflow(slices):
 
 def _by_row_torch(gradient):
     """`(rows, grads)` of a sparse torch gradient: its distinct rows in increasing
-    order, each with its entries summed. Sorting costs less here than a scratch array
-    of each row's first position, and the sorted rows are then read and written in
-    order."""
+    order, each with its entries summed in the order they came. A stable sort groups
+    each row's entries; `embedding_bag` then sums each group in one pass, where
+    `index_add_` scatters element by element."""
     import torch
 
     ids, values = gradient._indices()[0], gradient._values()
     if gradient.is_coalesced():
         return ids, values
     with torch.no_grad():
-        rows, slot = torch.unique(ids, sorted=True, return_inverse=True)
-        summed = values.new_zeros((rows.shape[0], values.shape[1])).index_add_(0, slot, values)
-    return rows, summed
+        sorted_ids, order = torch.sort(ids, stable=True)
+        starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+        torch.ne(sorted_ids[1:], sorted_ids[:-1], out=starts[1:])
+        starts = starts.nonzero().reshape(-1)
+        summed = torch.nn.functional.embedding_bag(order, values.float(), starts, mode="sum")
+    return sorted_ids[starts], summed
 
 
 def apply_across_replicas(apply, variable, gradient):

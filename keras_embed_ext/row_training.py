@@ -27,6 +27,7 @@ from keras import ops
 
 from keras_embed_ext import keras_optimizer
 from keras_embed_ext import row_backends
+from keras_embed_ext.backends.arithmetic import any_nonzero
 from keras_embed_ext.backends.rows import scatter_into
 from keras_embed_ext.backends.rows import take_rows
 
@@ -173,7 +174,7 @@ class RowTraining:
         backend = keras.backend.backend()
         rows, grads = row_backends.BY_ROW[backend](gradient)
         grads = ops.cast(grads, "float32")
-        step = row_backends.add_to_step(self.step, ops.cast(ops.any(grads), "float32"))
+        step = row_backends.add_to_step(self.step, ops.cast(any_nonzero(grads), "float32"))
         values = [self.variable, *self.slots]
         old = [take_rows(v, rows) for v in values]
         new_rows, new_slots = self._update(old[0], grads, old[1:], step=step)

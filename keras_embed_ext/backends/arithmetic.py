@@ -53,3 +53,15 @@ def add_matmul(fresh, a, b):
             fresh.view(-1, fresh.shape[-1]).addmm_(a.reshape(-1, a.shape[-1]), b)
             return fresh
     return fresh + keras.ops.matmul(a, b)
+
+
+def any_nonzero(x):
+    """`keras.ops.any(x)` of a float tensor, a NaN counting as nonzero. On torch read
+    as its least and greatest values in one pass: `torch.any` first converts every
+    value to a bool."""
+    if keras.backend.backend() == "torch" and x.dtype.is_floating_point and x.numel():
+        import torch
+
+        least, greatest = torch.aminmax(x)
+        return (least != 0) | (greatest != 0)
+    return keras.ops.any(x)

@@ -171,7 +171,26 @@ def _write_rows(variable, rows, values, add):
         with torch.no_grad():
             target, index = variable.value, rows.long()
             target = target.view(-1) if elements else target
-            return target.index_add_(0, index, values) if add else target.index_copy_(0, index, values)
+            if add:
+                return target.index_add_(0, index, values)
+            wide = _widest_view(target)
+            if wide is not None:
+                return wide.index_copy_(0, index, values.contiguous().view(wide.dtype))
+            return target.index_copy_(0, index, values)
     value = variable.value.reshape(-1) if elements else variable.value
     value = value.at[rows].add(values) if add else value.at[rows].set(values)
     variable.assign(value.reshape(variable.shape))
+
+
+def _widest_view(rows):
+    """A contiguous 2-D torch tensor seen with the widest elements its rows hold whole:
+    torch copies rows into it element by element, so fewer, wider elements copy faster."""
+    import torch
+
+    if rows.ndim != 2 or not rows.is_contiguous() or rows.dtype.is_complex:
+        return None
+    row_bytes = rows.shape[1] * rows.element_size()
+    for dtype in (torch.complex128, torch.float64, torch.float32):
+        if row_bytes % dtype.itemsize == 0 and rows.data_ptr() % dtype.itemsize == 0:
+            return rows.view(dtype) if dtype.itemsize > rows.element_size() else None
+    return None
