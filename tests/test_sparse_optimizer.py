@@ -69,6 +69,23 @@ def test_sgd_and_adagrad_equal_keras_dense_optimizers(ours, theirs):
     assert not np.allclose(trained[: V // 2], initial[: V // 2])
 
 
+def test_a_step_of_more_rows_than_one_part_equals_keras_dense_adagrad():
+    """On a torch CPU a step's rows are updated a few hundred KB of the table at a
+    time (`backends.rows.row_chunks`): rows of 1 KB, about 500 distinct rows a step."""
+    vocabulary, width = 700, 256
+    initial = table(vocabulary, width)
+    rng = np.random.default_rng(3)
+    steps = [(rng.integers(0, vocabulary, size=(160, L)).astype("int32"),
+              rng.standard_normal((160, L, width)).astype("float32")) for _ in range(2)]
+    reference = OneHotLookup(initial)
+    fit_steps(reference, steps, keras.optimizers.Adagrad(0.5))
+    layer = kee.Embedding(vocabulary, width, weights=initial, sparse_optimizer=keras.optimizers.Adagrad(0.5))
+    fit_steps(layer, steps, "adam")
+    np.testing.assert_allclose(to_numpy(layer.embeddings), to_numpy(reference.table), rtol=1e-5, atol=1e-6)
+    untouched = np.setdiff1d(np.arange(vocabulary), np.concatenate([ids.reshape(-1) for ids, _ in steps]))
+    np.testing.assert_array_equal(to_numpy(layer.embeddings)[untouched], initial[untouched])
+
+
 def numpy_training(initial, steps, update):
     """The table after `steps` of MSE training in numpy, `update(rows, grads, state, t)`
     applied to the distinct ids of each step with their summed gradients."""

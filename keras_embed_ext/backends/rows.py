@@ -45,6 +45,22 @@ def take_rows(table, ids):
     return keras.ops.take(table, ids, axis=0)
 
 
+def row_chunks(rows, table, chunk_bytes=1 << 18):
+    """Slices of `rows` (1-D) to read, update and write back one after another.
+
+    On a torch CPU the rows a part reads are still cached when it writes them back,
+    a few hundred KB of the table at a time; a whole step's rows and the update's
+    temporaries would not be. Elsewhere one slice: graphs and accelerators take the
+    rows at once.
+    """
+    count = rows.shape[0]
+    if keras.backend.backend() != "torch" or rows.device.type != "cpu" or is_traced(rows):
+        return [slice(None)]
+    row_bytes = max(1, functools.reduce(operator.mul, table.shape[1:], 1) * table.value.element_size())
+    step = max(1, chunk_bytes // row_bytes)
+    return [slice(start, start + step) for start in range(0, count, step)] or [slice(None)]
+
+
 def take_elements(table, index):
     """`table.reshape(-1)[index]` of a 2-D variable or tensor, reading only those
     elements (on TensorFlow, a reshaped variable is read, and copied, in full)."""
