@@ -28,7 +28,7 @@ from keras import ops
 from keras_embed_ext import keras_optimizer
 from keras_embed_ext import row_backends
 from keras_embed_ext.backends.arithmetic import any_nonzero
-from keras_embed_ext.backends.rows import row_chunks
+from keras_embed_ext.backends.rows import for_each_part
 from keras_embed_ext.backends.rows import scatter_into
 from keras_embed_ext.backends.rows import take_rows
 
@@ -177,12 +177,14 @@ class RowTraining:
         grads = ops.cast(grads, "float32")
         step = row_backends.add_to_step(self.step, ops.cast(any_nonzero(grads), "float32"))
         values = [self.variable, *self.slots]
-        for part in row_chunks(rows, self.variable):
-            part_rows = rows[part]
-            old = [take_rows(v, part_rows) for v in values]
-            new_rows, new_slots = self._update(old[0], grads[part], old[1:], step=step)
+
+        def update(rows, grads):
+            old = [take_rows(v, rows) for v in values]
+            new_rows, new_slots = self._update(old[0], grads, old[1:], step=step)
             for variable, new in zip(values, (new_rows, *new_slots)):
-                scatter_into(variable, part_rows, new)
+                scatter_into(variable, rows, new)
+
+        for_each_part(rows, grads, update, self.variable)
 
     def _update(self, rows, grads, slots, step):
         """The optimizer's new `(rows, slots)`; a row whose gradient is zero keeps its values."""

@@ -3,6 +3,7 @@ reads more than the rows (or is measurably slower), and in-place row writes."""
 
 import functools
 import operator
+import re
 
 import keras
 
@@ -45,20 +46,24 @@ def take_rows(table, ids):
     return keras.ops.take(table, ids, axis=0)
 
 
-def row_chunks(rows, table, chunk_bytes=1 << 18):
-    """Slices of `rows` (1-D) to read, update and write back one after another.
-
-    On a torch CPU the rows a part reads are still cached when it writes them back,
-    a few hundred KB of the table at a time; a whole step's rows and the update's
-    temporaries would not be. Elsewhere one slice: graphs and accelerators take the
-    rows at once.
-    """
-    count = rows.shape[0]
+def for_each_part(rows, grads, update, table, part_bytes=1 << 18):
+    """`update(rows, grads)` for parts of a few hundred KB of `table`'s rows, one after
+    another, on a torch CPU: a part's rows are still cached when the update writes
+    them back, where a whole step's rows and the update's temporaries would not be.
+    Elsewhere one update takes every row: graphs, `torch.compile` and accelerators
+    take them at once (a TensorFlow `tf.while_loop` over parts measured no faster)."""
     if keras.backend.backend() != "torch" or rows.device.type != "cpu" or is_traced(rows):
-        return [slice(None)]
-    row_bytes = max(1, functools.reduce(operator.mul, table.shape[1:], 1) * table.value.element_size())
-    step = max(1, chunk_bytes // row_bytes)
-    return [slice(start, start + step) for start in range(0, count, step)] or [slice(None)]
+        return update(rows, grads)
+    row_bytes = functools.reduce(operator.mul, table.shape[1:], 1) * _itemsize(table)
+    size = max(1, part_bytes // max(1, row_bytes))
+    for start in range(0, rows.shape[0], size):
+        update(rows[start : start + size], grads[start : start + size])
+
+
+def _itemsize(table):
+    """Bytes per value of a float table ("bfloat16": 2), read from its dtype's name."""
+    bits = re.search(r"\d+", keras.backend.standardize_dtype(table.dtype))
+    return max(1, int(bits.group()) // 8) if bits else 4
 
 
 def take_elements(table, index):
