@@ -6,6 +6,7 @@ import numpy as np
 from keras import backend
 from keras import ops
 
+from keras_embed_ext.backends.context import compiled_by_xla
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.devices import to_host
 
@@ -129,4 +130,14 @@ def zero_invalid(rows, valid):
         if invalid.shape[0] == 0:
             return rows
         return rows.reshape(-1, rows.shape[-1]).index_fill(0, invalid, 0).reshape(rows.shape)
+    if backend.backend() == "tensorflow" and not compiled_by_xla():
+        import tensorflow as tf
+
+        # Uncompiled, the select and its gradient's are each a pass over every row, and
+        # most batches have no invalid id (XLA fuses the select into the gather).
+        return tf.cond(tf.reduce_all(valid), lambda: tf.identity(rows), lambda: _zeroed(rows, valid))
+    return _zeroed(rows, valid)
+
+
+def _zeroed(rows, valid):
     return ops.where(ops.expand_dims(valid, -1), rows, ops.zeros_like(rows))
