@@ -138,6 +138,10 @@ class DenseBags:
             return rows * ops.cast(ops.expand_dims(self.weights, -1), rows.dtype)
         if self.weights is None and valid is None:
             return combine_full_bags(rows, self.combiner)
+        if self.weights is None:
+            # Invalid ids' rows are zeros already: the rows are summed as they are (not
+            # multiplied by 0 or 1 first), and invalid ids are left out of the divisor.
+            return combine_sums(ops.sum(rows, axis=-2), counted(ids, valid), self.combiner)
         weights = with_bag_weights(counted(ids, valid), self.weights)
         return combine(rows, weights, self.combiner)
 

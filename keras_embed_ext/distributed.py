@@ -11,6 +11,7 @@ from keras_embed_ext import combiners
 from keras_embed_ext import dynamic_ids
 from keras_embed_ext import optimizers
 from keras_embed_ext import sparse
+from keras_embed_ext.backends.arithmetic import reshape
 from keras_embed_ext.backends.context import gradients_summed_per_id
 from keras_embed_ext.backends.rows import split_rows
 from keras_embed_ext.configs import FeatureConfig
@@ -163,8 +164,13 @@ class DistributedEmbedding(keras.layers.Layer):
                     key_tables = [self._key_table_of.get(features[i].table.name) for i in members]
                     rows = self._stack_rows(stack, looked_up, training, key_tables)
                     for i, feature_ids, feature_rows in zip(members, looked_up, rows):
-                        outputs[i] = ops.cast(feature_ids.reduce(feature_rows), self.compute_dtype)
+                        outputs[i] = self._in_compute_dtype(feature_ids.reduce(feature_rows))
         return keras.tree.pack_sequence_as(self._features.nested, outputs)
+
+    def _in_compute_dtype(self, x):
+        if keras.backend.standardize_dtype(x.dtype) == self.compute_dtype:
+            return x  # keras' cast looks for symbolic tensors in its argument in every eager call
+        return ops.cast(x, self.compute_dtype)
 
     def _flat(self, what, nested):
         return self._features.flatten(nested, f"DistributedEmbedding layer '{self.name}' takes {what}")
@@ -194,10 +200,10 @@ class DistributedEmbedding(keras.layers.Layer):
         """The rows of several features' ids in one gather from their stack (`key_tables`:
         each feature's table in a stack of several dynamic tables)."""
         ids_and_valid = [feature.ids for feature in looked_up]
-        flat_ids = [ops.reshape(ids, (-1,)) for ids, _ in ids_and_valid]
+        flat_ids = [reshape(ids, (-1,)) for ids, _ in ids_and_valid]
         valid = None
         if any(v is not None for _, v in ids_and_valid):
-            valid = ops.concatenate([ops.ones_like(flat, dtype="bool") if v is None else ops.reshape(v, (-1,))
+            valid = ops.concatenate([ops.ones_like(flat, dtype="bool") if v is None else reshape(v, (-1,))
                                      for flat, (_, v) in zip(flat_ids, ids_and_valid)])
         all_ids = flat_ids[0] if len(flat_ids) == 1 else ops.concatenate(flat_ids)
         train_rows = bool(training) and self.trainable and stack.trainable
@@ -210,7 +216,7 @@ class DistributedEmbedding(keras.layers.Layer):
             all_ids, valid, mapped = stack._table.map_keys(all_ids, train_rows, tables=tables)
         rows = stack._table.lookup(all_ids, valid, train_rows, mapped)
         parts = [rows] if len(flat_ids) == 1 else split_rows(rows, [ops.shape(ids)[0] for ids in flat_ids])
-        return [ops.reshape(part, (*ops.shape(ids), rows.shape[-1])) for part, (ids, _) in zip(parts, ids_and_valid)]
+        return [reshape(part, (*ops.shape(ids), rows.shape[-1])) for part, (ids, _) in zip(parts, ids_and_valid)]
 
     def get_embedding_tables(self) -> dict:
         """The effective float table of each `TableConfig`, by table name."""

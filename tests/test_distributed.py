@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import keras_embed_ext as kee
-from conftest import BACKEND, table, to_numpy
+from conftest import BACKEND, table, to_numpy, traced
 
 B, L = 6, 4
 
@@ -246,6 +246,27 @@ def test_bad_ids_and_inputs_are_named():
     np.testing.assert_allclose(to_numpy(out["bag_b"])[1], rows[[0, 1, 3]].sum(0), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="structure of its feature configs"):
         layer({"a": ids["a"]})
+
+
+@pytest.mark.parametrize("combiner", ["mean", "sqrtn"])
+@pytest.mark.parametrize("call", ["eager", "traced"])
+def test_an_invalid_id_counts_in_no_bag(combiner, call):
+    feature_configs = configs(combiners=(combiner, combiner, combiner))
+    layer = kee.DistributedEmbedding(feature_configs, invalid_ids="zero")
+    ids = inputs(feature_configs)
+    ids["bag_a"][2, 1] = 13  # table "ta" has 13 rows
+    ids["bag_b"][3, :] = -1  # a bag of no valid id
+    layer(ids)
+    if call == "traced":
+        outputs = traced(lambda x: layer(x))({n: keras.ops.convert_to_tensor(x) for n, x in ids.items()})
+    else:
+        outputs = layer(ids)
+    valid = {n: ((x >= 0) & (x < feature_configs[n].table.vocabulary_size)) for n, x in ids.items()}
+    safe_ids = {n: np.where(valid[n], x, 0) for n, x in ids.items()}
+    reference = expected(layer, safe_ids, {n: v.astype("float32") for n, v in valid.items()})
+    for name in ("bag_a", "bag_b"):
+        np.testing.assert_allclose(to_numpy(outputs[name]), reference[name], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(to_numpy(outputs["bag_b"])[3], 0)
 
 
 @pytest.mark.parametrize(
