@@ -17,7 +17,8 @@ one process and timed interleaved, a block of steps each per round, one thread:
 - `kee_dynamic` (not run by default): `kee` with every table dynamic (`TableConfig(dynamic=True)`, capacity
   the capped cardinality) and raw keys, Zipf-distributed over 2**31 values per feature;
 - tables alone (the loss: the pooled vectors times a fixed upstream gradient), on
-  torch: `kee_tables` (`kee.DistributedEmbedding`), `fbgemm_adagrad` and
+  torch: `kee_tables` (`kee.DistributedEmbedding`; `kee_tables_rowwise` with
+  `kee.optimizers.RowwiseAdagrad`, FBGEMM's row-wise rule), `fbgemm_adagrad` and
   `fbgemm_rowwise_adagrad` (FBGEMM's fused CPU TBE, when `fbgemm_gpu` imports),
   `torch_bags` and `torch_bags_stacked` (`EmbeddingBag(sparse=True)` per table, or
   one for all, with `torch.optim.Adagrad`); and `fbgemm_mlp`, FBGEMM with the same MLP
@@ -52,13 +53,15 @@ def cardinalities(scale):
     return [max(2, int(min(c, CAP) * scale)) for c in CRITEO]
 
 
-def feature_configs(module, sizes, batch, dynamic=False):
-    """`{name: FeatureConfig}` of `module` (keras_embed_ext or keras_rs.layers)."""
+def feature_configs(module, sizes, batch, dynamic=False, optimizer=None):
+    """`{name: FeatureConfig}` of `module` (keras_embed_ext or keras_rs.layers), the
+    tables trained by `optimizer()` (Adagrad(0.05) by default)."""
     import keras
 
+    make_optimizer = optimizer or (lambda: keras.optimizers.Adagrad(0.05))
     configs = {}
     for i, size in enumerate(sizes):
-        table = module.TableConfig(f"t{i}", size, DIM, optimizer=keras.optimizers.Adagrad(0.05), combiner="mean",
+        table = module.TableConfig(f"t{i}", size, DIM, optimizer=make_optimizer(), combiner="mean",
                                    **({"dynamic": True} if dynamic else {}))
         shape = (batch,) if i < BAGS_FROM else (batch, BAG)
         configs[f"c{i:02d}"] = module.FeatureConfig(f"c{i:02d}", table, shape, (batch, DIM))
@@ -81,7 +84,7 @@ def build_step(contender, sizes, batch):
                                        mlp=contender.endswith("mlp"), dense_width=DENSE)
         return torch_tables.embedding_bags(sizes, names, DIM, batch, table_of, stacked=contender.endswith("stacked"))
     model = build(contender, sizes, batch)
-    if contender == "kee_tables":
+    if contender.startswith("kee_tables"):
         upstream = np.random.default_rng(0).standard_normal((batch, len(sizes) * DIM)).astype("float32")
         return lambda x, y: model.train_on_batch({k: v for k, v in x.items() if k != "numeric"}, upstream)
     return model.train_on_batch
@@ -92,10 +95,12 @@ def build(contender, sizes, batch):
 
     import keras_embed_ext as kee
 
-    if contender == "kee_tables":
+    if contender.startswith("kee_tables"):
         inputs = {f"c{i:02d}": keras.Input((BAG,) if i >= BAGS_FROM else (), dtype="int32", name=f"c{i:02d}")
                   for i in range(len(sizes))}
-        outputs = kee.DistributedEmbedding(feature_configs(kee, sizes, batch))(inputs)
+        # FBGEMM's row-wise rule with its learning rate and epsilon (torch_tables.py).
+        rowwise = (lambda: kee.optimizers.RowwiseAdagrad(0.05, epsilon=1e-7)) if contender.endswith("rowwise") else None
+        outputs = kee.DistributedEmbedding(feature_configs(kee, sizes, batch, optimizer=rowwise))(inputs)
         model = keras.Model(inputs, keras.layers.Concatenate()([outputs[name] for name in sorted(outputs)]))
         model.compile(keras.optimizers.Adam(0.001), lambda upstream, pooled: keras.ops.sum(pooled * upstream))
         return model
