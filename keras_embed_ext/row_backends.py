@@ -186,8 +186,9 @@ def _by_row_torch(gradient):
         sorted_ids, order = torch.sort(narrow, stable=True)
         rows, counts = torch.unique_consecutive(sorted_ids, return_counts=True)
         offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
-        summed = torch.nn.functional.embedding_bag(order, values.float(), offsets, mode="sum",
-                                                   include_last_offset=True)
+        if values.dtype in (torch.float16, torch.bfloat16):
+            values = values.float()
+        summed = torch.nn.functional.embedding_bag(order, values, offsets, mode="sum", include_last_offset=True)
     return rows.long(), summed
 
 

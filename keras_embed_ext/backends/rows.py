@@ -3,7 +3,6 @@ reads more than the rows (or is measurably slower), and in-place row writes."""
 
 import functools
 import operator
-import re
 
 import keras
 
@@ -54,16 +53,10 @@ def for_each_part(rows, grads, update, table, part_bytes=1 << 18):
     take them at once (a TensorFlow `tf.while_loop` over parts measured no faster)."""
     if keras.backend.backend() != "torch" or rows.device.type != "cpu" or is_traced(rows):
         return update(rows, grads)
-    row_bytes = functools.reduce(operator.mul, table.shape[1:], 1) * _itemsize(table)
+    row_bytes = functools.reduce(operator.mul, table.shape[1:], 1) * table.value.element_size()
     size = max(1, part_bytes // max(1, row_bytes))
     for start in range(0, rows.shape[0], size):
         update(rows[start : start + size], grads[start : start + size])
-
-
-def _itemsize(table):
-    """Bytes per value of a float table ("bfloat16": 2), read from its dtype's name."""
-    bits = re.search(r"\d+", keras.backend.standardize_dtype(table.dtype))
-    return max(1, int(bits.group()) // 8) if bits else 4
 
 
 def take_elements(table, index):
