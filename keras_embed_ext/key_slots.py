@@ -75,13 +75,14 @@ class KeyLayout:
         hashed = hash_keys(keys)
         if not self.stacked:
             return ops.mod(hashed, self.buckets)
-        return ops.take(self.bucket_offsets, tables) + ops.mod(hashed, ops.take(self.bucket_counts, tables))
+        offsets, counts = ops.convert_to_tensor(self.bucket_offsets), ops.convert_to_tensor(self.bucket_counts)
+        return take_rows(offsets, tables) + ops.mod(hashed, take_rows(counts, tables))
 
     def exists(self, rows, tables=None):
         """Whether each row of `rows` is one of its table's (not past its capacity)."""
         if not self.stacked:
             return rows < self.capacity
-        return rows < ops.take(self._row_ends, tables)
+        return rows < take_rows(ops.convert_to_tensor(self._row_ends), tables)
 
 
 def _words(keys):
@@ -193,10 +194,10 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     # One order by bucket, then key: a key's occurrences side by side (its first one
     # represents it), a bucket's keys in a run, in increasing key order.
     order, position = group_by_bucket_then_key(found.buckets, keys)
-    sorted_keys = ops.take(keys, order)
+    sorted_keys = take_rows(keys, order)
 
     def by_key(x):
-        return ops.take(x, order, axis=0)
+        return take_rows(x, order)
 
     found_k, bucket_k, rows_found = by_key(found.found), by_key(found.buckets), by_key(found.rows)
     # A key's run ends with its bucket's: in a stack, one key of two tables has two buckets.
@@ -214,21 +215,21 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     bits = ops.where(first & found_k, ops.left_shift(ops.ones_like(rows_found), ops.mod(rows_found, slots)), 0)
     held = segment_sum(bits, bucket_run, n)
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
-    rank = ops.take(wanting, positions + 1) - 1 - ops.take(wanting, start)
+    rank = take_rows(wanting, positions + 1) - 1 - take_rows(wanting, start)
     tables_k = None if tables is None else by_key(tables)
 
     def candidates(at):
         """`base * slots + slot` of each slot of the buckets of the keys at `at`, lowest
         first to be given: free rows, then by score; rows held in the step, or past a
         table's capacity, never."""
-        bucket = ops.take(bucket_k, at)
+        bucket = take_rows(bucket_k, at)
         slot_rows = ops.expand_dims(bucket * slots, -1) + ops.arange(slots, dtype="int32")
-        exists = layout.exists(slot_rows, None if tables_k is None else ops.expand_dims(ops.take(tables_k, at), -1))
+        exists = layout.exists(slot_rows, None if tables_k is None else ops.expand_dims(take_rows(tables_k, at), -1))
         slot_scores = take_rows(scores, bucket)
         live = exists & (slot_scores > 0)
         if ttl_steps is not None:
             live = live & (clock - slot_scores < ttl_steps)
-        held_bits = ops.right_shift(ops.expand_dims(ops.take(held, ops.take(bucket_run, at)), -1),
+        held_bits = ops.right_shift(ops.expand_dims(take_rows(held, take_rows(bucket_run, at)), -1),
                                     ops.arange(slots, dtype="int32"))
         base = ops.where(live, ops.minimum(slot_scores, MAX_SCORE), 0)
         base = ops.where((ops.bitwise_and(held_bits, 1) > 0) | ~exists, _PROTECTED, base)
@@ -239,21 +240,21 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
         chosen = kth_smallest(candidates(positions), slot_rank)
     else:  # each bucket with a new key ranked once (a sort), read at each key's rank
         has_want = segment_sum(ops.cast(wants, "int32"), bucket_run, n) > 0
-        at = compress(positions, bucket_starts & ops.take(has_want, bucket_run))
+        at = compress(positions, bucket_starts & take_rows(has_want, bucket_run))
         count = ops.shape(at)[0]
         # A last row that gives nothing, read by the keys of buckets without a new key.
         ranked = ops.concatenate([ops.sort(candidates(at), axis=-1), ops.full((1, slots), _PROTECTED * slots, "int32")])
-        row_of_run = ops.scatter_update(ops.full((n,), count, "int32"), ops.expand_dims(ops.take(bucket_run, at), -1),
+        row_of_run = ops.scatter_update(ops.full((n,), count, "int32"), ops.expand_dims(take_rows(bucket_run, at), -1),
                                         ops.arange(count, dtype="int32"))
-        chosen = ops.take(ops.reshape(ranked, (-1,)), ops.take(row_of_run, bucket_run) * slots + slot_rank)
+        chosen = take_rows(ops.reshape(ranked, (-1,)), take_rows(row_of_run, bucket_run) * slots + slot_rank)
     admitted_k = wants & (rank < slots) & (chosen // slots < _PROTECTED)
     # Every occurrence of a key takes its first one's row.
-    group_admitted = ops.take(admitted_k, first_of)
-    new_rows = ops.take(bucket_k * slots + ops.mod(chosen, slots), first_of)
+    group_admitted = take_rows(admitted_k, first_of)
+    new_rows = take_rows(bucket_k * slots + ops.mod(chosen, slots), first_of)
     rows_k = ops.where(found_k, rows_found, ops.where(group_admitted, new_rows, 0))
     return Admitted(
-        rows=ops.take(rows_k, position),
-        found=ops.take(found_k | group_admitted, position),
+        rows=take_rows(rows_k, position),
+        found=take_rows(found_k | group_admitted, position),
         admitted_rows=ops.where(first & admitted_k, rows_k, capacity),
         admitted_keys=sorted_keys,
         admitted_scores=occurrences if lfu else ops.full((n,), step, "int32"),
@@ -276,5 +277,5 @@ def _runs(starts, positions, n):
     # positions within a run go to the scratch element `n + 1`.
     first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
                                positions)
-    return run, ops.take(first, run), ops.take(first, run + 1)
+    return run, take_rows(first, run), take_rows(first, run + 1)
 

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_embed_ext.backends.rows import take_rows
+
 
 def group_by_bucket_then_key(buckets, keys):
     """`(order, position)`: `take(keys, order)` is sorted by `buckets`, then `keys`, so a
@@ -38,7 +40,7 @@ def group_by_bucket_then_key(buckets, keys):
         order = jax.lax.sort((buckets, keys, jax.numpy.arange(n, dtype="int32")), num_keys=2)[2]
     else:
         by_key = ops.argsort(keys)
-        order = ops.take(by_key, ops.argsort(ops.take(buckets, by_key)))
+        order = take_rows(by_key, ops.argsort(take_rows(buckets, by_key)))
     positions = ops.arange(ops.shape(keys)[0], dtype="int32")
     return order, ops.scatter_update(ops.zeros_like(positions), ops.expand_dims(order, -1), positions)
 
