@@ -11,6 +11,7 @@ from keras_embed_ext import combiners
 from keras_embed_ext import dynamic_ids
 from keras_embed_ext import optimizers
 from keras_embed_ext import sparse
+from keras_embed_ext.backends.arithmetic import cast
 from keras_embed_ext.backends.arithmetic import reshape
 from keras_embed_ext.backends.context import gradients_summed_per_id
 from keras_embed_ext.backends.rows import split_rows
@@ -164,13 +165,8 @@ class DistributedEmbedding(keras.layers.Layer):
                     key_tables = [self._key_table_of.get(features[i].table.name) for i in members]
                     rows = self._stack_rows(stack, looked_up, training, key_tables)
                     for i, feature_ids, feature_rows in zip(members, looked_up, rows):
-                        outputs[i] = self._in_compute_dtype(feature_ids.reduce(feature_rows))
+                        outputs[i] = cast(feature_ids.reduce(feature_rows), self.compute_dtype)
         return keras.tree.pack_sequence_as(self._features.nested, outputs)
-
-    def _in_compute_dtype(self, x):
-        if keras.backend.standardize_dtype(x.dtype) == self.compute_dtype:
-            return x  # keras' cast looks for symbolic tensors in its argument in every eager call
-        return ops.cast(x, self.compute_dtype)
 
     def _flat(self, what, nested):
         return self._features.flatten(nested, f"DistributedEmbedding layer '{self.name}' takes {what}")

@@ -28,6 +28,7 @@ from keras import ops
 from keras_embed_ext import keras_optimizer
 from keras_embed_ext import row_backends
 from keras_embed_ext.backends.arithmetic import any_nonzero
+from keras_embed_ext.backends.arithmetic import cast
 from keras_embed_ext.backends.rows import for_each_part
 from keras_embed_ext.backends.rows import scatter_into
 from keras_embed_ext.backends.rows import take_rows
@@ -188,10 +189,10 @@ class RowTraining:
 
     def _update(self, rows, grads, slots, step):
         """The optimizer's new `(rows, slots)`; a row whose gradient is zero keeps its values."""
-        grads = ops.cast(grads, "float32")
-        new_rows, new_slots = self.optimizer.update(ops.cast(rows, "float32"), grads, slots, step=step)
+        grads = cast(grads, "float32")
+        new_rows, new_slots = self.optimizer.update(cast(rows, "float32"), grads, slots, step=step)
         if self.optimizer.still_at_zero_gradient():
-            return ops.cast(new_rows, rows.dtype), new_slots
+            return cast(new_rows, rows.dtype), new_slots
         touched = ops.any(grads, axis=-1)  # a NaN gradient counts: the row takes it
         kept = [
             ops.where(ops.reshape(touched, (-1,) + (1,) * (len(old.shape) - 1)), ops.cast(new, old.dtype), old)

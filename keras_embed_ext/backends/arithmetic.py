@@ -12,6 +12,14 @@ def reshape(x, shape):
     return keras.ops.reshape(x, shape)
 
 
+def cast(x, dtype):
+    """`keras.ops.cast(x, dtype)`; `x` itself when it has that dtype already: keras'
+    cast looks for symbolic tensors in its argument in every eager call."""
+    if keras.backend.standardize_dtype(x.dtype) == keras.backend.standardize_dtype(dtype):
+        return x
+    return keras.ops.cast(x, dtype)
+
+
 _TORCH_IN_PLACE = {"add": "add_", "subtract": "sub_", "multiply": "mul_", "divide": "div_"}
 
 

@@ -6,6 +6,7 @@ import operator
 
 import keras
 
+from keras_embed_ext.backends.arithmetic import cast
 from keras_embed_ext.backends.context import compiled_by_xla
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.context import summing_repeats
@@ -167,7 +168,7 @@ def add_into(variable, rows, values):
 
 def _write_rows(variable, rows, values, add):
     backend = keras.backend.backend()
-    values = keras.ops.cast(values, variable.dtype)
+    values = cast(values, variable.dtype)
     elements = len(variable.shape) == 2 and len(values.shape) == 1
     if backend == "tensorflow":
         import tensorflow as tf
