@@ -18,10 +18,10 @@ import numpy as np
 from keras import ops
 
 from keras_embed_ext.backends.keys import compress
+from keras_embed_ext.backends.keys import first_holding_slot
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
 from keras_embed_ext.backends.keys import kth_smallest
 from keras_embed_ext.backends.keys import segment_sum
-from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
 
 BUCKET_SIZE = 16
@@ -137,16 +137,10 @@ def find(keys, tables, stored_keys, scores, clock, layout: KeyLayout, ttl_steps=
 
     One score is read per key: a resident key is the first of its bucket's slots to
     hold it, since a key admitted again takes the lowest free slot, before any it left
-    behind."""
-    slots, capacity = layout.slots, layout.capacity
+    behind (`backends.keys.first_holding_slot`)."""
     bucket = layout.buckets_of(keys, tables)
-    holds = take_rows(stored_keys, bucket) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
-    # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,
-    # which every backend reduces faster than an argmax over bools.
-    first = ops.max(ops.cast(holds, "int8") * ops.cast(ops.arange(slots, 0, -1), "int8"), axis=-1)
-    rows = bucket * slots + ops.mod(slots - ops.cast(first, "int32"), slots)
-    score = take_elements(scores, rows)
-    found = (first > 0) & (score > 0) & (rows < capacity)
+    rows, score = first_holding_slot(keys, bucket, stored_keys, scores)
+    found = (score > 0) & (rows < layout.capacity)
     if ttl_steps is not None:
         found = found & (clock - score < ttl_steps)
     return Found(ops.where(found, rows, 0), found, bucket)

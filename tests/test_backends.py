@@ -405,3 +405,36 @@ def test_segment_sum_keeps_ints_exact_as_numpy(pairs):
     result = segment_sum(keras.ops.convert_to_tensor(data), keras.ops.convert_to_tensor(ids), 10)
     assert keras.backend.standardize_dtype(result.dtype) == "int32"
     np.testing.assert_array_equal(to_numpy(result), expected.astype("int32"))
+
+
+@settings(deadline=None, max_examples=40)
+@given(buckets=st.integers(1, 6), slots=st.sampled_from([1, 3, 16]), seed=st.integers(0, 2**16),
+       compiled=st.booleans())
+def test_first_holding_slot_equals_a_scan_of_each_bucket(buckets, slots, seed, compiled):
+    """Buckets whose given rows (score > 0) come first, holding keys of a small pool
+    (0 and repeats included), the rest never given (key 0, score 0); keys of the pool
+    and others, each in any bucket. Eager on torch's CPU each key probes its bucket's
+    first slot before searching on; traced, every slot is compared at once."""
+    from keras_embed_ext.backends.keys import first_holding_slot
+
+    rng = np.random.default_rng(seed)
+    pool = np.array([0, -1, 5, 2**31 - 1, -(2**31), 77, 78, 79], "int32")
+    given_count = rng.integers(0, slots + 1, buckets + 1)
+    given_count[-1] = 0  # the scratch bucket
+    given = np.arange(slots) < given_count[:, None]
+    stored_keys = np.where(given, rng.choice(pool, (buckets + 1, slots)), 0).astype("int32")
+    scores = np.where(given, rng.integers(1, 9, (buckets + 1, slots)), 0).astype("int32")
+    keys = np.concatenate([pool, rng.choice(pool, 20), rng.integers(-50, 50, 10)]).astype("int32")
+    key_buckets = rng.integers(0, buckets, keys.size).astype("int32")
+    expected_scores = np.zeros(keys.size, "int32")
+    expected_rows = np.zeros(keys.size, "int32")
+    for i, (key, bucket) in enumerate(zip(keys, key_buckets)):
+        holding = np.flatnonzero(stored_keys[bucket] == key)
+        if holding.size:
+            expected_rows[i] = bucket * slots + holding[0]
+            expected_scores[i] = scores[bucket, holding[0]]
+    find = traced(first_holding_slot, compiled) if compiled else first_holding_slot
+    rows, found_scores = find(*(keras.ops.convert_to_tensor(x) for x in (keys, key_buckets, stored_keys, scores)))
+    np.testing.assert_array_equal(to_numpy(found_scores), expected_scores)
+    np.testing.assert_array_equal(np.where(expected_scores > 0, to_numpy(rows), 0),
+                                  np.where(expected_scores > 0, expected_rows, 0))

@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_embed_ext.backends.context import is_traced
+from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
 
 
@@ -43,6 +45,54 @@ def group_by_bucket_then_key(buckets, keys):
         order = take_rows(by_key, ops.argsort(take_rows(buckets, by_key)))
     positions = ops.arange(ops.shape(keys)[0], dtype="int32")
     return order, ops.scatter_update(ops.zeros_like(positions), ops.expand_dims(order, -1), positions)
+
+
+def first_holding_slot(keys, buckets, stored_keys, scores):
+    """`(rows, scores)` of flat `keys`: the row of the first slot of each key's bucket
+    (in `(buckets + 1, slots)` arrays of stored keys and scores) that holds the key,
+    and that row's score; a score of 0 where no slot holds it.
+
+    A bucket's rows are given lowest free first, so its rows never given (score 0)
+    are its last. On a torch CPU, eager, the slots are probed one after another,
+    each key stopping at its own or at a row never given: in a table that is not
+    full most keys stop at their bucket's first slots, and only those rows are read.
+    Elsewhere the whole bucket is read and compared at once (static shapes)."""
+    ops = keras.ops
+    slots = stored_keys.shape[1]
+    if keras.backend.backend() == "torch" and keys.device.type == "cpu" and not is_traced(keys):
+        return _probe_slots(keys.to(stored_keys.dtype), buckets, stored_keys, scores)
+    holds = take_rows(stored_keys, buckets) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
+    # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,
+    # which every backend reduces faster than an argmax over bools.
+    first = ops.max(ops.cast(holds, "int8") * ops.cast(ops.arange(slots, 0, -1), "int8"), axis=-1)
+    rows = buckets * slots + ops.mod(slots - ops.cast(first, "int32"), slots)
+    return rows, ops.where(first > 0, take_elements(scores, rows), 0)
+
+
+def _probe_slots(keys, buckets, stored_keys, scores):
+    """`first_holding_slot` on torch: each key reads its bucket's first slot, and only
+    the keys that must search on (the slot holds another key) compare their whole
+    bucket. The first holding slot is found as the leading bit of a sum of powers of
+    two, a matrix-vector product, not a reduction over the slots."""
+    import torch
+
+    slots = stored_keys.shape[1]
+    first_rows = buckets * slots
+    flat_scores = scores.reshape(-1)
+    stored, score = stored_keys.reshape(-1).index_select(0, first_rows), flat_scores.index_select(0, first_rows)
+    holds = stored == keys
+    found_scores = torch.where(holds, score, 0)
+    searching = torch.nonzero(~holds & (score != 0)).squeeze(1)
+    if not searching.numel():
+        return first_rows, found_scores
+    buckets = buckets.index_select(0, searching)
+    held = stored_keys.index_select(0, buckets) == keys.index_select(0, searching).unsqueeze(1)
+    powers = torch.pow(2.0, torch.arange(slots - 1, -1, -1, dtype=torch.float32))
+    marks = held.view(torch.uint8).to(torch.float32) @ powers  # exact: below 2**24
+    leading_bit = (marks.view(torch.int32) >> 23) - 127  # the float's exponent
+    rows = buckets * slots + torch.where(marks > 0, slots - 1 - leading_bit, 0).to(buckets.dtype)
+    score = torch.where(marks > 0, flat_scores.index_select(0, rows), 0)
+    return first_rows.index_copy(0, searching, rows), found_scores.index_copy_(0, searching, score)
 
 
 def kth_smallest(x, k):
