@@ -29,6 +29,7 @@ from keras_embed_ext import keras_optimizer
 from keras_embed_ext import row_backends
 from keras_embed_ext.backends.arithmetic import any_nonzero
 from keras_embed_ext.backends.arithmetic import cast
+from keras_embed_ext.backends.devices import all_true_on_host
 from keras_embed_ext.backends.rows import for_each_part
 from keras_embed_ext.backends.rows import scatter_into
 from keras_embed_ext.backends.rows import take_rows
@@ -193,11 +194,13 @@ class RowTraining:
         new_rows, new_slots = self.optimizer.update(cast(rows, "float32"), grads, slots, step=step)
         if self.optimizer.still_at_zero_gradient():
             return cast(new_rows, rows.dtype), new_slots
-        touched = ops.any(grads, axis=-1)  # a NaN gradient counts: the row takes it
-        kept = [
-            ops.where(ops.reshape(touched, (-1,) + (1,) * (len(old.shape) - 1)), ops.cast(new, old.dtype), old)
-            for old, new in zip((rows, *slots), (new_rows, *new_slots))
-        ]
+        touched = any_nonzero(grads, axis=-1)  # a NaN gradient counts: the row takes it
+        pairs = list(zip((rows, *slots), (new_rows, *new_slots)))
+        if all_true_on_host(touched):  # eager, as most steps are: no select
+            kept = [cast(new, old.dtype) for old, new in pairs]
+        else:
+            kept = [ops.where(ops.reshape(touched, (-1,) + (1,) * (len(old.shape) - 1)), ops.cast(new, old.dtype), old)
+                    for old, new in pairs]
         return kept[0], kept[1:]
 
     def _check_model_optimizer(self):

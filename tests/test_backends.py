@@ -11,6 +11,7 @@ import keras_embed_ext as kee
 import reference as ref
 from conftest import BACKEND, gradients, table, to_numpy, traced
 from keras_embed_ext.backends.arithmetic import add_matmul
+from keras_embed_ext.backends.arithmetic import any_nonzero
 from keras_embed_ext.backends.arithmetic import in_place
 from keras_embed_ext.backends.devices import on_accelerator
 from keras_embed_ext.backends.devices import to_host
@@ -438,3 +439,14 @@ def test_first_holding_slot_equals_a_scan_of_each_bucket(buckets, slots, seed, c
     np.testing.assert_array_equal(to_numpy(found_scores), expected_scores)
     np.testing.assert_array_equal(np.where(expected_scores > 0, to_numpy(rows), 0),
                                   np.where(expected_scores > 0, expected_rows, 0))
+
+
+@settings(deadline=None, max_examples=30)
+@given(rows=st.integers(1, 6), width=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_any_nonzero_equals_numpy_a_nan_counting(rows, width, seed):
+    rng = np.random.default_rng(seed)
+    values = rng.choice(np.array([0.0, -0.0, 1.5, -2.0, np.nan, np.inf, -np.inf, 1e-30], "float32"),
+                        (rows, width), p=[0.5, 0.2, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05])
+    x = keras.ops.convert_to_tensor(values)
+    assert bool(to_numpy(any_nonzero(x))) == bool(np.any(values != 0))
+    np.testing.assert_array_equal(to_numpy(any_nonzero(x, axis=-1)), np.any(values != 0, axis=-1))

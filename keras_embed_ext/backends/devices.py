@@ -2,6 +2,8 @@
 
 import keras
 
+from keras_embed_ext.backends.context import is_traced
+
 
 def to_host(x):
     """The values of eager tensor `x` as a numpy array, for reading: on TensorFlow and
@@ -80,3 +82,9 @@ def on_accelerator(x) -> bool:
 
     device = getattr(x, "device", "") or ""
     return ":CPU:" not in device.upper() if device else bool(tf.config.list_logical_devices("GPU"))
+
+
+def all_true_on_host(mask) -> bool:
+    """Whether bool `mask` is concrete, on the host and all True: eager code may then
+    skip a select by it (reading a traced value fails, an accelerator's would wait)."""
+    return not is_traced(mask) and not on_accelerator(mask) and bool(keras.ops.all(mask))
