@@ -15,7 +15,8 @@ With `--sparse-optimizer`, a table trained row-wise (`sparse_optimizer=`): 512 b
 8 ids -> Embedding(V, 64, combiner="mean") -> Dense(1), one CPU thread, V = 100k, 1M
 and 4M, SGD / Adagrad / row-wise Adagrad / Adam. Contenders: keras' layer with keras'
 optimizer (Adagrad for row-wise Adagrad), ours with `sparse_optimizer`, and each
-backend's native sparse step (`native_sparse.py`).
+backend's native sparse step (`native_sparse.py`); ours and the native step run in one
+process, interleaved in rounds (keras' layer, seconds a step at 4M rows, in its own).
 
     python benchmarks/bench_train.py --sparse-optimizer
 """
@@ -72,52 +73,67 @@ SPARSE_BAGS, SPARSE_BAG, SPARSE_DIM = 512, 8, 64
 SPARSE_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 
 
-def run_sparse_points(vocab, contender, optimizers=SPARSE_OPTIMIZERS):
-    """One JSON line per optimizer: the step time of `contender` at `vocab` rows, and the
-    memory its steps add after two warm-up steps."""
+def run_sparse_points(vocab, contenders, optimizers=SPARSE_OPTIMIZERS):
+    """One JSON line per optimizer: the step time of each of `contenders` at `vocab` rows,
+    interleaved in rounds when there are several, and the memory each one's steps add
+    after two warm-up steps."""
     sys.path.insert(0, HERE)
     from common import BACKEND, device_name, median_ms, peak_memory, pin_one_thread, random_table, reset_peak_memory
+    from common import rounds_median_ms, synchronize
 
     pin_one_thread()
     import keras
     import numpy as np
-
-    import keras_embed_ext as kee
-    from native_sparse import native_step
 
     rng = np.random.default_rng(0)
     x = rng.integers(0, vocab, (SPARSE_BAGS, SPARSE_BAG)).astype("int32")
     y = rng.standard_normal((SPARSE_BAGS, 1)).astype("float32")
     points = []
     for name in optimizers:
-        table = random_table(vocab, SPARSE_DIM)
-        if contender == "native":
-            step = native_step(BACKEND, table, x, y, name)
+        steps, memory = [], []
+        for contender in contenders:
+            step = _sparse_step(contender, name, random_table(vocab, SPARSE_DIM), x, y)
+            for _ in range(2):  # compiling, and the first step's one-time copies, are not a step's cost
+                synchronize(step())
+            gc.collect()
+            resident_mb = reset_peak_memory()
+            for _ in range(3):
+                synchronize(step())
+            memory.append((resident_mb, peak_memory() - resident_mb))
+            steps.append(step)
+        if len(steps) > 1:
+            times = rounds_median_ms(steps, rounds=7)
         else:
-            keras_name = "adagrad" if name == "rowwise_adagrad" else name
-            if contender == "ours":
-                embedding = kee.Embedding(vocab, SPARSE_DIM, weights=table, combiner="mean", sparse_optimizer=name)
-                pooled = [embedding]
-            else:
-                embedding = keras.layers.Embedding(vocab, SPARSE_DIM, weights=[table])
-                pooled = [embedding, keras.layers.GlobalAveragePooling1D()]
-            model = keras.Sequential([keras.Input((SPARSE_BAG,), dtype="int32"), *pooled, keras.layers.Dense(1)])
-            model.compile(keras.optimizers.get({"class_name": keras_name, "config": {"learning_rate": 0.01}}), "mse")
-            step = lambda: model.train_on_batch(x, y)  # noqa: E731
-        del table
-        for _ in range(2):  # compiling, and the first step's one-time copies, are not a step's cost
-            step()
-        gc.collect()
-        resident_mb = reset_peak_memory()
-        step_ms = median_ms(step, repeats=15, warmup=0, budget_s=20)
-        points.append({"backend": BACKEND, "device": device_name(), "vocab": vocab, "layer": contender,
-                       "mode": name, "step_ms": step_ms, "resident_mb": resident_mb,
-                       "training_mb": peak_memory() - resident_mb})
-        print(json.dumps(points[-1]), file=sys.stderr)
-        step = model = None
+            times = [median_ms(steps[0], repeats=15, warmup=0, budget_s=20)]
+        for contender, step_ms, (resident_mb, training_mb) in zip(contenders, times, memory):
+            points.append({"backend": BACKEND, "device": device_name(), "vocab": vocab, "layer": contender,
+                           "mode": name, "step_ms": step_ms, "resident_mb": resident_mb, "training_mb": training_mb})
+            print(json.dumps(points[-1]), file=sys.stderr)
+        steps = None
         keras.utils.clear_session()
         gc.collect()
     print(json.dumps(points))
+
+
+def _sparse_step(contender, name, table, x, y):
+    """A training step of `contender` on `table` with optimizer `name`."""
+    import keras
+
+    import keras_embed_ext as kee
+    from common import BACKEND
+    from native_sparse import native_step
+
+    if contender == "native":
+        return native_step(BACKEND, table, x, y, name)
+    keras_name = "adagrad" if name == "rowwise_adagrad" else name
+    if contender == "ours":
+        pooled = [kee.Embedding(table.shape[0], SPARSE_DIM, weights=table, combiner="mean", sparse_optimizer=name)]
+    else:
+        pooled = [keras.layers.Embedding(table.shape[0], SPARSE_DIM, weights=[table]),
+                  keras.layers.GlobalAveragePooling1D()]
+    model = keras.Sequential([keras.Input((SPARSE_BAG,), dtype="int32"), *pooled, keras.layers.Dense(1)])
+    model.compile(keras.optimizers.get({"class_name": keras_name, "config": {"learning_rate": 0.01}}), "mse")
+    return lambda: model.train_on_batch(x, y)
 
 
 def sparse_markdown(points):
@@ -145,14 +161,16 @@ def sparse_main(args):
     vocabs = args.vocab if args.vocab_given else [100_000, 1_000_000, 4_000_000]
     for backend in args.backends:
         for vocab in vocabs:
-            for contender in args.contenders:
+            # ours and the native step interleaved in one process; keras' step (seconds at 4M rows) alone
+            groups = [[c for c in args.contenders if c != "keras"], [c for c in args.contenders if c == "keras"]]
+            for group in filter(None, groups):
                 result = subprocess.run(
-                    [sys.executable, __file__, "--sparse-point", str(vocab), contender, *args.optimizers],
+                    [sys.executable, __file__, "--sparse-point", str(vocab), ",".join(group), *args.optimizers],
                     env={**os.environ, "KERAS_BACKEND": backend, "OMP_NUM_THREADS": "1",
                          "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"},
                     capture_output=True, text=True)
                 if result.returncode:
-                    sys.exit(f"{backend} {vocab} {contender} failed:\n{result.stderr[-3000:]}")
+                    sys.exit(f"{backend} {vocab} {group} failed:\n{result.stderr[-3000:]}")
                 points += json.loads(result.stdout.strip().splitlines()[-1])
                 print(result.stdout.strip().splitlines()[-1], file=sys.stderr)
     title = (f"{SPARSE_BAGS} bags of {SPARSE_BAG} ids, D={SPARSE_DIM}, one CPU thread, "
@@ -197,7 +215,8 @@ def main():
     if args.point:
         return run_point(int(args.point[0]), args.point[1], args.point[2])
     if args.sparse_point:
-        return run_sparse_points(int(args.sparse_point[0]), args.sparse_point[1], args.sparse_point[2:] or SPARSE_OPTIMIZERS)
+        return run_sparse_points(int(args.sparse_point[0]), args.sparse_point[1].split(","),
+                                 args.sparse_point[2:] or SPARSE_OPTIMIZERS)
     if args.sparse_optimizer:
         return sparse_main(args)
     args.vocab = args.vocab or [10_000, 200_000, 1_000_000]
