@@ -180,17 +180,20 @@ class KeyMap:
         # Most steps of a trained table bring no new key: the admission's sort is skipped.
         change = ops.cond(ops.any(unknown), lambda: self._admit(flat, tables, found, cells, clock, padding_zero),
                           lambda: key_slots.none_admitted(flat, found, self.capacity))
-        scatter_into(self.keys, change.admitted_rows, ops.cast(change.admitted_keys, self.keys.dtype))
-        scatter_into(self.scores, change.admitted_rows, change.admitted_scores)
-        scatter_into(self.admitted, change.admitted_rows, ops.full(ops.shape(flat), clock + 1, "int32"))
-        self._add_sightings(key_slots.seen_rows(found, self.capacity), clock)
+        given = (change.admitted_rows, change.admitted_keys, change.admitted_scores)
+        dynamic_shapes = keras.backend.backend() != "jax" or not is_traced(flat)
+        if dynamic_shapes:  # the rows given alone, not a write to the scratch row for every other key
+            given = [compress(x, change.admitted_rows < self.capacity) for x in given]
+        rows, keys_given, scores = given
+        scatter_into(self.keys, rows, ops.cast(keys_given, self.keys.dtype))
+        scatter_into(self.scores, rows, scores)
+        scatter_into(self.admitted, rows, ops.full(ops.shape(rows), clock + 1, "int32"))
+        self._add_sightings(key_slots.seen_rows(found, self.capacity), clock, dynamic_shapes)
         if cells is not None:
             for cell in cells:
                 add_into(self.sightings, cell, change.sightings)
         assign_here(self.clock, clock + 1)
-        renewed = None
-        if keras.backend.backend() != "jax" or not is_traced(flat):
-            renewed = compress(change.admitted_rows, change.admitted_rows < self.capacity)
+        renewed = rows if dynamic_shapes else None
         count = ops.size(keys)
         rows = replica_keys.own(change.rows, start, count)
         admitted_at = ops.cast(take_elements(self.admitted.value, rows), "float32")
@@ -218,13 +221,17 @@ class KeyMap:
         return key_slots.admit(keys, tables, found, self.scores.value, clock, self.layout, config.eviction == "lfu",
                                config.min_count, sighted, padding_zero, config.ttl_steps)
 
-    def _add_sightings(self, rows, clock):
+    def _add_sightings(self, rows, clock, dynamic_shapes):
         """Resident keys' new scores, at `rows` (`key_slots.seen_rows`): their occurrences
-        added (LFU, up to `key_slots.MAX_SCORE`) or the step (LRU, TTL)."""
+        added (LFU, up to `key_slots.MAX_SCORE`) or the step (LRU, TTL). With
+        `dynamic_shapes`, only the scores beyond the cap are written back."""
         if self.config.eviction != "lfu":
             return scatter_into(self.scores, rows, ops.full(ops.shape(rows), clock + 1, "int32"))
         add_into(self.scores, rows, ops.ones(ops.shape(rows), "int32"))
         summed = take_elements(self.scores.value, rows)
+        if dynamic_shapes:
+            rows = compress(rows, summed > key_slots.MAX_SCORE)
+            summed = ops.full(ops.shape(rows), key_slots.MAX_SCORE, "int32")
         scatter_into(self.scores, rows, ops.minimum(summed, key_slots.MAX_SCORE))
 
     def save(self, store, seed_state):
