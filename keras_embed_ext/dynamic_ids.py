@@ -184,16 +184,16 @@ class KeyMap:
         dynamic_shapes = keras.backend.backend() != "jax" or not is_traced(flat)
         if dynamic_shapes:  # the rows given alone, not a write to the scratch row for every other key
             given = [compress(x, change.admitted_rows < self.capacity) for x in given]
-        rows, keys_given, scores = given
-        scatter_into(self.keys, rows, ops.cast(keys_given, self.keys.dtype))
-        scatter_into(self.scores, rows, scores)
-        scatter_into(self.admitted, rows, ops.full(ops.shape(rows), clock + 1, "int32"))
+        given_rows, given_keys, given_scores = given
+        scatter_into(self.keys, given_rows, ops.cast(given_keys, self.keys.dtype))
+        scatter_into(self.scores, given_rows, given_scores)
+        scatter_into(self.admitted, given_rows, ops.full(ops.shape(given_rows), clock + 1, "int32"))
         self._add_sightings(key_slots.seen_rows(found, self.capacity), clock, dynamic_shapes)
         if cells is not None:
             for cell in cells:
                 add_into(self.sightings, cell, change.sightings)
         assign_here(self.clock, clock + 1)
-        renewed = rows if dynamic_shapes else None
+        renewed = given_rows if dynamic_shapes else None
         count = ops.size(keys)
         rows = replica_keys.own(change.rows, start, count)
         admitted_at = ops.cast(take_elements(self.admitted.value, rows), "float32")
@@ -230,8 +230,8 @@ class KeyMap:
         add_into(self.scores, rows, ops.ones(ops.shape(rows), "int32"))
         summed = take_elements(self.scores.value, rows)
         if dynamic_shapes:
-            rows = compress(rows, summed > key_slots.MAX_SCORE)
-            summed = ops.full(ops.shape(rows), key_slots.MAX_SCORE, "int32")
+            beyond = compress(rows, summed > key_slots.MAX_SCORE)
+            return scatter_into(self.scores, beyond, ops.full(ops.shape(beyond), key_slots.MAX_SCORE, "int32"))
         scatter_into(self.scores, rows, ops.minimum(summed, key_slots.MAX_SCORE))
 
     def save(self, store, seed_state):

@@ -53,14 +53,14 @@ def first_holding_slot(keys, buckets, stored_keys, scores):
     and that row's score; a score of 0 where no slot holds it.
 
     A bucket's rows are given lowest free first, so its rows never given (score 0)
-    are its last. On a torch CPU, eager, the slots are probed one after another,
-    each key stopping at its own or at a row never given: in a table that is not
-    full most keys stop at their bucket's first slots, and only those rows are read.
-    Elsewhere the whole bucket is read and compared at once (static shapes)."""
+    are its last. On a torch CPU, eager, each key first reads its bucket's first
+    slot, where most keys of a table that is not full live or stop (a row never
+    given); only the others read and compare their whole bucket. Elsewhere every key
+    compares its whole bucket at once (static shapes, and XLA fuses the passes)."""
     ops = keras.ops
     slots = stored_keys.shape[1]
     if keras.backend.backend() == "torch" and keys.device.type == "cpu" and not is_traced(keys):
-        return _probe_slots(keys.to(stored_keys.dtype), buckets, stored_keys, scores)
+        return _first_slot_then_bucket(keys.to(stored_keys.dtype), buckets, stored_keys, scores)
     holds = take_rows(stored_keys, buckets) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
     # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,
     # which every backend reduces faster than an argmax over bools.
@@ -69,7 +69,7 @@ def first_holding_slot(keys, buckets, stored_keys, scores):
     return rows, ops.where(first > 0, take_elements(scores, rows), 0)
 
 
-def _probe_slots(keys, buckets, stored_keys, scores):
+def _first_slot_then_bucket(keys, buckets, stored_keys, scores):
     """`first_holding_slot` on torch: each key reads its bucket's first slot, and only
     the keys that must search on (the slot holds another key) compare their whole
     bucket. The first holding slot is found as the leading bit of a sum of powers of
