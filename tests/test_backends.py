@@ -362,11 +362,11 @@ def test_on_accelerator_says_where_a_tensor_lives():
         assert not on_accelerator(keras.ops.zeros((2, 3)))
 
 
-def _check_grouping(buckets, keys):
+def _check_grouping(buckets, keys, compiled=False):
     from keras_embed_ext.backends.keys import group_by_bucket_then_key
 
-    order, position = (to_numpy(x) for x in group_by_bucket_then_key(
-        keras.ops.convert_to_tensor(buckets), keras.ops.convert_to_tensor(keys)))
+    group = traced(group_by_bucket_then_key) if compiled else group_by_bucket_then_key
+    order, position = (to_numpy(x) for x in group(keras.ops.convert_to_tensor(buckets), keras.ops.convert_to_tensor(keys)))
     expected = np.lexsort((keys, buckets))
     np.testing.assert_array_equal(keys[order], keys[expected])
     np.testing.assert_array_equal(buckets[order], buckets[expected])
@@ -392,6 +392,20 @@ def test_grouping_beyond_the_size_of_int32_ranks():
     rng = np.random.default_rng(0)
     keys = rng.integers(-1000, 1000, 46_341).astype("int32")
     _check_grouping(rng.integers(0, 7, 46_341).astype("int32"), keys)
+
+
+@pytest.mark.parametrize("all_distinct", [False, True])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_grouping_of_keys_whose_positions_overflow_32_bit_ranks(all_distinct, compiled):
+    """66,000 keys: ranked among their distinct values, or, as many distinct keys and
+    buckets as keys, whose product does not fit in 32 bits, sorted as three arrays."""
+    rng = np.random.default_rng(1)
+    n = 66_000
+    if all_distinct:
+        keys, buckets = rng.permutation(n) * 3 - 70_000, rng.permutation(n)
+    else:
+        keys, buckets = rng.integers(-1000, 1000, n), rng.integers(0, 7, n)
+    _check_grouping(buckets.astype("int32"), keys.astype("int32"), compiled)
 
 
 @settings(deadline=None, max_examples=20)

@@ -11,40 +11,60 @@ def group_by_bucket_then_key(buckets, keys):
     """`(order, position)`: `take(keys, order)` is sorted by `buckets`, then `keys`, so a
     key's repeats in one bucket are side by side; `position[i]` is a sorted position of
     key `i` (for a repeated (bucket, key), of any of its repeats: what is read there is
-    the same for each).
-
-    On JAX, for `n` keys with `n * n < 2**31`, each key's rank among the keys and its
-    bucket's rank among the buckets make one int32 per key, sorted alone: XLA's CPU sort
-    of one array is several times faster than of several, and a rank's repeats need no
-    order among them. Elsewhere, and beyond that size, a sort by both (JAX) or two
-    stable sorts (key, then bucket), faster there than one of a pair."""
+    the same for each). Elsewhere than on JAX, two stable sorts (key, then bucket),
+    faster there than one of a pair."""
     ops = keras.ops
     n = keys.shape[0]
-    if keras.backend.backend() == "jax" and n is not None and n * n < 2**31:
-        import jax
-        import jax.numpy as jnp
+    if keras.backend.backend() == "jax" and n is not None:
+        return _group_on_jax(buckets, keys, n)
+    by_key = ops.argsort(keys)
+    order = take_rows(by_key, ops.argsort(take_rows(buckets, by_key)))
+    positions = ops.arange(ops.shape(keys)[0], dtype="int32")
+    return order, ops.scatter_update(ops.zeros_like(positions), ops.expand_dims(order, -1), positions)
 
-        def rank(x):
-            return jnp.searchsorted(jax.lax.sort(x), x, side="left", method="scan").astype("int32")
 
-        group = rank(buckets) * n + rank(keys)
+def _group_on_jax(buckets, keys, n):
+    """`group_by_bucket_then_key` on JAX: each key's rank among the keys and its
+    bucket's rank among the buckets make one uint32 per key, sorted alone (XLA's CPU
+    sort of one array is several times faster than of several, and a rank's repeats
+    need no order among them). Ranks are positions below `n` while `n * n < 2**32`;
+    beyond, ranks among the distinct values, if their counts' product fits in 32 bits,
+    or else one sort of the three arrays."""
+    import jax
+    import jax.numpy as jnp
+
+    positions = jnp.arange(n, dtype="int32")
+
+    def rank(x, distinct):
+        sorted_x = jax.lax.sort(x)
+        at = jnp.searchsorted(sorted_x, x, side="left", method="scan").astype("int32")
+        if not distinct:
+            return at, n
+        dense = jnp.cumsum(jnp.concatenate([jnp.zeros((1,), "int32"), (sorted_x[1:] != sorted_x[:-1]).astype("int32")]))
+        return dense[at], dense[-1] + 1
+
+    def by_one_sort(bucket_rank, key_rank, key_count):
+        group = bucket_rank.astype("uint32") * jnp.asarray(key_count, "uint32") + key_rank.astype("uint32")
         sorted_groups = jax.lax.sort(group)
         position = jnp.searchsorted(sorted_groups, group, side="left", method="scan").astype("int32")
         # An occurrence of each (bucket, key) at its run's first position (repeats write
         # the same one), read back at each position of the run.
-        positions = jnp.arange(n, dtype="int32")
         occurrence = jnp.zeros((n,), "int32").at[position].set(positions)
         starts = jnp.concatenate([jnp.ones((1,), bool), sorted_groups[1:] != sorted_groups[:-1]])
         return occurrence[jax.lax.cummax(jnp.where(starts, positions, 0))], position
-    if keras.backend.backend() == "jax":
-        import jax
 
-        order = jax.lax.sort((buckets, keys, jax.numpy.arange(n, dtype="int32")), num_keys=2)[2]
-    else:
-        by_key = ops.argsort(keys)
-        order = take_rows(by_key, ops.argsort(take_rows(buckets, by_key)))
-    positions = ops.arange(ops.shape(keys)[0], dtype="int32")
-    return order, ops.scatter_update(ops.zeros_like(positions), ops.expand_dims(order, -1), positions)
+    def by_three_arrays():
+        order = jax.lax.sort((buckets, keys, positions), num_keys=2)[2]
+        return order, jnp.zeros((n,), "int32").at[order].set(positions)
+
+    distinct = n * n >= 2**32
+    (bucket_rank, bucket_count), (key_rank, key_count) = rank(buckets, distinct), rank(keys, distinct)
+    if not distinct:
+        return by_one_sort(bucket_rank, key_rank, n)
+    # The largest group, `bucket_count * key_count - 1`, below 2**32, in uint32 arithmetic.
+    key_count = key_count.astype("uint32")
+    fits = (bucket_count - 1).astype("uint32") <= (jnp.uint32(2**32 - 1) - (key_count - 1)) // key_count
+    return jax.lax.cond(fits, lambda: by_one_sort(bucket_rank, key_rank, key_count), by_three_arrays)
 
 
 def first_holding_slot(keys, buckets, stored_keys, scores):
