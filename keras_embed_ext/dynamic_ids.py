@@ -183,7 +183,8 @@ class KeyMap:
         given = (change.admitted_rows, change.admitted_keys, change.admitted_scores)
         dynamic_shapes = keras.backend.backend() != "jax" or not is_traced(flat)
         if dynamic_shapes:  # the rows given alone, not a write to the scratch row for every other key
-            given = [compress(x, change.admitted_rows < self.capacity) for x in given]
+            is_given = change.admitted_rows < self.capacity
+            given = [compress(x, is_given) for x in given]
         given_rows, given_keys, given_scores = given
         scatter_into(self.keys, given_rows, ops.cast(given_keys, self.keys.dtype))
         scatter_into(self.scores, given_rows, given_scores)

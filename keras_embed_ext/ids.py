@@ -7,6 +7,7 @@ from keras import backend
 from keras import ops
 
 from keras_embed_ext.backends.context import compiled_by_xla
+from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.devices import to_host
 
@@ -121,7 +122,7 @@ def zero_invalid(rows, valid):
     """`rows (..., n)` with the rows of invalid ids zeroed (`valid` from `validate`)."""
     if valid is None:
         return rows
-    if backend.backend() == "torch" and rows.device.type == "cpu" and not is_traced(rows):
+    if eager_on_torch_cpu(rows):
         # torch's CPU `where` over rows costs several copies of them; a copy zeroing
         # the invalid rows alone costs one.
         import torch

@@ -31,6 +31,12 @@ def is_traced(x) -> bool:
     return False
 
 
+def eager_on_torch_cpu(x) -> bool:
+    """Whether `x` is a torch tensor on the CPU, outside any traced or compiled
+    function: where each op is a pass of its own, and reading a value costs no wait."""
+    return keras.backend.backend() == "torch" and x.device.type == "cpu" and not is_traced(x)
+
+
 def compiled_by_xla() -> bool:
     """Whether TensorFlow is tracing a function that XLA compiles (eager: no)."""
     import tensorflow as tf

@@ -2,7 +2,7 @@
 
 import keras
 
-from keras_embed_ext.backends.context import is_traced
+from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
 
@@ -79,7 +79,7 @@ def first_holding_slot(keys, buckets, stored_keys, scores):
     compares its whole bucket at once (static shapes, and XLA fuses the passes)."""
     ops = keras.ops
     slots = stored_keys.shape[1]
-    if keras.backend.backend() == "torch" and keys.device.type == "cpu" and not is_traced(keys):
+    if eager_on_torch_cpu(keys):
         return _first_slot_then_bucket(keys.to(stored_keys.dtype), buckets, stored_keys, scores)
     holds = take_rows(stored_keys, buckets) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
     # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,

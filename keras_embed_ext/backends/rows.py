@@ -8,6 +8,7 @@ import keras
 
 from keras_embed_ext.backends.arithmetic import cast
 from keras_embed_ext.backends.context import compiled_by_xla
+from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.context import summing_repeats
 
@@ -52,7 +53,7 @@ def for_each_part(rows, grads, update, table, part_bytes=1 << 18):
     them back, where a whole step's rows and the update's temporaries would not be.
     Elsewhere one update takes every row: graphs, `torch.compile` and accelerators
     take them at once (a TensorFlow `tf.while_loop` over parts measured no faster)."""
-    if keras.backend.backend() != "torch" or rows.device.type != "cpu" or is_traced(rows):
+    if not eager_on_torch_cpu(rows):
         return update(rows, grads)
     row_bytes = functools.reduce(operator.mul, table.shape[1:], 1) * table.value.element_size()
     size = max(1, part_bytes // max(1, row_bytes))
