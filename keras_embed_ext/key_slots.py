@@ -22,6 +22,7 @@ from keras_embed_ext.backends.keys import first_holding_slot
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
 from keras_embed_ext.backends.keys import kth_smallest
 from keras_embed_ext.backends.keys import segment_sum
+from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
 
 BUCKET_SIZE = 16
@@ -135,14 +136,14 @@ def find(keys, tables, stored_keys, scores, clock, layout: KeyLayout, ttl_steps=
     row; `clock` counts the training steps taken. With `ttl_steps`, a key unseen for
     that many steps is no longer resident.
 
-    One score is read per key: a resident key is the first of its bucket's slots to
-    hold it, since a key admitted again takes the lowest free slot, before any it left
-    behind (`backends.keys.first_holding_slot`)."""
+    A resident key is the first of its bucket's slots to hold it, since a key admitted
+    again takes the lowest free slot, before any it left behind
+    (`backends.keys.first_holding_slot`)."""
     bucket = layout.buckets_of(keys, tables)
-    rows, score = first_holding_slot(keys, bucket, stored_keys, scores)
-    found = (score > 0) & (rows < layout.capacity)
+    rows, held = first_holding_slot(keys, bucket, stored_keys, scores)
+    found = held & (rows < layout.capacity)
     if ttl_steps is not None:
-        found = found & (clock - score < ttl_steps)
+        found = found & (clock - take_elements(scores, rows) < ttl_steps)
     return Found(ops.where(found, rows, 0), found, bucket)
 
 

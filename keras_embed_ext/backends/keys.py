@@ -68,13 +68,13 @@ def _group_on_jax(buckets, keys, n):
 
 
 def first_holding_slot(keys, buckets, stored_keys, scores):
-    """`(rows, scores)` of flat `keys`: the row of the first slot of each key's bucket
+    """`(rows, held)` of flat `keys`: the row of the first slot of each key's bucket
     (in `(buckets + 1, slots)` arrays of stored keys and scores) that holds the key,
-    and that row's score; a score of 0 where no slot holds it.
+    and whether that slot was given (its score is not 0).
 
-    A bucket's rows are given lowest free first, so its rows never given (score 0)
-    are its last. On a torch CPU, eager, each key first reads its bucket's first
-    slot, where most keys of a table that is not full live or stop (a row never
+    A bucket's rows are given lowest free first, so its rows never given (score 0,
+    key 0) are its last; a slot holding a key other than 0 was given. On a torch CPU, eager, each key first reads its bucket's
+    first slot, where most keys of a table that is not full live or stop (a row never
     given); only the others read and compare their whole bucket. Elsewhere every key
     compares its whole bucket at once (static shapes, and XLA fuses the passes)."""
     ops = keras.ops
@@ -87,33 +87,38 @@ def first_holding_slot(keys, buckets, stored_keys, scores):
     # made the find alone faster but the jitted lookup no faster).
     first = ops.max(ops.cast(holds, "int8") * ops.cast(ops.arange(slots, 0, -1), "int8"), axis=-1)
     rows = buckets * slots + ops.mod(slots - ops.cast(first, "int32"), slots)
-    return rows, ops.where(first > 0, take_elements(scores, rows), 0)
+
+    def given_if_zero():  # a slot holding key 0 may be a row never given
+        return (first > 0) & ((keys != 0) | (take_elements(scores, rows) > 0))
+
+    if keras.backend.backend() != "jax":  # TensorFlow: a branch would capture a table's variable
+        return rows, given_if_zero()
+    # The scores are read (a random read per key) only when a key is 0.
+    return rows, ops.cond(ops.any(keys == 0), given_if_zero, lambda: first > 0)
 
 
 def _first_slot_then_bucket(keys, buckets, stored_keys, scores):
-    """`first_holding_slot` on torch: each key reads its bucket's first slot, and only
-    the keys that must search on (the slot holds another key) compare their whole
-    bucket. The first holding slot is found as the leading bit of a sum of powers of
-    two, a matrix-vector product, not a reduction over the slots."""
+    """`first_holding_slot` on torch: each key reads its bucket's first slot. A slot
+    never given holds key 0, so a first slot holding a key other than 0 was given;
+    only the other keys compare their whole bucket, and read the score of the first
+    slot holding them. That slot is the leading bit of a sum of powers of two, a
+    matrix-vector product, not a reduction over the slots."""
     import torch
 
     slots = stored_keys.shape[1]
     first_rows = buckets * slots
-    flat_scores = scores.reshape(-1)
-    stored, score = stored_keys.reshape(-1).index_select(0, first_rows), flat_scores.index_select(0, first_rows)
-    holds = stored == keys
-    found_scores = torch.where(holds, score, 0)
-    searching = torch.nonzero(~holds & (score != 0)).squeeze(1)
+    held = (stored_keys.reshape(-1).index_select(0, first_rows) == keys) & (keys != 0)
+    searching = torch.nonzero(~held).squeeze(1)
     if not searching.numel():
-        return first_rows, found_scores
+        return first_rows, held
     buckets = buckets.index_select(0, searching)
-    held = stored_keys.index_select(0, buckets) == keys.index_select(0, searching).unsqueeze(1)
+    matches = stored_keys.index_select(0, buckets) == keys.index_select(0, searching).unsqueeze(1)
     powers = torch.pow(2.0, torch.arange(slots - 1, -1, -1, dtype=torch.float32))
-    marks = held.view(torch.uint8).to(torch.float32) @ powers  # exact: below 2**24
+    marks = matches.view(torch.uint8).to(torch.float32) @ powers  # exact: below 2**24
     leading_bit = (marks.view(torch.int32) >> 23) - 127  # the float's exponent
     rows = buckets * slots + torch.where(marks > 0, slots - 1 - leading_bit, 0).to(buckets.dtype)
-    score = torch.where(marks > 0, flat_scores.index_select(0, rows), 0)
-    return first_rows.index_copy(0, searching, rows), found_scores.index_copy_(0, searching, score)
+    found = (marks > 0) & (scores.reshape(-1).index_select(0, rows) != 0)
+    return first_rows.index_copy(0, searching, rows), held.index_copy_(0, searching, found)
 
 
 def kth_smallest(x, k):
