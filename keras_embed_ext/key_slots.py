@@ -17,6 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.keys import compress
 from keras_embed_ext.backends.keys import first_holding_slot
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
@@ -107,8 +108,25 @@ def _mix(x):
     return ops.bitwise_xor(x, _shifted_out(x, 16))
 
 
+def _mix_in_place(x):
+    """`_mix` of a torch tensor, in place: in eager torch each op is a pass and an
+    allocation of its own."""
+    for bits, factor in ((16, _MIX[0]), (13, _MIX[1]), (16, 1)):
+        x ^= (x >> bits) & ((1 << (32 - bits)) - 1)
+        x *= factor
+    return x
+
+
 def hash_keys(keys, seed_index=0):
     """A nonnegative int32 hash of each key."""
+    keys = ops.convert_to_tensor(keys)
+    if eager_on_torch_cpu(keys):
+        import torch
+
+        high = (keys >> 32 if keys.dtype == torch.int64 else keys >> 31).to(torch.int32)
+        mixed = _mix_in_place(keys.to(torch.int32) ^ _SEEDS[seed_index])  # int64 to int32 keeps the low bits
+        mixed ^= high
+        return _mix_in_place(mixed).bitwise_and_(0x7FFFFFFF)
     low, high = _words(keys)
     mixed = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(low, _SEEDS[seed_index])), high))
     return ops.bitwise_and(mixed, 0x7FFFFFFF)
