@@ -139,7 +139,7 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
         if stale is not None:
             old_slots = [jnp.where(stale.reshape((-1,) + (1,) * (s.ndim - 1)), value, s)
                          for s, value in zip(old_slots, renewal[3])]
-            renewed_at = renewed_at.at[rows].max(stamps, mode="drop")
+            renewed_at = renewed_at.at[rows].set(stamps, mode="drop")
         new_rows, new_slots = update(looked_up, grads, old_slots, step=step)
         new_slots = [s.at[rows].set(new, mode="drop") for s, new in zip(slots, new_slots)]
         table = table.at[rows].set(new_rows.astype(table.dtype), mode="drop")
@@ -149,8 +149,13 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
     flat = ids.reshape(-1)
     renewed_at = stamps = stale = new_rows = None
     if renewal is not None:
-        renewed_at, stamps, draw = renewal[0].value, renewal[1], renewal[2]
-        stale = stamps > take_rows(renewed_at, flat)
+        renewed_at, admitted_at, draw = renewal[0].value, renewal[1], renewal[2]
+        last_renewed = take_rows(renewed_at, flat)
+        stale = admitted_at > last_renewed
+        # The renewal steps as they will be written, computed from the ones read: the
+        # write then depends on the read, which XLA otherwise orders by copying the
+        # whole array (twice, on its CPU).
+        stamps = jnp.maximum(admitted_at, last_renewed)
         new_rows = jax.lax.cond(jnp.any(stale), draw, lambda: jnp.zeros((flat.shape[0], table.shape[1]), "float32"))
     return lookup(table.value, [s.value for s in slots], step.value, renewed_at, flat, first, stamps, stale, new_rows)
 

@@ -434,3 +434,31 @@ def test_a_key_hashes_alike_on_every_backend_and_key_dtype():
             np.testing.assert_array_equal(to_numpy(key_slots.hash_keys(_keys(keys), seed_index)), expected)
             if np.all(np.abs(keys) < 2**31):  # int32 keys: the same hash
                 np.testing.assert_array_equal(to_numpy(key_slots.hash_keys(keys.astype("int32"), seed_index)), expected)
+
+
+if BACKEND == "jax":
+
+    @pytest.mark.parametrize("eviction", ["lru", "lfu"])
+    def test_a_jitted_training_step_copies_no_per_row_array(eviction):
+        """keras donates the state to its jitted step, so the table, its optimizer's
+        rows and the key map are updated in place: no array with a row per table row
+        (or per bucket) is copied whole, which would make a step cost the table's size."""
+        import re
+
+        import jax
+
+        capacity = 4099  # no other axis of the step has as many entries
+        model = keras.Sequential([keras.Input((4,), dtype="int32"),
+                                  kee.Embedding(capacity, 8, dynamic=kee.DynamicIds(eviction=eviction), combiner="sum"),
+                                  keras.layers.Dense(1)])
+        model.compile("adam", "mse")
+        keys = np.random.default_rng(0).integers(-2**30, 2**30, (32, 4)).astype("int32")
+        targets = np.ones((32, 1), "float32")
+        model.train_on_batch(keys, targets)
+        state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                     optimizer_variables=True, metrics_variables=True, purge_model_variables=False)
+        hlo = jax.jit(model.train_step, donate_argnums=0).lower(state, (keys, targets, None)).compile().as_text()
+        buckets = -(-capacity // 16) + 1  # the key map's (buckets + 1, 16) arrays
+        copies = [line.strip() for line in hlo.splitlines()
+                  if " copy(" in line and re.search(rf"\[({capacity}|{buckets}|{buckets * 16})\b", line)]
+        assert not copies, copies
