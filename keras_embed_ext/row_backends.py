@@ -100,28 +100,27 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
 
     `renewal`, for a dynamic table: `(renewed_at, admitted_at, draw, slot_values)`.
     A row given to its key after its last renewal (`admitted_at > renewed_at`) reads
-    new rows (`draw()`, one per id, taken at its first occurrence) and the optimizer's
-    initial state, and is written so, with its renewal step, whatever its gradient.
-    Rows are drawn only in a step that renews one."""
+    a new row (`draw(count)`, `_fresh_rows_jax`) and the optimizer's initial state,
+    and is written so, with its renewal step, whatever its gradient."""
     import jax
     import jax.numpy as jnp
 
     input_dim = table.shape[0]
 
-    def renewed(table, flat, first, stale, new_rows):
+    def renewed(table, flat, stale, new_rows):
         """The rows the flat ids read: a row that starts afresh reads its new row."""
         looked_up = take_rows(table, flat)
         if stale is None:
             return looked_up
-        return jnp.where(stale[:, None], new_rows[first].astype(table.dtype), looked_up)
+        return jnp.where(stale[:, None], new_rows.astype(table.dtype), looked_up)
 
     @jax.custom_vjp
     def lookup(table, slots, step, renewed_at, flat, first, stamps, stale, new_rows):
-        rows = renewed(table, flat, first, stale, new_rows)
+        rows = renewed(table, flat, stale, new_rows)
         return rows.reshape(*ids.shape, -1), jnp.zeros((), "float32")
 
     def forward(table, slots, step, renewed_at, flat, first, stamps, stale, new_rows):
-        looked_up = renewed(table, flat, first, stale, new_rows)
+        looked_up = renewed(table, flat, stale, new_rows)
         outputs = (looked_up.reshape(*ids.shape, -1), jnp.zeros((), "float32"))
         return outputs, (table, slots, step, renewed_at, flat, first, stamps, stale, looked_up)
 
@@ -156,8 +155,32 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
         # write then depends on the read, which XLA otherwise orders by copying the
         # whole array (twice, on its CPU).
         stamps = jnp.maximum(admitted_at, last_renewed)
-        new_rows = jax.lax.cond(jnp.any(stale), draw, lambda: jnp.zeros((flat.shape[0], table.shape[1]), "float32"))
+        new_rows = _fresh_rows_jax(stale, first, draw, table.shape[1])
     return lookup(table.value, [s.value for s in slots], step.value, renewed_at, flat, first, stamps, stale, new_rows)
+
+
+def _fresh_rows_jax(stale, first, draw, dim):
+    """The new row of each position whose row is `stale` (`first`: each position's first
+    occurrence, whose draw its repeats read). One draw per distinct renewed row, in
+    the fewest of n / 64, n / 8 or n rows that hold them (none in a step renewing no
+    row): once a table holds its frequent keys a step renews few rows, and a draw of
+    the initializer costs more per row than the lookup."""
+    import jax
+    import jax.numpy as jnp
+
+    n = first.shape[0]
+    if n == 0:
+        return jnp.zeros((0, dim), "float32")
+    takes = stale & (first == jnp.arange(n, dtype=first.dtype))
+    rank = jnp.cumsum(takes.astype("int32")) - 1
+    count, at = rank[-1] + 1, rank[first]
+    sizes = sorted({-(-n // 64), -(-n // 8), n})
+
+    def drawn(size):
+        return lambda: draw(size)[jnp.clip(at, 0, size - 1)]
+
+    index = jnp.where(count == 0, 0, 1 + sum((count > size).astype("int32") for size in sizes[:-1]))
+    return jax.lax.switch(index, [lambda: jnp.zeros((n, dim), "float32"), *map(drawn, sizes)])
 
 
 def is_sparse(value) -> bool:

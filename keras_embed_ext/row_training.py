@@ -133,7 +133,7 @@ class RowTraining:
                 slot_values = [self.optimizer.slot_initial_value(slot) for slot, _ in self.optimizer.slots]
                 # The seed is drawn here, the rows only in a step that renews one.
                 seed = self.new_rows.seed_generator.next()
-                draw = functools.partial(self.new_rows, ops.size(ids), seed)
+                draw = functools.partial(self.new_rows, seed=seed)
                 renewal = (self.renewed_at, admitted_at, draw, slot_values)
             rows, probe = row_backends.lookup_jax(self.variable, self.slots, self.step, ids, first, self._update,
                                                   renewal)

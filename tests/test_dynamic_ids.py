@@ -5,6 +5,7 @@ import collections
 import keras
 import numpy as np
 import pytest
+from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine
@@ -462,3 +463,34 @@ if BACKEND == "jax":
         copies = [line.strip() for line in hlo.splitlines()
                   if " copy(" in line and re.search(rf"\[({capacity}|{buckets}|{buckets * 16})\b", line)]
         assert not copies, copies
+
+    @settings(deadline=None, max_examples=30)
+    @given(ids=st.lists(st.integers(0, 40), min_size=1, max_size=200), seed=st.integers(0, 2**16))
+    def test_fresh_rows_are_one_draw_per_renewed_row_in_the_fewest_rows_drawn(ids, seed):
+        """Each renewed row's occurrences read one drawn row, distinct rows read distinct
+        draws, and the draw is the smallest of n / 64, n / 8 and n rows that holds them."""
+        import jax.numpy as jnp
+
+        from keras_embed_ext.row_backends import _fresh_rows_jax
+
+        ids = np.array(ids)
+        stale_ids = np.random.default_rng(seed).random(41) < 0.5
+        first = np.array([ids.tolist().index(i) for i in ids], "int32")
+        sizes_drawn = []
+
+        def draw(size):
+            sizes_drawn.append(size)
+            return jnp.tile(jnp.arange(size, dtype="float32")[:, None] + 1000 * size, (1, 3))
+
+        rows = np.asarray(_fresh_rows_jax(jnp.asarray(stale_ids[ids]), jnp.asarray(first), draw, 3))
+        renewed = sorted({int(i) for i in ids if stale_ids[i]})
+        n = ids.size
+        wanted = next((size for size in sorted({-(-n // 64), -(-n // 8), n}) if size >= len(renewed)), None)
+        assert rows.shape == (n, 3)
+        draws = {int(i): rows[position] for position, i in enumerate(ids) if stale_ids[i]}
+        for position, i in enumerate(ids):
+            if stale_ids[i]:
+                np.testing.assert_array_equal(rows[position], draws[int(i)])  # repeats read one draw
+        values = [row[0] for row in draws.values()]
+        assert len(set(values)) == len(renewed)  # distinct rows, distinct draws
+        assert all(value // 1000 == wanted for value in values)  # from the draw of the wanted size
