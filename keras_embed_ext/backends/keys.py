@@ -73,10 +73,11 @@ def first_holding_slot(keys, buckets, stored_keys, scores):
     and whether that slot was given (its score is not 0).
 
     A bucket's rows are given lowest free first, so its rows never given (score 0,
-    key 0) are its last; a slot holding a key other than 0 was given. On a torch CPU, eager, each key first reads its bucket's
-    first slot, where most keys of a table that is not full live or stop (a row never
-    given); only the others read and compare their whole bucket. Elsewhere every key
-    compares its whole bucket at once (static shapes, and XLA fuses the passes)."""
+    key 0) are its last, and a slot holding a key other than 0 was given. On a torch
+    CPU, eager, each key first reads its bucket's first slot, where most keys of a
+    table that is not full live; only the others read and compare their whole bucket.
+    Elsewhere every key compares its whole bucket at once (static shapes, and XLA
+    fuses the passes)."""
     ops = keras.ops
     slots = stored_keys.shape[1]
     if eager_on_torch_cpu(keys):
@@ -91,7 +92,9 @@ def first_holding_slot(keys, buckets, stored_keys, scores):
     def given_if_zero():  # a slot holding key 0 may be a row never given
         return (first > 0) & ((keys != 0) | (take_elements(scores, rows) > 0))
 
-    if keras.backend.backend() != "jax":  # TensorFlow: a branch would capture a table's variable
+    # TensorFlow: a branch would capture the map's variable in the XLA function that
+    # tables share; torch: a branch reads the condition on the host.
+    if keras.backend.backend() != "jax":
         return rows, given_if_zero()
     # The scores are read (a random read per key) only when a key is 0.
     return rows, ops.cond(ops.any(keys == 0), given_if_zero, lambda: first > 0)
