@@ -8,9 +8,9 @@
 #          host memory (integration/host_table_gpu.py)
 #   bench  lookups in every state at 65,536 ids (against the native gather and the copy bandwidth),
 #          training steps with sparse_optimizer against the native sparse step at 1M and 4M rows, the
-#          DLRM-like recommender collection (benchmarks/bench_collection.py), the reverse
-#          projection at V = 256k (forward at D = 512, forward + backward at D = 2,048, tied and untied),
-#          and dynamic tables against static ones (benchmarks/bench_dynamic.py, speed)
+#          DLRM-like recommender collection (benchmarks/bench_collection.py), dynamic tables against
+#          static ones (benchmarks/bench_dynamic.py, speed), and last the reverse projection at V = 256k
+#          (forward at D = 512, forward + backward at D = 2,048, tied and untied)
 #   all    tests, then bench
 #   smoke  every part of bench at tiny sizes, on whatever device there is (the CPU in CI)
 #
@@ -59,8 +59,9 @@ timeout 120 $PY benchmarks/xla_int8_dot.py 2>&1 | grep -v Warning | tee "$OUT/xl
 
 if [[ $what == all || $what == tests ]]; then
   for backend in jax torch; do
-    KERAS_BACKEND=$backend timeout "${TEST_SECONDS:-240}" $PY -m pytest tests -q -p no:cacheprovider \
-      -n "${WORKERS:-6}" > "$OUT/tests_$backend.log" 2>&1 &
+    # SIGINT at the limit, so pytest still prints its summary of what failed.
+    KERAS_BACKEND=$backend timeout -s INT -k 30 "${TEST_SECONDS:-240}" $PY -m pytest tests -q -rfEs \
+      -p no:cacheprovider -n "${WORKERS:-6}" > "$OUT/tests_$backend.log" 2>&1 &
     KERAS_BACKEND=$backend timeout 120 $PY integration/host_table_gpu.py > "$OUT/host_table_$backend.log" 2>&1 &
   done
   wait
@@ -76,12 +77,13 @@ if [[ $what != tests ]]; then
   for backend in jax torch; do
     part collection.md env KERAS_BACKEND=$backend $PY benchmarks/bench_collection.py $COLLECTION
   done
+  part dynamic.md $PY benchmarks/bench_dynamic.py --backends jax torch --parts speed $DYNAMIC --out "$OUT/dynamic"
+  # Last: measured on an H200 before (benchmarks/results/reverse_256k_gpu.md).
   for backend in jax torch; do
     part reverse.md env KERAS_BACKEND=$backend $PY benchmarks/bench_reverse.py --vocab "$REVERSE_VOCAB" --dim 512 \
       --tokens "$REVERSE_TOKENS" --rounds "$ROUNDS" --forward
     part reverse.md env KERAS_BACKEND=$backend $PY benchmarks/bench_reverse.py --vocab "$REVERSE_VOCAB" --dim 2048 \
       --tokens "$REVERSE_TOKENS" --rounds "$ROUNDS" --states int8,int4,int4_lora
   done
-  part dynamic.md $PY benchmarks/bench_dynamic.py --backends jax torch --parts speed $DYNAMIC --out "$OUT/dynamic"
 fi
 exit $failed
