@@ -257,8 +257,9 @@ class KeyMap:
                     f"{self.config.min_count})."
                 )
             if variable is self.keys:
-                value = np.asarray(check_keys(value, subject))
-            variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
+                variable.assign(check_keys(value, subject))  # a tensor, maybe on a GPU
+            else:
+                variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
         if SEED_KEY in store.keys():
             seed_state.assign(np.asarray(store[SEED_KEY]))
 
