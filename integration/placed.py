@@ -35,6 +35,11 @@ def main():
         "output_device": str(next(iter(out.devices()))),
         "max_diff": float(np.abs(np.asarray(out) - table[ids_np]).max()),
     }
+    # keras' trainer assigns a step's results where it computed them: on the default device.
+    model = keras.Sequential([keras.Input((5,), dtype="int32"), layer, keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    model.fit(ids_np, np.ones((8, 1)), verbose=0)
+    report["table_device_after_fit"] = str(next(iter(layer._embeddings.value.devices())))
     print(json.dumps(report))
 
 
