@@ -14,20 +14,55 @@ import functools
 
 import keras
 
+from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.rows import replica_local
 from keras_embed_ext.backends.rows import take_rows
+from keras_embed_ext.ids import zero_invalid
 
 
-def lookup_with_sparse_gradient(variable, ids):
-    """`(variable[ids], probe)` on TensorFlow and torch: the rows' gradient reaches the
-    variable as the backend's sparse value, divided by the probe's gradient."""
+def lookup_with_sparse_gradient(variable, ids, valid=None):
+    """`(variable[ids], probe)` on TensorFlow and torch, the rows of invalid ids (where
+    `valid` does not hold) zeroed: the rows' gradient reaches the variable as the
+    backend's sparse value, divided by the probe's gradient."""
     if keras.backend.backend() == "torch":
         import torch
 
-        rows = torch.nn.functional.embedding(ids, variable.value, sparse=True)
-        return _torch_loss_scale_probe().apply(rows)
+        if valid is not None and eager_on_torch_cpu(ids):
+            rows = _torch_rows_of_valid_ids().apply(variable.value, ids, valid)
+            return _torch_loss_scale_probe().apply(rows)
+        rows, probe = _torch_loss_scale_probe().apply(torch.nn.functional.embedding(ids, variable.value, sparse=True))
+        return zero_invalid(rows, valid), probe
     # TensorFlow: `IndexedSlices` of a slice per occurrence, which `assign` sums per row.
-    return _tensorflow_loss_scale_probe(replica_local(variable.value).sparse_read(ids))
+    rows, probe = _tensorflow_loss_scale_probe(replica_local(variable.value).sparse_read(ids))
+    return zero_invalid(rows, valid), probe
+
+
+@functools.cache
+def _torch_rows_of_valid_ids():
+    import torch
+
+    class TorchRowsOfValidIds(torch.autograd.Function):
+        """`weight[ids]` with the rows of invalid ids zeroed in place, and a sparse
+        gradient of the valid ids' entries only: zeroing a copy of the rows, and of
+        their gradient, would cost two new buffers the size of the rows."""
+
+        @staticmethod
+        def forward(ctx, weight, ids, valid):
+            rows = torch.nn.functional.embedding(ids, weight)
+            flat_valid = valid.reshape(-1)
+            rows.view(-1, rows.shape[-1]).index_fill_(0, torch.nonzero(~flat_valid).reshape(-1), 0)
+            kept = torch.nonzero(flat_valid).reshape(-1)
+            ctx.save_for_backward(ids.reshape(-1).index_select(0, kept), kept)
+            ctx.weight_shape = weight.shape
+            return rows
+
+        @staticmethod
+        def backward(ctx, grads):
+            kept_ids, kept = ctx.saved_tensors
+            values = grads.reshape(-1, grads.shape[-1]).index_select(0, kept)
+            return torch.sparse_coo_tensor(kept_ids.unsqueeze(0), values, ctx.weight_shape), None, None
+
+    return TorchRowsOfValidIds
 
 
 def _unscale(grads, loss_scale):

@@ -33,6 +33,7 @@ from keras_embed_ext.backends.devices import all_true_on_host
 from keras_embed_ext.backends.rows import for_each_part
 from keras_embed_ext.backends.rows import scatter_into
 from keras_embed_ext.backends.rows import take_rows
+from keras_embed_ext.ids import zero_invalid
 
 
 def _state_travels_as_gradient() -> bool:
@@ -114,16 +115,17 @@ class RowTraining:
         for state in self.variables() + self.scratch_variables():
             untrack(state)
 
-    def lookup(self, ids, admitted_at=None):
+    def lookup(self, ids, admitted_at=None, valid=None):
         """The rows of `ids` (validated) in a training step, through which the variable
-        gets its update. Rows whose gradient is zero in the step (invalid ids, whose
-        rows the caller zeroes, padding, dropped rows) keep their values and state.
+        gets its update; the rows of invalid ids (where `valid` does not hold) read zeros.
+        Rows whose gradient is zero in the step (invalid ids, padding, dropped rows)
+        keep their values and state.
         On JAX, for a dynamic table, `admitted_at` (the step each row was given to its
         key) renews the rows given since their last renewal."""
         self._check_model_optimizer()
         if not _state_travels_as_gradient():
             # A repeated id's slices of the sparse gradient are summed in `assign`.
-            rows, probe = row_backends.lookup_with_sparse_gradient(self.variable, ids)
+            rows, probe = row_backends.lookup_with_sparse_gradient(self.variable, ids, valid)
         else:
             self._check_once_per_step()
             first, positions = row_backends.first_positions_jax(self.first_positions.value, ids)
@@ -137,6 +139,7 @@ class RowTraining:
                 renewal = (self.renewed_at, admitted_at, draw, slot_values)
             rows, probe = row_backends.lookup_jax(self.variable, self.slots, self.step, ids, first, self._update,
                                                   renewal)
+            rows = zero_invalid(rows, valid)
         # keras divides an added loss among `tf.distribute` replicas; the probe must read
         # the scale itself.
         self._add_loss(probe * row_backends.replicas_in_sync())

@@ -116,7 +116,7 @@ class Table:
     def _training_lookup(self, ids, valid, mapped=None):
         row_lookup = self.row_training.lookup
         if self.adapter is None:
-            return zero_invalid(row_lookup(ids, None if mapped is None else mapped.admitted_at), valid)
+            return row_lookup(ids, None if mapped is None else mapped.admitted_at, valid)
         rows = zero_invalid(self.format.gather(ids), valid)
         return self.adapter.add_rows(ops.cast(rows, "float32"), ids, valid, row_lookup(ids))
 

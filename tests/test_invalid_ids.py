@@ -33,6 +33,39 @@ def test_zero_policy_gives_zero_rows_for_invalid_ids(ids):
     np.testing.assert_array_equal(to_numpy(layer(ids)), expected)
 
 
+@settings(max_examples=15, deadline=None)
+@given(ids=st.lists(st.integers(-4, 13), min_size=6, max_size=6), adagrad=st.booleans())
+def test_a_training_step_moves_only_the_rows_of_valid_ids(ids, adagrad):
+    """`fit` with invalid ids under "zero" and `sparse_optimizer`, against a step computed
+    by hand: the invalid ids' rows read zeros, and no row moves for them (not the row
+    an invalid id is replaced by), however many there are."""
+    vocabulary, width, lr = 10, 3, 0.1
+    weights, ids = table(vocabulary, width), np.array(ids).reshape(2, 3)
+    targets = np.array([[1.0], [-2.0]], "float32")
+    optimizer = keras.optimizers.Adagrad(lr) if adagrad else keras.optimizers.SGD(lr)
+    layer = kee.Embedding(vocabulary, width, weights=weights, invalid_ids="zero", sparse_optimizer=optimizer)
+    model = keras.Sequential([keras.Input((3,), dtype="int32"), layer, keras.layers.Flatten(),
+                              keras.layers.Dense(1, kernel_initializer="ones", use_bias=False, trainable=False)])
+    model.compile(keras.optimizers.SGD(lr), "mse")
+    model.train_on_batch(ids, targets)
+
+    valid = (ids >= 0) & (ids < vocabulary)
+    rows = np.where(valid[..., None], weights[np.clip(ids, 0, vocabulary - 1)], 0.0)
+    # loss = mean((sum of a sample's rows - target)^2): each of its valid rows' gradient
+    # is 2 (prediction - target) / 2 in every column.
+    per_sample = 2 * (rows.sum(axis=(1, 2)) - targets[:, 0]) / 2
+    gradient = np.zeros_like(weights)
+    for (sample, _), row in zip(np.argwhere(valid), ids[valid]):
+        gradient[row] += per_sample[sample]
+    if adagrad:
+        accumulator = 0.1 + gradient**2
+        step = lr * gradient / np.sqrt(accumulator + 1e-7)
+    else:
+        step = lr * gradient
+    expected = np.where(np.isin(np.arange(vocabulary), ids[valid])[:, None], weights - step, weights)
+    np.testing.assert_allclose(to_numpy(layer.embeddings), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("policy", ["raise", "zero"])
 def test_traced_call_gives_zero_rows(policy):
     weights = table(10, 3)
