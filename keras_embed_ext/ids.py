@@ -9,6 +9,7 @@ from keras import ops
 from keras_embed_ext.backends.context import compiled_by_xla
 from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.context import is_traced
+from keras_embed_ext.backends.devices import on_accelerator
 from keras_embed_ext.backends.devices import to_host
 
 INVALID_ID_POLICIES = ("raise", "zero")
@@ -71,6 +72,14 @@ def _in_range(ids, input_dim, dtype):
     return lower & (ids < input_dim)
 
 
+def _min_and_max_in_range(ids, input_dim, dtype):
+    """Whether eager tensor `ids` are all in range, from their least and greatest id: on
+    an accelerator two numbers cross to the host where all the ids would."""
+    if ops.size(ids) == 0:
+        return True
+    return bool(_in_range(to_host(ops.stack([ops.min(ids), ops.max(ids)])), input_dim, dtype).all())
+
+
 def _as_int(ids, dtype):
     """In-range ids as int32 (int64 kept): floats truncate, as Keras casts them."""
     return ids if dtype in ("int32", "int64") else ops.cast(ids, "int32")
@@ -101,6 +110,8 @@ def validate(ids, input_dim, policy, layer_name="embedding", subject=None):
     ids, dtype = _checked_dtype(ids, subject)
     on_host = isinstance(ids, np.ndarray)
     if on_host or (policy == "raise" and not is_traced(ids)):
+        if not on_host and on_accelerator(ids) and _min_and_max_in_range(ids, input_dim, dtype):
+            return _as_int(ids, dtype), None
         # Tensor ids move to the host once; the check itself is numpy's.
         host = ids if on_host else to_host(ids)
         # min and max first: building the full mask costs more in every eager call.

@@ -33,6 +33,30 @@ def test_zero_policy_gives_zero_rows_for_invalid_ids(ids):
     np.testing.assert_array_equal(to_numpy(layer(ids)), expected)
 
 
+@settings(max_examples=20, deadline=None)
+@given(ids=st.lists(st.integers(-20, 30), min_size=1, max_size=12), floats=st.booleans())
+def test_ids_on_an_accelerator_are_checked_alike(ids, floats):
+    """On an accelerator eager ids are checked by their least and greatest id, and an
+    invalid one is the same error, naming it, as on the host."""
+    import keras_embed_ext.ids as ids_module
+
+    weights, ids = table(10, 3), np.array(ids, "float32" if floats else "int32")
+    layer = kee.Embedding(10, 3, weights=weights, name="tokens")
+    tensor_ids = keras.ops.convert_to_tensor(ids)
+    try:
+        expected = to_numpy(layer(tensor_ids))
+    except ValueError as error:
+        expected = error
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ids_module, "on_accelerator", lambda x: True)
+        if isinstance(expected, ValueError):
+            with pytest.raises(ValueError, match=re.escape(str(expected))):
+                layer(tensor_ids)
+        else:
+            np.testing.assert_array_equal(to_numpy(layer(tensor_ids)), expected)
+            np.testing.assert_array_equal(expected, weights[ids.astype("int32")])
+
+
 @settings(max_examples=15, deadline=None)
 @given(ids=st.lists(st.integers(-4, 13), min_size=6, max_size=6), adagrad=st.booleans())
 def test_a_training_step_moves_only_the_rows_of_valid_ids(ids, adagrad):
