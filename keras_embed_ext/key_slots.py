@@ -257,8 +257,8 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
         count = ops.shape(at)[0]
         # A last row that gives nothing, read by the keys of buckets without a new key.
         ranked = ops.concatenate([ops.sort(candidates(at), axis=-1), ops.full((1, slots), _PROTECTED * slots, "int32")])
-        row_of_run = ops.scatter_update(ops.full((n,), count, "int32"), ops.expand_dims(take_rows(bucket_run, at), -1),
-                                        ops.arange(count, dtype="int32"))
+        # The bucket runs with a new key, in order, are the rows of `ranked`.
+        row_of_run = ops.where(has_want, ops.cumsum(ops.cast(has_want, "int32")) - 1, count)
         chosen = take_rows(ops.reshape(ranked, (-1,)), take_rows(row_of_run, bucket_run) * slots + slot_rank)
     admitted_k = wants & (rank < slots) & (chosen // slots < _PROTECTED)
     # Every occurrence of a key takes its first one's row.
@@ -282,13 +282,15 @@ def _starts(sorted_values):
 
 def _runs(starts, positions, n):
     """`(run, start, end)` of each position: its run's index, the run's first position and
-    the one after its last, where `starts` marks each run's first position. One scatter
-    of the runs' starts (a run's index is a running count of `starts`), read back twice:
+    the one after its last, where `starts` marks each run's first position. The runs'
+    starts listed (a run's index is a running count of `starts`), read back twice:
     cheaper than a binary search on torch's CPU."""
     run = ops.cumsum(ops.cast(starts, "int32")) - 1
-    # Run r starts at `first[r]`, and the run after the last ends at `n`; writes of
-    # positions within a run go to the scratch element `n + 1`.
-    first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
-                               positions)
+    # Run r starts at `first[r]`, and the run after the last ends at `n`.
+    if keras.backend.backend() == "jax":  # static shapes: positions within a run go to a scratch element
+        first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
+                                   positions)
+    else:  # the starts listed, where TensorFlow's scatter into a copy cost several times more
+        first = ops.concatenate([compress(positions, starts), ops.full((1,), n, "int32")])
     return run, take_rows(first, run), take_rows(first, run + 1)
 

@@ -19,6 +19,10 @@ def group_by_bucket_then_key(buckets, keys):
         return _group_on_jax(buckets, keys, n)
     by_key = ops.argsort(keys)
     order = take_rows(by_key, ops.argsort(take_rows(buckets, by_key)))
+    if keras.backend.backend() == "tensorflow":  # its scatter copies into a new tensor first
+        import tensorflow as tf
+
+        return order, tf.math.invert_permutation(order)
     positions = ops.arange(ops.shape(keys)[0], dtype="int32")
     return order, ops.scatter_update(ops.zeros_like(positions), ops.expand_dims(order, -1), positions)
 
