@@ -123,7 +123,7 @@ def check_keys(keys, subject):
 class MappedKeys(NamedTuple):
     rows: object  # the key's row (0 where it has none), shaped as the keys
     found: object  # bool, shaped as the keys: the key has a row
-    admitted_at: object  # (n,) float32 step at which each key's row was given, or None
+    admitted_at: object  # (n,) float32 step at which each key's row was given (JAX, in a training step), or None
     renewed_rows: object  # the distinct rows given in this step, to renew now; None where the
     # training lookup renews them (JAX inside a step)
 
@@ -197,7 +197,9 @@ class KeyMap:
         renewed = given_rows if dynamic_shapes else None
         count = ops.size(keys)
         rows = replica_keys.own(change.rows, start, count)
-        admitted_at = ops.cast(take_elements(self.admitted.value, rows), "float32")
+        admitted_at = None
+        if keras.backend.backend() == "jax":  # where the training lookup renews rows
+            admitted_at = ops.cast(take_elements(self.admitted.value, rows), "float32")
         found = replica_keys.own(change.found, start, count)
         return MappedKeys(ops.reshape(rows, shape), ops.reshape(found, shape), admitted_at, renewed)
 
