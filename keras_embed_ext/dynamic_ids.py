@@ -11,8 +11,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_embed_ext import key_hash
 from keras_embed_ext import key_slots
 from keras_embed_ext import replica_keys
+from keras_embed_ext.backends.arithmetic import reshape
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.devices import to_host
 from keras_embed_ext.backends.fused import Fused
@@ -164,18 +166,18 @@ class KeyMap:
         step on. In a stack, `tables` (int32, shaped as the keys) names each key's table.
         Every replica admits from the keys of all (`replica_keys`)."""
         shape = ops.shape(keys)
-        flat = ops.reshape(keys, (-1,))
+        flat = reshape(keys, (-1,))
         if tables is not None:
-            tables = ops.reshape(tables, (-1,))
+            tables = reshape(tables, (-1,))
         if not admit:
             found = self.find(flat, tables)
-            return MappedKeys(ops.reshape(found.rows, shape), ops.reshape(found.found, shape), None, None)
+            return MappedKeys(reshape(found.rows, shape), reshape(found.found, shape), None, None)
         flat, start = replica_keys.gather(flat)
         if tables is not None:
             tables = replica_keys.gather(tables)[0]
         clock = self.clock.value
         found = self.find(flat, tables)
-        cells = None if self.sightings is None else key_slots.sketch_cells(flat, SKETCH_WIDTH, tables)
+        cells = None if self.sightings is None else key_hash.sketch_cells(flat, SKETCH_WIDTH, tables)
         unknown = ~found.found if not padding_zero else ~found.found & (flat != 0)
         # Most steps of a trained table bring no new key: the admission's sort is skipped.
         change = ops.cond(ops.any(unknown), lambda: self._admit(flat, tables, found, cells, clock, padding_zero),
@@ -201,7 +203,7 @@ class KeyMap:
         if keras.backend.backend() == "jax":  # where the training lookup renews rows
             admitted_at = ops.cast(take_elements(self.admitted.value, rows), "float32")
         found = replica_keys.own(change.found, start, count)
-        return MappedKeys(ops.reshape(rows, shape), ops.reshape(found, shape), admitted_at, renewed)
+        return MappedKeys(reshape(rows, shape), reshape(found, shape), admitted_at, renewed)
 
     def find(self, keys, tables=None) -> key_slots.Found:
         """`key_slots.find` of flat `keys` in this map (compiled by XLA on TensorFlow,

@@ -11,6 +11,7 @@ from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.devices import on_accelerator
 from keras_embed_ext.backends.devices import to_host
+from keras_embed_ext.backends.keys import positions_of
 
 INVALID_ID_POLICIES = ("raise", "zero")
 
@@ -136,9 +137,7 @@ def zero_invalid(rows, valid):
     if eager_on_torch_cpu(rows):
         # torch's CPU `where` over rows costs several copies of them; a copy zeroing
         # the invalid rows alone costs one.
-        import torch
-
-        invalid = torch.nonzero(~valid.reshape(-1)).reshape(-1)
+        invalid = positions_of(valid.reshape(-1), False)
         if invalid.shape[0] == 0:
             return rows
         return rows.reshape(-1, rows.shape[-1]).index_fill(0, invalid, 0).reshape(rows.shape)

@@ -19,17 +19,16 @@ from keras import ops
 
 from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.keys import compress
-from keras_embed_ext.backends.keys import first_holding_slot
+from keras_embed_ext.backends.keys import first_holding_row
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
 from keras_embed_ext.backends.keys import kth_smallest
 from keras_embed_ext.backends.keys import segment_sum
 from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
+from keras_embed_ext.key_hash import hash_keys
+from keras_embed_ext.key_hash import remainder
 
 BUCKET_SIZE = 16
-# murmur3's 32-bit finalizer constants, as signed int32.
-_MIX = (0x85EBCA6B - 2**32, 0xC2B2AE35 - 2**32)
-_SEEDS = (0x2545F491, 0x6A09E667)
 # A row's eviction rank is `base * slots + slot`: unique, so no sort's tie-breaking
 # decides. Rows a step looks up (and a last bucket's missing rows) get `_PROTECTED`.
 _PROTECTED = (2**31 - 1) // BUCKET_SIZE - 1
@@ -76,7 +75,7 @@ class KeyLayout:
         """The bucket of each key of table `tables` (int32, shaped as the keys)."""
         hashed = hash_keys(keys)
         if not self.stacked:
-            return ops.mod(hashed, self.buckets)
+            return remainder(hashed, self.buckets)
         offsets, counts = ops.convert_to_tensor(self.bucket_offsets), ops.convert_to_tensor(self.bucket_counts)
         return take_rows(offsets, tables) + ops.mod(hashed, take_rows(counts, tables))
 
@@ -85,60 +84,6 @@ class KeyLayout:
         if not self.stacked:
             return rows < self.capacity
         return rows < take_rows(ops.convert_to_tensor(self._row_ends), tables)
-
-
-def _words(keys):
-    """A key's low and high 32 bits as int32: the same for a key given as int32 or int64
-    (its sign extended), so a key has one bucket on every backend."""
-    if "int64" in str(keys.dtype):
-        return ops.cast(ops.bitwise_and(keys, 0xFFFFFFFF), "int32"), ops.cast(ops.right_shift(keys, 32), "int32")
-    keys = ops.cast(keys, "int32")
-    return keys, ops.right_shift(keys, 31)
-
-
-def _shifted_out(x, bits):
-    """`x >>> bits`: a logical shift of int32 `x`."""
-    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
-
-
-def _mix(x):
-    """murmur3's finalizer, in int32 arithmetic that wraps alike on every backend."""
-    x = ops.bitwise_xor(x, _shifted_out(x, 16)) * _MIX[0]
-    x = ops.bitwise_xor(x, _shifted_out(x, 13)) * _MIX[1]
-    return ops.bitwise_xor(x, _shifted_out(x, 16))
-
-
-def _mix_in_place(x):
-    """`_mix` of a torch tensor, in place: in eager torch each op is a pass and an
-    allocation of its own."""
-    for bits, factor in ((16, _MIX[0]), (13, _MIX[1]), (16, 1)):
-        x ^= (x >> bits) & ((1 << (32 - bits)) - 1)
-        x *= factor
-    return x
-
-
-def hash_keys(keys, seed_index=0):
-    """A nonnegative int32 hash of each key."""
-    keys = ops.convert_to_tensor(keys)
-    if eager_on_torch_cpu(keys):
-        import torch
-
-        high = (keys >> 32 if keys.dtype == torch.int64 else keys >> 31).to(torch.int32)
-        mixed = _mix_in_place(keys.to(torch.int32) ^ _SEEDS[seed_index])  # int64 to int32 keeps the low bits
-        mixed ^= high
-        return _mix_in_place(mixed).bitwise_and_(0x7FFFFFFF)
-    low, high = _words(keys)
-    mixed = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(low, _SEEDS[seed_index])), high))
-    return ops.bitwise_and(mixed, 0x7FFFFFFF)
-
-
-def sketch_cells(keys, width: int, tables=None):
-    """The two count-min cells of each key in a `(2 * width,)` sighting sketch: in a
-    stack, a key of each table has cells of its own."""
-    hashes = [hash_keys(keys, 0), hash_keys(keys, 1)]
-    if tables is not None:
-        hashes = [ops.bitwise_and(ops.bitwise_xor(h, _mix(ops.cast(tables, "int32") + 1)), 0x7FFFFFFF) for h in hashes]
-    return ops.mod(hashes[0], width), width + ops.mod(hashes[1], width)
 
 
 class Found(NamedTuple):
@@ -156,12 +101,12 @@ def find(keys, tables, stored_keys, scores, clock, layout: KeyLayout, ttl_steps=
 
     A resident key is the first of its bucket's slots to hold it, since a key admitted
     again takes the lowest free slot, before any it left behind
-    (`backends.keys.first_holding_slot`)."""
+    (`backends.keys.first_holding_row`)."""
     bucket = layout.buckets_of(keys, tables)
-    rows, held = first_holding_slot(keys, bucket, stored_keys, scores)
-    found = held & (rows < layout.capacity)
-    if ttl_steps is not None:
-        found = found & (clock - take_elements(scores, rows) < ttl_steps)
+    rows, found = first_holding_row(keys, bucket, stored_keys, scores, layout.capacity)
+    if ttl_steps is None:
+        return Found(rows, found, bucket)
+    found = found & (clock - take_elements(scores, rows) < ttl_steps)
     return Found(ops.where(found, rows, 0), found, bucket)
 
 

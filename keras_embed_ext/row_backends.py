@@ -15,6 +15,7 @@ import functools
 import keras
 
 from keras_embed_ext.backends.context import eager_on_torch_cpu
+from keras_embed_ext.backends.keys import positions_of
 from keras_embed_ext.backends.rows import replica_local
 from keras_embed_ext.backends.rows import take_rows
 from keras_embed_ext.ids import zero_invalid
@@ -50,8 +51,8 @@ def _torch_rows_of_valid_ids():
         def forward(ctx, weight, ids, valid):
             rows = torch.nn.functional.embedding(ids, weight)
             flat_valid = valid.reshape(-1)
-            rows.view(-1, rows.shape[-1]).index_fill_(0, torch.nonzero(~flat_valid).reshape(-1), 0)
-            kept = torch.nonzero(flat_valid).reshape(-1)
+            rows.view(-1, rows.shape[-1]).index_fill_(0, positions_of(flat_valid, False), 0)
+            kept = positions_of(flat_valid)
             ctx.save_for_backward(ids.reshape(-1).index_select(0, kept), kept)
             ctx.weight_shape = weight.shape
             return rows

@@ -425,12 +425,13 @@ def test_segment_sum_keeps_ints_exact_as_numpy(pairs):
 @settings(deadline=None, max_examples=40)
 @given(buckets=st.integers(1, 6), slots=st.sampled_from([1, 3, 16]), seed=st.integers(0, 2**16),
        compiled=st.booleans())
-def test_first_holding_slot_equals_a_scan_of_each_bucket(buckets, slots, seed, compiled):
+def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, compiled):
     """Buckets whose given rows (score > 0) come first, holding keys of a small pool
     (0 and repeats included), the rest never given (key 0, score 0); keys of the pool
-    and others, each in any bucket. Eager on torch's CPU each key probes its bucket's
-    first slot before searching on; traced, every slot is compared at once."""
-    from keras_embed_ext.backends.keys import first_holding_slot
+    and others, each in any bucket, and rows past a capacity found nowhere. Eager on
+    torch's CPU each key probes its bucket's first slots before searching on; traced,
+    every slot is compared at once."""
+    from keras_embed_ext.backends.keys import first_holding_row
 
     rng = np.random.default_rng(seed)
     pool = np.array([0, -1, 5, 2**31 - 1, -(2**31), 77, 78, 79], "int32")
@@ -441,18 +442,17 @@ def test_first_holding_slot_equals_a_scan_of_each_bucket(buckets, slots, seed, c
     scores = np.where(given, rng.integers(1, 9, (buckets + 1, slots)), 0).astype("int32")
     keys = np.concatenate([pool, rng.choice(pool, 20), rng.integers(-50, 50, 10)]).astype("int32")
     key_buckets = rng.integers(0, buckets, keys.size).astype("int32")
-    expected_scores = np.zeros(keys.size, "int32")
-    expected_rows = np.zeros(keys.size, "int32")
+    capacity = int(rng.integers(1, buckets * slots + 1))
+    expected_rows, expected_found = np.zeros(keys.size, "int32"), np.zeros(keys.size, bool)
     for i, (key, bucket) in enumerate(zip(keys, key_buckets)):
         holding = np.flatnonzero(stored_keys[bucket] == key)
-        if holding.size:
-            expected_rows[i] = bucket * slots + holding[0]
-            expected_scores[i] = scores[bucket, holding[0]]
-    find = traced(first_holding_slot, compiled) if compiled else first_holding_slot
-    rows, held = find(*(keras.ops.convert_to_tensor(x) for x in (keys, key_buckets, stored_keys, scores)))
-    np.testing.assert_array_equal(to_numpy(held), expected_scores > 0)
-    np.testing.assert_array_equal(np.where(expected_scores > 0, to_numpy(rows), 0),
-                                  np.where(expected_scores > 0, expected_rows, 0))
+        row = bucket * slots + holding[0] if holding.size else capacity
+        if row < capacity and scores.reshape(-1)[row] > 0:
+            expected_rows[i], expected_found[i] = row, True
+    find = traced(first_holding_row, compiled) if compiled else first_holding_row
+    rows, found = find(*(keras.ops.convert_to_tensor(x) for x in (keys, key_buckets, stored_keys, scores)), capacity)
+    np.testing.assert_array_equal(to_numpy(found), expected_found)
+    np.testing.assert_array_equal(to_numpy(rows), expected_rows)
 
 
 @settings(deadline=None, max_examples=30)

@@ -425,16 +425,19 @@ def _murmur_finalizer(x):
 def test_a_key_hashes_alike_on_every_backend_and_key_dtype():
     """Buckets follow murmur3's finalizer over a key's two 32-bit words, computed here in
     numpy's uint32 arithmetic: a key map saved on one backend finds its keys on another."""
-    from keras_embed_ext import key_slots
+    from keras_embed_ext import key_hash
 
     keys = np.array([0, 1, -1, 12345, -2**31, 2**31 - 1] + ([BIG, -BIG, 7 * BIG + 3] if _wide_keys() else []))
     with np.errstate(over="ignore"):
         low, high = (keys & 0xFFFFFFFF).astype(np.uint32), (keys >> 32).astype(np.int64).astype(np.uint32)
         for seed_index, seed in enumerate((0x2545F491, 0x6A09E667)):
             expected = _murmur_finalizer(_murmur_finalizer(low ^ np.uint32(seed)) ^ high) & np.uint32(0x7FFFFFFF)
-            np.testing.assert_array_equal(to_numpy(key_slots.hash_keys(_keys(keys), seed_index)), expected)
+            np.testing.assert_array_equal(to_numpy(key_hash.hash_keys(_keys(keys), seed_index)), expected)
             if np.all(np.abs(keys) < 2**31):  # int32 keys: the same hash
-                np.testing.assert_array_equal(to_numpy(key_slots.hash_keys(keys.astype("int32"), seed_index)), expected)
+                np.testing.assert_array_equal(to_numpy(key_hash.hash_keys(keys.astype("int32"), seed_index)), expected)
+            for count in (1, 7, 2**15, 250_000, 2**31 - 1):  # a key's bucket among `count`
+                hashed = key_hash.hash_keys(_keys(keys), seed_index)
+                np.testing.assert_array_equal(to_numpy(key_hash.remainder(hashed, count)), expected % count)
 
 
 if BACKEND == "jax":

@@ -1,6 +1,7 @@
 """Sorting and selecting a step's keys for a dynamic table's map."""
 
 import keras
+import numpy as np
 
 from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.rows import take_elements
@@ -71,21 +72,20 @@ def _group_on_jax(buckets, keys, n):
     return jax.lax.cond(fits, lambda: by_one_sort(bucket_rank, key_rank, key_count), by_three_arrays)
 
 
-def first_holding_slot(keys, buckets, stored_keys, scores):
-    """`(rows, held)` of flat `keys`: the row of the first slot of each key's bucket
+def first_holding_row(keys, buckets, stored_keys, scores, capacity):
+    """`(rows, found)` of flat `keys`: the row of the first slot of each key's bucket
     (in `(buckets + 1, slots)` arrays of stored keys and scores) that holds the key,
-    and whether that slot was given (its score is not 0).
+    if that slot was given (its score is not 0) and is below `capacity`, else 0.
 
     A bucket's rows are given lowest free first, so its rows never given (score 0,
     key 0) are its last, and a slot holding a key other than 0 was given. On a torch
     CPU, eager, each key first reads its bucket's first slot, where most keys of a
-    table that is not full live; only the others read and compare their whole bucket.
-    Elsewhere every key compares its whole bucket at once (static shapes, and XLA
-    fuses the passes)."""
+    table that is not full live; only the others read on. Elsewhere every key
+    compares its whole bucket at once (static shapes, and XLA fuses the passes)."""
     ops = keras.ops
     slots = stored_keys.shape[1]
     if eager_on_torch_cpu(keys):
-        return _first_slot_then_bucket(keys.to(stored_keys.dtype), buckets, stored_keys, scores)
+        return _first_slot_then_bucket(keys.to(stored_keys.dtype), buckets, stored_keys, scores, capacity)
     holds = take_rows(stored_keys, buckets) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
     # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,
     # which TensorFlow's XLA reduces faster than an argmax over bools (on JAX an argmax
@@ -99,33 +99,49 @@ def first_holding_slot(keys, buckets, stored_keys, scores):
     # TensorFlow: a branch would capture the map's variable in the XLA function that
     # tables share; torch: a branch reads the condition on the host.
     if keras.backend.backend() != "jax":
-        return rows, given_if_zero()
-    # The scores are read (a random read per key) only when a key is 0.
-    return rows, ops.cond(ops.any(keys == 0), given_if_zero, lambda: first > 0)
+        held = given_if_zero()
+    else:  # the scores are read (a random read per key) only when a key is 0
+        held = ops.cond(ops.any(keys == 0), given_if_zero, lambda: first > 0)
+    found = held & (rows < capacity)
+    return ops.where(found, rows, 0), found
 
 
-def _first_slot_then_bucket(keys, buckets, stored_keys, scores):
-    """`first_holding_slot` on torch: each key reads its bucket's first slot. A slot
-    never given holds key 0, so a first slot holding a key other than 0 was given;
-    only the other keys compare their whole bucket, and read the score of the first
-    slot holding them. That slot is the leading bit of a sum of powers of two, a
-    matrix-vector product, not a reduction over the slots."""
+def _first_slot_then_bucket(keys, buckets, stored_keys, scores, capacity):
+    """`first_holding_row` on a torch CPU, eager, in numpy on the tensors' own memory
+    (its integer ops on a step's keys cost a fraction of torch's). Each key reads its
+    bucket's first slot, the keys not held there their second, and only the keys in
+    neither compare their whole bucket. A slot never given holds key 0, so a slot
+    holding a key other than 0 was given; a key 0 is searched for in the whole bucket,
+    which reads its slot's score."""
     import torch
 
     slots = stored_keys.shape[1]
-    first_rows = buckets * slots
-    held = (stored_keys.reshape(-1).index_select(0, first_rows) == keys) & (keys != 0)
-    searching = torch.nonzero(~held).squeeze(1)
-    if not searching.numel():
-        return first_rows, held
-    buckets = buckets.index_select(0, searching)
-    matches = stored_keys.index_select(0, buckets) == keys.index_select(0, searching).unsqueeze(1)
-    powers = torch.pow(2.0, torch.arange(slots - 1, -1, -1, dtype=torch.float32))
-    marks = matches.view(torch.uint8).to(torch.float32) @ powers  # exact: below 2**24
-    leading_bit = (marks.view(torch.int32) >> 23) - 127  # the float's exponent
-    rows = buckets * slots + torch.where(marks > 0, slots - 1 - leading_bit, 0).to(buckets.dtype)
-    found = (marks > 0) & (scores.reshape(-1).index_select(0, rows) != 0)
-    return first_rows.index_copy(0, searching, rows), held.index_copy_(0, searching, found)
+    rows = buckets * slots
+    first_keys = stored_keys.detach().reshape(-1).index_select(0, rows).numpy()  # torch's gather: int32 ids as they are
+    keys, buckets, stored_keys, rows = keys.numpy(), buckets.numpy(), stored_keys.detach().numpy(), rows.numpy()
+    flat_keys = stored_keys.reshape(-1)
+    held = first_keys == keys
+    held &= keys != 0
+    searching = np.flatnonzero(~held)
+    if slots > 1 and 0 < 4 * searching.size <= keys.size:  # buckets mostly of one key: the rest in slot 1
+        second, searched = rows[searching] + 1, keys[searching]
+        held_second = (flat_keys[second] == searched) & (searched != 0)
+        rows[searching[held_second]] = second[held_second]
+        held[searching[held_second]] = True
+        searching = searching[~held_second]
+    if searching.size:
+        bucket = buckets[searching]
+        matches = np.take(stored_keys, bucket, axis=0) == keys[searching, None]
+        # The first match is the leading bit of a sum of powers of two: a matrix-vector
+        # product, where numpy's reductions over a few slots are slow.
+        marks = matches.view(np.uint8) @ np.exp2(np.arange(slots - 1, -1, -1, dtype=np.float32))
+        first = slots - 1 - ((marks.view(np.int32) >> 23) - 127)  # from the float's exponent
+        found_rows = bucket * np.int32(slots) + np.where(marks > 0, first, 0).astype(np.int32)
+        rows[searching] = found_rows
+        held[searching] = (marks > 0) & (scores.detach().numpy().reshape(-1)[found_rows] != 0)
+    held &= rows < capacity
+    rows *= held
+    return torch.from_numpy(rows), torch.from_numpy(held)
 
 
 def kth_smallest(x, k):
@@ -160,4 +176,17 @@ def compress(x, mask):
         import tensorflow as tf
 
         return tf.boolean_mask(x, mask)
+    if eager_on_torch_cpu(mask):
+        return x.index_select(0, positions_of(mask))
     return x[mask]
+
+
+def positions_of(mask, value=True):
+    """The int64 positions where 1-D torch `mask` equals `value`: on a CPU, eager, by
+    numpy, whose `flatnonzero` is several times faster than torch's `nonzero`."""
+    import torch
+
+    if eager_on_torch_cpu(mask):
+        mask = mask.numpy()
+        return torch.from_numpy(np.flatnonzero(mask if value else ~mask))
+    return torch.nonzero(mask if value else ~mask).reshape(-1)
