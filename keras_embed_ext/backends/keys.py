@@ -1,5 +1,7 @@
 """Sorting and selecting a step's keys for a dynamic table's map."""
 
+import functools
+
 import keras
 import numpy as np
 
@@ -133,8 +135,9 @@ def _first_slot_then_bucket(keys, buckets, stored_keys, scores, capacity):
         bucket = buckets[searching]
         matches = np.take(stored_keys, bucket, axis=0) == keys[searching, None]
         # The first match is the leading bit of a sum of powers of two: a matrix-vector
-        # product, where numpy's reductions over a few slots are slow.
-        marks = matches.view(np.uint8) @ np.exp2(np.arange(slots - 1, -1, -1, dtype=np.float32))
+        # product, where numpy's reductions over a few slots are slow; torch's, since
+        # numpy's would start OpenBLAS's threads beside torch's.
+        marks = (torch.from_numpy(matches).view(torch.uint8).to(torch.float32) @ _powers_of_two(slots)).numpy()
         first = slots - 1 - ((marks.view(np.int32) >> 23) - 127)  # from the float's exponent
         found_rows = bucket * np.int32(slots) + np.where(marks > 0, first, 0).astype(np.int32)
         rows[searching] = found_rows
@@ -142,6 +145,13 @@ def _first_slot_then_bucket(keys, buckets, stored_keys, scores, capacity):
     held &= rows < capacity
     rows *= held
     return torch.from_numpy(rows), torch.from_numpy(held)
+
+
+@functools.cache
+def _powers_of_two(slots):
+    import torch
+
+    return torch.pow(2.0, torch.arange(slots - 1, -1, -1, dtype=torch.float32))
 
 
 def kth_smallest(x, k):
