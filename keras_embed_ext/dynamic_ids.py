@@ -155,6 +155,7 @@ class KeyMap:
         self.clock = state("clock", (), "int32")
         self.sightings = state("sightings", (2 * SKETCH_WIDTH,), "int32") if config.min_count > 1 else None
         self._fused_find = Fused(self._find)
+        self._fused_write = Fused(lambda *written: self._write(*written, dynamic_shapes=False))
 
     def variables(self):
         """The map's state, in the order it is saved."""
@@ -183,20 +184,24 @@ class KeyMap:
         change = ops.cond(ops.any(unknown), lambda: self._admit(flat, tables, found, cells, clock, padding_zero),
                           lambda: key_slots.none_admitted(flat, found, self.capacity))
         given = (change.admitted_rows, change.admitted_keys, change.admitted_scores)
+        seen = key_slots.seen_rows(found, self.capacity)
         dynamic_shapes = keras.backend.backend() != "jax" or not is_traced(flat)
-        if dynamic_shapes:  # the rows given alone, not a write to the scratch row for every other key
-            is_given = change.admitted_rows < self.capacity
-            given = [compress(x, is_given) for x in given]
-        given_rows, given_keys, given_scores = given
-        scatter_into(self.keys, given_rows, ops.cast(given_keys, self.keys.dtype))
-        scatter_into(self.scores, given_rows, given_scores)
-        scatter_into(self.admitted, given_rows, ops.full(ops.shape(given_rows), clock + 1, "int32"))
-        self._add_sightings(key_slots.seen_rows(found, self.capacity), clock, dynamic_shapes)
+        is_given = change.admitted_rows < self.capacity
+        given_rows = compress(change.admitted_rows, is_given) if dynamic_shapes else None
+        if self._fused_write.compiles():
+            # TensorFlow's element scatters into a variable cost several times XLA's
+            # in-place ones at millions of rows: every key's entry is written there, the
+            # others to the scratch row.
+            self._fused_write((self.config.eviction,), (self.keys, self.scores, self.admitted), *given, seen, clock)
+        elif dynamic_shapes:  # the rows given alone, not a write to the scratch row for every other key
+            self._write(given_rows, *(compress(x, is_given) for x in given[1:]), seen, clock, True)
+        else:
+            self._write(*given, seen, clock, False)
         if cells is not None:
             for cell in cells:
                 add_into(self.sightings, cell, change.sightings)
         assign_here(self.clock, clock + 1)
-        renewed = given_rows if dynamic_shapes else None
+        renewed = given_rows
         count = ops.size(keys)
         rows = replica_keys.own(change.rows, start, count)
         admitted_at = None
@@ -225,6 +230,14 @@ class KeyMap:
             sighted = ops.minimum(take_rows(sketch, cells[0]), take_rows(sketch, cells[1]))
         return key_slots.admit(keys, tables, found, self.scores.value, clock, self.layout, config.eviction == "lfu",
                                config.min_count, sighted, padding_zero, config.ttl_steps)
+
+    def _write(self, given_rows, given_keys, given_scores, seen, clock, dynamic_shapes):
+        """Writes the keys given rows, their scores and the step they were given, and the
+        resident keys' sightings (at `seen`, from `key_slots.seen_rows`)."""
+        scatter_into(self.keys, given_rows, ops.cast(given_keys, self.keys.dtype))
+        scatter_into(self.scores, given_rows, given_scores)
+        scatter_into(self.admitted, given_rows, ops.full(ops.shape(given_rows), clock + 1, "int32"))
+        self._add_sightings(seen, clock, dynamic_shapes)
 
     def _add_sightings(self, rows, clock, dynamic_shapes):
         """Resident keys' new scores, at `rows` (`key_slots.seen_rows`): their occurrences

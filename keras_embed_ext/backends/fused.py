@@ -34,14 +34,21 @@ class Fused:
         self.variables = ()  # and the variables it was given
         self._concrete = {}
 
-    def __call__(self, key, variables, *args):
+    def compiles(self) -> bool:
+        """Whether a call now runs `fn` compiled by XLA of its own (TensorFlow, outside a
+        function XLA compiles, a `tf.distribute` strategy and an export's trace)."""
         if keras.backend.backend() != "tensorflow":
+            return False
+        import tensorflow as tf
+
+        return not (compiled_by_xla() or tf.distribute.has_strategy()
+                    or (not tf.executing_eagerly() and _traced_by_keras_export()))
+
+    def __call__(self, key, variables, *args):
+        if not self.compiles():
             return self.fn(*args)
         import tensorflow as tf
 
-        if (compiled_by_xla() or tf.distribute.has_strategy()
-                or (not tf.executing_eagerly() and _traced_by_keras_export())):
-            return self.fn(*args)
         ranks = (*(getattr(arg, "ndim", None) for arg in args), summing_repeats())
         # The variables' shapes too: a trace reads them as static shapes, and TensorFlow's
         # relaxed retracing would hand one table's trace another table's variables.
