@@ -27,6 +27,8 @@ import sys
 
 import keras
 
+from keras_embed_ext.backends.rows import sum_slices_per_id
+
 # Settings of the model's optimizer that act on every gradient it is handed.
 _REFUSED = (
     ("gradient_accumulation_steps", "accumulates gradients over steps, which a row update applied every step "
@@ -91,8 +93,7 @@ def _summed_per_id(gradient):
         return gradient
     import tensorflow as tf
 
-    ids, position = tf.unique(gradient.indices)
-    values = tf.math.unsorted_segment_sum(gradient.values, position, tf.size(ids))
+    ids, values = sum_slices_per_id(gradient.indices, gradient.values)
     return tf.IndexedSlices(values, ids, gradient.dense_shape)
 
 

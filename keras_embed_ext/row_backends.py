@@ -17,6 +17,7 @@ import keras
 from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.keys import positions_of
 from keras_embed_ext.backends.rows import replica_local
+from keras_embed_ext.backends.rows import sum_slices_per_id
 from keras_embed_ext.backends.rows import take_rows
 from keras_embed_ext.ids import zero_invalid
 
@@ -230,10 +231,7 @@ def is_sparse(value) -> bool:
 
 def _by_row_tensorflow(slices):
     """`(rows, grads)`: the distinct rows of `IndexedSlices`, each with its slices summed."""
-    import tensorflow as tf
-
-    rows, position = tf.unique(slices.indices)
-    return rows, tf.math.unsorted_segment_sum(slices.values, position, tf.size(rows))
+    return sum_slices_per_id(slices.indices, slices.values)
 
 
 def _by_row_torch(gradient):

@@ -11,6 +11,7 @@ from keras_embed_ext.backends.context import compiled_by_xla
 from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.context import summing_repeats
+from keras_embed_ext.backends.fused import Fused
 
 
 def take_rows(table, ids):
@@ -210,3 +211,23 @@ def _widest_view(rows):
         if row_bytes % dtype.itemsize == 0 and rows.data_ptr() % dtype.itemsize == 0:
             return rows.view(dtype) if dtype.itemsize > rows.element_size() else None
     return None
+
+
+def sum_slices_per_id(indices, values):
+    """`(ids, sums)` of TensorFlow slices: the distinct `indices`, in the order they first
+    come, and each one's `values` summed. The sum runs compiled by XLA, into a row per
+    slice and then cut to the ids: TensorFlow's own `UnsortedSegmentSum` costs several
+    times XLA's, and a sum into one row per id would be compiled for every count."""
+    import tensorflow as tf
+
+    ids, position = tf.unique(indices)
+    return ids, _SUM_BY_POSITION((), (), values, position)[: tf.size(ids)]
+
+
+def _sum_by_position(values, position):
+    import tensorflow as tf
+
+    return tf.math.unsorted_segment_sum(values, position, tf.shape(values)[0])
+
+
+_SUM_BY_POSITION = Fused(_sum_by_position)
