@@ -186,8 +186,10 @@ class KeyMap:
         given = (change.admitted_rows, change.admitted_keys, change.admitted_scores)
         seen = key_slots.seen_rows(found, self.capacity)
         dynamic_shapes = keras.backend.backend() != "jax" or not is_traced(flat)
-        is_given = change.admitted_rows < self.capacity
-        given_rows = compress(change.admitted_rows, is_given) if dynamic_shapes else None
+        given_rows = None  # where the training lookup renews rows (JAX inside a step)
+        if dynamic_shapes:
+            is_given = change.admitted_rows < self.capacity
+            given_rows = compress(change.admitted_rows, is_given)
         if self._fused_write.compiles():
             # TensorFlow's element scatters into a variable cost several times XLA's
             # in-place ones at millions of rows: every key's entry is written there, the
