@@ -428,9 +428,9 @@ def test_segment_sum_keeps_ints_exact_as_numpy(pairs):
 def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, compiled):
     """Buckets whose given rows (score > 0) come first, holding keys of a small pool
     (0 and repeats included), the rest never given (key 0, score 0); keys of the pool
-    and others, each in any bucket, and rows past a capacity found nowhere. Eager on
-    torch's CPU each key probes its bucket's first slots before searching on; traced,
-    every slot is compared at once."""
+    and others, each in any bucket, and rows past a capacity found nowhere; most keys
+    held in their bucket's first slot. Eager on torch's CPU each key probes its
+    bucket's first slots before searching on; traced, every slot is compared at once."""
     from keras_embed_ext.backends.keys import first_holding_row
 
     rng = np.random.default_rng(seed)
@@ -442,6 +442,13 @@ def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, co
     scores = np.where(given, rng.integers(1, 9, (buckets + 1, slots)), 0).astype("int32")
     keys = np.concatenate([pool, rng.choice(pool, 20), rng.integers(-50, 50, 10)]).astype("int32")
     key_buckets = rng.integers(0, buckets, keys.size).astype("int32")
+    given_slots = np.argwhere(given)
+    if given_slots.size:  # and mostly keys held in their bucket's first slot, as in a table mostly empty
+        first_slots = given_slots[given_slots[:, 1] == 0]
+        held = np.concatenate([first_slots[rng.integers(0, len(first_slots), 7 * keys.size)],
+                               given_slots[rng.integers(0, len(given_slots), keys.size)]])
+        keys = np.concatenate([keys, stored_keys[held[:, 0], held[:, 1]]])
+        key_buckets = np.concatenate([key_buckets, held[:, 0].astype("int32")])
     capacity = int(rng.integers(1, buckets * slots + 1))
     expected_rows, expected_found = np.zeros(keys.size, "int32"), np.zeros(keys.size, bool)
     for i, (key, bucket) in enumerate(zip(keys, key_buckets)):
