@@ -118,9 +118,9 @@ def _first_slot_then_bucket(keys, buckets, stored_keys, scores, capacity):
     import torch
 
     slots = stored_keys.shape[1]
-    rows = buckets * slots
-    first_keys = stored_keys.detach().reshape(-1).index_select(0, rows).numpy()  # torch's gather: int32 ids as they are
-    keys, buckets, stored_keys, rows = keys.numpy(), buckets.numpy(), stored_keys.detach().numpy(), rows.numpy()
+    rows, stored_keys = buckets * slots, stored_keys.detach()
+    first_keys = stored_keys.reshape(-1).index_select(0, rows).numpy()  # torch's gather: int32 ids as they are
+    keys, buckets, stored_keys, rows = keys.numpy(), buckets.numpy(), stored_keys.numpy(), rows.numpy()
     flat_keys = stored_keys.reshape(-1)
     held = first_keys == keys
     held &= keys != 0
@@ -128,8 +128,9 @@ def _first_slot_then_bucket(keys, buckets, stored_keys, scores, capacity):
     if slots > 1 and 0 < 4 * searching.size <= keys.size:  # buckets mostly of one key: the rest in slot 1
         second, searched = rows[searching] + 1, keys[searching]
         held_second = (flat_keys[second] == searched) & (searched != 0)
-        rows[searching[held_second]] = second[held_second]
-        held[searching[held_second]] = True
+        moved = searching[held_second]
+        rows[moved] = second[held_second]
+        held[moved] = True
         searching = searching[~held_second]
     if searching.size:
         bucket = buckets[searching]
