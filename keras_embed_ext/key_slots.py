@@ -17,12 +17,12 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.keys import compress
 from keras_embed_ext.backends.keys import first_holding_row
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
 from keras_embed_ext.backends.keys import kth_smallest
 from keras_embed_ext.backends.keys import segment_sum
+from keras_embed_ext.backends.keys import spread
 from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
 from keras_embed_ext.key_hash import hash_keys
@@ -144,41 +144,51 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     An admitted key's first score is its occurrences (LFU) or the step. With
     `padding_zero`, key 0 is padding and never admitted. (Resident keys' scores are
     the caller's, at `seen_rows`.)
+
+    On JAX (static shapes) every key is sorted, the resident ones marking the slots
+    they hold; elsewhere only the keys not resident, a fraction of a trained table's.
     """
     n = ops.shape(keys)[0]  # a tensor in a TensorFlow graph of unknown batch size
     slots, capacity = layout.slots, layout.capacity
-    step = clock + 1
-    positions = ops.arange(n, dtype="int32")
+    static = keras.backend.backend() == "jax"
+    if static:
+        taking_part = None
+    else:
+        unknown = ~found.found & (keys != 0) if padding_zero else ~found.found
+        taking_part = compress(ops.arange(n, dtype="int32"), unknown)
+
+    def part(x):
+        return x if x is None or taking_part is None else take_rows(x, taking_part)
+
+    part_keys = part(keys)
+    m = ops.shape(part_keys)[0]
+    positions = ops.arange(m, dtype="int32")
     # One order by bucket, then key: a key's occurrences side by side (its first one
     # represents it), a bucket's keys in a run, in increasing key order.
-    order, position = group_by_bucket_then_key(found.buckets, keys)
-    sorted_keys = take_rows(keys, order)
+    order, position = group_by_bucket_then_key(part(found.buckets), part_keys)
+    sorted_keys = take_rows(part_keys, order)
 
     def by_key(x):
-        return take_rows(x, order)
+        return None if x is None else take_rows(part(x), order)
 
-    found_k, bucket_k, rows_found = by_key(found.found), by_key(found.buckets), by_key(found.rows)
+    bucket_k, tables_k = by_key(found.buckets), by_key(tables)
     # A key's run ends with its bucket's: in a stack, one key of two tables has two buckets.
     bucket_starts = _starts(bucket_k)
     first = _starts(sorted_keys) | bucket_starts
-    _, first_of, next_of = _runs(first, positions, n)
+    _, first_of, next_of = _runs(first, positions, m)
     occurrences = next_of - first_of
     counts = occurrences if sighted is None else by_key(sighted) + occurrences
-    wants = first & ~found_k & (counts >= min_count)
-    if padding_zero:
-        wants = wants & (sorted_keys != 0)
-    bucket_run, start, _ = _runs(bucket_starts, positions, n)
-    # The slots that keys of the step hold, as a bitmask per bucket: each resident key
-    # adds its slot's bit once (no two keys share a row, so the sum is the union).
-    bits = ops.where(first & found_k, ops.left_shift(ops.ones_like(rows_found), ops.mod(rows_found, slots)), 0)
-    held = segment_sum(bits, bucket_run, n)
+    wants = first & (counts >= min_count)
+    if static:
+        found_k, rows_found = by_key(found.found), by_key(found.rows)
+        wants = wants & ~found_k & (sorted_keys != 0) if padding_zero else wants & ~found_k
+    bucket_run, start, _ = _runs(bucket_starts, positions, m)
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
     rank = take_rows(wanting, positions + 1) - 1 - take_rows(wanting, start)
-    tables_k = None if tables is None else by_key(tables)
 
-    def candidates(at):
+    def candidates(at, held):
         """`base * slots + slot` of each slot of the buckets of the keys at `at`, lowest
-        first to be given: free rows, then by score; rows held in the step, or past a
+        first to be given: free rows, then by score; rows `held` in the step, or past a
         table's capacity, never."""
         bucket = take_rows(bucket_k, at)
         slot_rows = ops.expand_dims(bucket * slots, -1) + ops.arange(slots, dtype="int32")
@@ -187,21 +197,26 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
         live = exists & (slot_scores > 0)
         if ttl_steps is not None:
             live = live & (clock - slot_scores < ttl_steps)
-        held_bits = ops.right_shift(ops.expand_dims(take_rows(held, take_rows(bucket_run, at)), -1),
-                                    ops.arange(slots, dtype="int32"))
         base = ops.where(live, ops.minimum(slot_scores, MAX_SCORE), 0)
-        base = ops.where((ops.bitwise_and(held_bits, 1) > 0) | ~exists, _PROTECTED, base)
+        base = ops.where(held | ~exists, _PROTECTED, base)
         return base * slots + ops.arange(slots, dtype="int32")
 
     slot_rank = ops.clip(rank, 0, slots - 1)
-    if keras.backend.backend() == "jax":  # static shapes: each key's bucket, ranked per key
-        chosen = kth_smallest(candidates(positions), slot_rank)
+    if static:  # each key's bucket, ranked per key
+        # The slots that keys of the step hold, as a bitmask per bucket: each resident
+        # key adds its slot's bit once (no two keys share a row, so the sum is the union).
+        bits = ops.where(first & found_k, ops.left_shift(ops.ones_like(rows_found), ops.mod(rows_found, slots)), 0)
+        held_bits = ops.right_shift(ops.expand_dims(take_rows(segment_sum(bits, bucket_run, m), bucket_run), -1),
+                                    ops.arange(slots, dtype="int32"))
+        chosen = kth_smallest(candidates(positions, ops.bitwise_and(held_bits, 1) > 0), slot_rank)
     else:  # each bucket with a new key ranked once (a sort), read at each key's rank
-        has_want = segment_sum(ops.cast(wants, "int32"), bucket_run, n) > 0
+        has_want = segment_sum(ops.cast(wants, "int32"), bucket_run, m) > 0
         at = compress(positions, bucket_starts & take_rows(has_want, bucket_run))
         count = ops.shape(at)[0]
+        held = _slots_held(take_rows(bucket_k, at), found, slots)
         # A last row that gives nothing, read by the keys of buckets without a new key.
-        ranked = ops.concatenate([ops.sort(candidates(at), axis=-1), ops.full((1, slots), _PROTECTED * slots, "int32")])
+        ranked = ops.concatenate([ops.sort(candidates(at, held), axis=-1),
+                                  ops.full((1, slots), _PROTECTED * slots, "int32")])
         # The bucket runs with a new key, in order, are the rows of `ranked`.
         row_of_run = ops.where(has_want, ops.cumsum(ops.cast(has_want, "int32")) - 1, count)
         chosen = take_rows(ops.reshape(ranked, (-1,)), take_rows(row_of_run, bucket_run) * slots + slot_rank)
@@ -209,15 +224,31 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     # Every occurrence of a key takes its first one's row.
     group_admitted = take_rows(admitted_k, first_of)
     new_rows = take_rows(bucket_k * slots + ops.mod(chosen, slots), first_of)
-    rows_k = ops.where(found_k, rows_found, ops.where(group_admitted, new_rows, 0))
-    return Admitted(
-        rows=take_rows(rows_k, position),
-        found=take_rows(found_k | group_admitted, position),
-        admitted_rows=ops.where(first & admitted_k, rows_k, capacity),
-        admitted_keys=sorted_keys,
-        admitted_scores=occurrences if lfu else ops.full((n,), step, "int32"),
-        sightings=ops.cast(~found.found, "int32"),
-    )
+    given = (ops.where(first & admitted_k, new_rows, capacity), sorted_keys,
+             occurrences if lfu else ops.full((m,), clock + 1, "int32"))
+    sightings = ops.cast(~found.found, "int32")
+    if static:
+        rows_k = ops.where(found_k, rows_found, ops.where(group_admitted, new_rows, 0))
+        return Admitted(take_rows(rows_k, position), take_rows(found_k | group_admitted, position), *given, sightings)
+    # The new keys' rows, plus one (0: none), at their places among all the keys.
+    placed = spread(take_rows(ops.where(group_admitted, new_rows + 1, 0), position), taking_part, n)
+    # What is written keeps the batch's length: a compiled write is not compiled per step.
+    padding = (capacity, 0, 0)
+    given = [ops.concatenate([x, ops.full((n - m,), fill, x.dtype)]) for x, fill in zip(given, padding)]
+    return Admitted(ops.where(found.found, found.rows, ops.maximum(placed - 1, 0)), found.found | (placed > 0),
+                    *given, sightings)
+
+
+def _slots_held(buckets, found: Found, slots: int):
+    """`(count, slots)` bools: which slots of `buckets` (`(count,)`, sorted and distinct)
+    keys found in the step hold."""
+    count = ops.shape(buckets)[0]
+    # Each key's place among the buckets; `count` and a bucket none has where it is not one.
+    place = ops.cast(ops.searchsorted(buckets, found.buckets), "int32")
+    inside = found.found & (take_rows(ops.concatenate([buckets, ops.full((1,), -1, "int32")]), place) == found.buckets)
+    cells = ops.where(inside, place * slots + ops.mod(found.rows, slots), count * slots)
+    marks = segment_sum(ops.ones_like(cells), cells, count * slots + 1)
+    return ops.reshape(marks[: count * slots] > 0, (count, slots))
 
 
 def _starts(sorted_values):
