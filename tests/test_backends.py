@@ -1,5 +1,7 @@
 """The backend-specific paths: each one checked on its own backend against the generic one."""
 
+from unittest import mock
+
 import keras
 import numpy as np
 import pytest
@@ -363,15 +365,40 @@ def test_on_accelerator_says_where_a_tensor_lives():
 
 
 def _check_grouping(buckets, keys, compiled=False):
-    from keras_embed_ext.backends.keys import group_by_bucket_then_key
+    """On JAX both routes: numpy in a host callback (a CPU) and XLA's sorts (elsewhere)."""
+    from keras_embed_ext.backends import keys as keys_module
 
-    group = traced(group_by_bucket_then_key) if compiled else group_by_bucket_then_key
-    order, position = (to_numpy(x) for x in group(keras.ops.convert_to_tensor(buckets), keras.ops.convert_to_tensor(keys)))
+    for on_host in (True, False) if BACKEND == "jax" else (None,):
+        with mock.patch.object(keys_module, "_sorts_on_host", lambda: on_host):
+            group = keys_module.group_by_bucket_then_key
+            group = traced(group) if compiled else group
+            order, position = (to_numpy(x) for x in group(keras.ops.convert_to_tensor(buckets),
+                                                          keras.ops.convert_to_tensor(keys)))
+        _check_order(buckets, keys, order, position)
+
+
+def _check_order(buckets, keys, order, position):
     expected = np.lexsort((keys, buckets))
     np.testing.assert_array_equal(keys[order], keys[expected])
     np.testing.assert_array_equal(buckets[order], buckets[expected])
     np.testing.assert_array_equal(keys[order][position], keys)
     np.testing.assert_array_equal(buckets[order][position], buckets)
+
+
+@settings(deadline=None, max_examples=30)
+@given(st.lists(st.tuples(st.integers(-2**63, 2**63 - 1), st.integers(0, 4)), min_size=1, max_size=40),
+       st.integers(0, 3))
+def test_keys_grouped_on_the_host_as_numpy_sorts_them(pairs, repeats):
+    """The numpy grouping of JAX on a CPU, for 64-bit keys (JAX with x64) and int32 ones."""
+    from keras_embed_ext.backends.keys import _group_on_host
+
+    keys = np.array([key for key, _ in pairs] * (repeats + 1), "int64")
+    buckets = np.array([bucket for _, bucket in pairs] * (repeats + 1), "int32")
+    for dtype in ("int64", "int32"):
+        typed = keys.astype(dtype)  # int32: the low words, wrapped
+        order, position = _group_on_host(buckets, typed)
+        assert order.dtype == position.dtype == np.int32
+        _check_order(buckets, typed, order, position)
 
 
 @settings(deadline=None, max_examples=30)

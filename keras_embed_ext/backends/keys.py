@@ -31,15 +31,20 @@ def group_by_bucket_then_key(buckets, keys):
 
 
 def _group_on_jax(buckets, keys, n):
-    """`group_by_bucket_then_key` on JAX: each key's rank among the keys and its
-    bucket's rank among the buckets make one uint32 per key, sorted alone (XLA's CPU
-    sort of one array is several times faster than of several, and a rank's repeats
-    need no order among them). Ranks are positions below `n` while `n * n < 2**32`;
-    beyond, ranks among the distinct values, if their counts' product fits in 32 bits,
-    or else one sort of the three arrays."""
+    """`group_by_bucket_then_key` on JAX. On a CPU, outside a `keras.distribution`, by
+    numpy in a host callback (`_group_on_host`): XLA's CPU sort of a step's keys costs
+    many times numpy's. Elsewhere each key's rank among the keys and its bucket's rank
+    among the buckets make one uint32 per key, sorted alone (XLA's CPU sort of one array
+    is several times faster than of several, and a rank's repeats need no order among
+    them). Ranks are positions below `n` while `n * n < 2**32`; beyond, ranks among the
+    distinct values, if their counts' product fits in 32 bits, or else one sort of the
+    three arrays."""
     import jax
     import jax.numpy as jnp
 
+    if _sorts_on_host():
+        shapes = (jax.ShapeDtypeStruct((n,), jnp.int32),) * 2
+        return jax.pure_callback(_group_on_host, shapes, buckets, keys, vmap_method="sequential")
     positions = jnp.arange(n, dtype="int32")
 
     def rank(x, distinct):
@@ -72,6 +77,33 @@ def _group_on_jax(buckets, keys, n):
     key_count = key_count.astype("uint32")
     fits = (bucket_count - 1).astype("uint32") <= (jnp.uint32(2**32 - 1) - (key_count - 1)) // key_count
     return jax.lax.cond(fits, lambda: by_one_sort(bucket_rank, key_rank, key_count), by_three_arrays)
+
+
+def _sorts_on_host() -> bool:
+    """Whether JAX groups a step's keys by numpy: on a CPU, outside a `keras.distribution`
+    (whose sharded keys a host callback would not see whole)."""
+    import jax
+
+    return jax.default_backend() == "cpu" and keras.distribution.distribution() is None
+
+
+def _group_on_host(buckets, keys):
+    """`(order, position)` of `group_by_bucket_then_key` in numpy: one sort of an int64
+    per key, its bucket then its key (int32 keys), or its bucket then its position
+    among the sorted keys (wider keys), unique so no sort's tie-breaking decides.
+    numpy's sort of integers is vectorized (AVX-512 where the CPU has it)."""
+    buckets, keys = np.asarray(buckets).astype(np.int64), np.asarray(keys)
+    n = keys.shape[0]
+    if keys.dtype.itemsize <= 4:
+        group = (buckets << 32) + keys.astype(np.int64)  # a key in [-2**31, 2**31) stays within its bucket
+    else:
+        key_rank = np.empty(n, np.int64)
+        key_rank[np.argsort(keys)] = np.arange(n)
+        group = buckets * n + key_rank
+    order = np.argsort(group).astype(np.int32)
+    position = np.empty(n, np.int32)
+    position[order] = np.arange(n, dtype=np.int32)
+    return order, position
 
 
 def first_holding_row(keys, buckets, stored_keys, scores, capacity):
