@@ -70,9 +70,11 @@ def test_sgd_and_adagrad_equal_keras_dense_optimizers(ours, theirs):
 
 
 def test_a_step_of_more_rows_than_one_part_equals_keras_dense_adagrad():
-    """On a torch CPU a step's rows are updated a few hundred KB of the table at a
-    time (`backends.rows.row_chunks`): rows of 1 KB, about 500 distinct rows a step."""
-    vocabulary, width = 700, 256
+    """On a torch CPU a step's rows are updated `PART_BYTES` of the table at a time
+    (`backends.rows.for_each_part`): about 500 distinct rows a step, 200 to a part."""
+    from keras_embed_ext.backends.rows import PART_BYTES
+
+    vocabulary, width = 700, PART_BYTES // (4 * 200)
     initial = table(vocabulary, width)
     rng = np.random.default_rng(3)
     steps = [(rng.integers(0, vocabulary, size=(160, L)).astype("int32"),

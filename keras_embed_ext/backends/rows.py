@@ -48,8 +48,13 @@ def take_rows(table, ids):
     return keras.ops.take(table, ids, axis=0)
 
 
-def for_each_part(rows, grads, update, table, part_bytes=1 << 18):
-    """`update(rows, grads)` for parts of a few hundred KB of `table`'s rows, one after
+# A part of a row update on a torch CPU: as large as one core's L2 cache, so a part's
+# rows are still cached when they are written; each part costs its ops' dispatch.
+PART_BYTES = 1 << 21
+
+
+def for_each_part(rows, grads, update, table, part_bytes=PART_BYTES):
+    """`update(rows, grads)` for parts of `part_bytes` of `table`'s rows, one after
     another, on a torch CPU: a part's rows are still cached when the update writes
     them back, where a whole step's rows and the update's temporaries would not be.
     Elsewhere one update takes every row: graphs, `torch.compile` and accelerators
