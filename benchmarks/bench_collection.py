@@ -18,11 +18,12 @@ one process and timed interleaved, a block of steps each per round, one thread:
   the capped cardinality) and raw keys, Zipf-distributed over 2**31 values per feature;
 - tables alone (the loss: the pooled vectors times a fixed upstream gradient), on
   torch: `kee_tables` (`kee.DistributedEmbedding`; `kee_tables_rowwise` with
-  `kee.optimizers.RowwiseAdagrad`, FBGEMM's row-wise rule), `fbgemm_adagrad` and
-  `fbgemm_rowwise_adagrad` (FBGEMM's fused CPU TBE, when `fbgemm_gpu` imports),
-  `torch_bags` and `torch_bags_stacked` (`EmbeddingBag(sparse=True)` per table, or
-  one for all, with `torch.optim.Adagrad`); and `fbgemm_mlp`, FBGEMM with the same MLP
-  in torch (`torch_tables.py`).
+  `kee.optimizers.RowwiseAdagrad`, FBGEMM's row-wise rule; `kee_tables_adam` with
+  Adam rows), `fbgemm_adagrad` and `fbgemm_rowwise_adagrad` (FBGEMM's fused CPU TBE,
+  when `fbgemm_gpu` imports), `torch_bags` and `torch_bags_stacked`
+  (`EmbeddingBag(sparse=True)` per table, or one for all, with `torch.optim.Adagrad`;
+  `torch_bags_stacked_adam` with `torch.optim.SparseAdam`); and `fbgemm_mlp`, FBGEMM
+  with the same MLP in torch (`torch_tables.py`).
 
 Wall and process CPU time are both reported, with the machine's load average.
 
@@ -46,7 +47,7 @@ CRITEO = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 835
 CAP, DIM, BAGS_FROM, BAG, DENSE = 1_000_000, 16, 20, 8, 13
 CONTENDERS = ("kee", "kee_small", "kee_per_feature", "keras_per_feature", "keras_rs", "mlp")
 TORCH_TABLES = ("kee_tables", "fbgemm_adagrad", "fbgemm_rowwise_adagrad", "torch_bags", "torch_bags_stacked",
-                "fbgemm_mlp")
+                "fbgemm_mlp", "torch_bags_stacked_adam")
 
 
 def cardinalities(scale):
@@ -82,7 +83,8 @@ def build_step(contender, sizes, batch):
         if contender.startswith("fbgemm"):
             return torch_tables.fbgemm(sizes, names, DIM, batch, table_of, rowwise="rowwise" in contender,
                                        mlp=contender.endswith("mlp"), dense_width=DENSE)
-        return torch_tables.embedding_bags(sizes, names, DIM, batch, table_of, stacked=contender.endswith("stacked"))
+        return torch_tables.embedding_bags(sizes, names, DIM, batch, table_of, stacked="stacked" in contender,
+                                           adam=contender.endswith("adam"))
     model = build(contender, sizes, batch)
     if contender.startswith("kee_tables"):
         upstream = np.random.default_rng(0).standard_normal((batch, len(sizes) * DIM)).astype("float32")
@@ -98,9 +100,10 @@ def build(contender, sizes, batch):
     if contender.startswith("kee_tables"):
         inputs = {f"c{i:02d}": keras.Input((BAG,) if i >= BAGS_FROM else (), dtype="int32", name=f"c{i:02d}")
                   for i in range(len(sizes))}
-        # FBGEMM's row-wise rule with its learning rate and epsilon (torch_tables.py).
-        rowwise = (lambda: kee.optimizers.RowwiseAdagrad(0.05, epsilon=1e-7)) if contender.endswith("rowwise") else None
-        outputs = kee.DistributedEmbedding(feature_configs(kee, sizes, batch, optimizer=rowwise))(inputs)
+        # FBGEMM's row-wise rule with its learning rate and epsilon, or `SparseAdam`'s defaults (torch_tables.py).
+        optimizer = {"rowwise": lambda: kee.optimizers.RowwiseAdagrad(0.05, epsilon=1e-7),
+                     "adam": lambda: keras.optimizers.Adam(0.001, epsilon=1e-8)}.get(contender.split("_")[-1])
+        outputs = kee.DistributedEmbedding(feature_configs(kee, sizes, batch, optimizer=optimizer))(inputs)
         model = keras.Model(inputs, keras.layers.Concatenate()([outputs[name] for name in sorted(outputs)]))
         model.compile(keras.optimizers.Adam(0.001), lambda upstream, pooled: keras.ops.sum(pooled * upstream))
         return model

@@ -6,7 +6,7 @@
   into the backward pass, when `fbgemm_gpu` imports (`fbgemm-gpu-cpu` 1.9.0 needs torch
   2.14: `benchmarks/requirements-fbgemm.txt`);
 - one `torch.nn.EmbeddingBag(sparse=True)` per table, or one stacked for all of them,
-  with `torch.optim.Adagrad`.
+  with `torch.optim.Adagrad` (or, stacked, `torch.optim.SparseAdam`).
 
 Each builder returns `step(x)`, one training step of the tables alone (the loss is
 the sum of the pooled vectors times a fixed upstream gradient), or with the same MLP
@@ -97,16 +97,20 @@ def fbgemm(sizes, names, dim, batch, bag_of, rowwise=False, mlp=False, dense_wid
     return _step(pooled_of, None, names, dim, batch, dense_width, mlp)
 
 
-def embedding_bags(sizes, names, dim, batch, bag_of, stacked=False, mlp=False, dense_width=13):
+def embedding_bags(sizes, names, dim, batch, bag_of, stacked=False, mlp=False, dense_width=13, adam=False):
     """`torch.nn.EmbeddingBag(sparse=True, mode="mean")` per table (or one stacked for
-    all), trained by `torch.optim.Adagrad` (keras' rule)."""
+    all), trained by `torch.optim.Adagrad` (keras' rule) or `torch.optim.SparseAdam`
+    (lazy Adam, with its defaults)."""
     if stacked:
         offsets = np.cumsum([0] + list(sizes))
         bags = torch.nn.ModuleList([torch.nn.EmbeddingBag(int(offsets[-1]), dim, mode="mean", sparse=True)])
     else:
         bags = torch.nn.ModuleList([torch.nn.EmbeddingBag(size, dim, mode="mean", sparse=True) for size in sizes])
-    optimizer = torch.optim.Adagrad(bags.parameters(), lr=LEARNING_RATE, eps=EPSILON,
-                                    initial_accumulator_value=INITIAL_ACCUMULATOR)
+    if adam:
+        optimizer = torch.optim.SparseAdam(bags.parameters(), lr=1e-3)
+    else:
+        optimizer = torch.optim.Adagrad(bags.parameters(), lr=LEARNING_RATE, eps=EPSILON,
+                                        initial_accumulator_value=INITIAL_ACCUMULATOR)
 
     def pooled_of(x):
         if stacked:
