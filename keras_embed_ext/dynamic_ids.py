@@ -181,7 +181,7 @@ class KeyMap:
         cells = None if self.sightings is None else key_hash.sketch_cells(flat, SKETCH_WIDTH, tables)
         unknown = ~found.found if not padding_zero else ~found.found & (flat != 0)
         # Most steps of a trained table bring no new key: the admission's sort is skipped.
-        change = ops.cond(ops.any(unknown), lambda: self._admit(flat, tables, found, cells, clock, padding_zero),
+        change = ops.cond(ops.any(unknown), lambda: self._admit(flat, tables, found, unknown, cells, clock),
                           lambda: key_slots.none_admitted(flat, found, self.capacity))
         given = (change.admitted_rows, change.admitted_keys, change.admitted_scores)
         seen = key_slots.seen_rows(found, self.capacity)
@@ -222,16 +222,16 @@ class KeyMap:
         return key_slots.find(keys, tables, self.keys.value, self.scores.value, self.clock.value, self.layout,
                               self.config.ttl_steps)
 
-    def _admit(self, keys, tables, found, cells, clock, padding_zero):
-        """`key_slots.admit` of the step's `keys` (`found` by `find`), with their
-        sightings so far (read at the sketch's `cells`)."""
+    def _admit(self, keys, tables, found, unknown, cells, clock):
+        """`key_slots.admit` of the step's `keys` (`found` by `find`; `unknown`, those it
+        may admit), with their sightings so far (read at the sketch's `cells`)."""
         config = self.config
         sighted = None
         if cells is not None:
             sketch = self.sightings.value
             sighted = ops.minimum(take_rows(sketch, cells[0]), take_rows(sketch, cells[1]))
-        return key_slots.admit(keys, tables, found, self.scores.value, clock, self.layout, config.eviction == "lfu",
-                               config.min_count, sighted, padding_zero, config.ttl_steps)
+        return key_slots.admit(keys, tables, found, unknown, self.scores.value, clock, self.layout,
+                               config.eviction == "lfu", config.min_count, sighted, config.ttl_steps)
 
     def _write(self, given_rows, given_keys, given_scores, seen, clock, dynamic_shapes):
         """Writes the keys given rows, their scores and the step they were given, and the

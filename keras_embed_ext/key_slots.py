@@ -132,18 +132,18 @@ def seen_rows(found: Found, capacity: int):
     return ops.where(found.found, found.rows, capacity)
 
 
-def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: bool, min_count: int = 1,
-          sighted=None, padding_zero=False, ttl_steps=None):
+def admit(keys, tables, found: Found, unknown, scores, clock, layout: KeyLayout, lfu: bool, min_count: int = 1,
+          sighted=None, ttl_steps=None):
     """One training step's admissions, for flat `keys (n,)` (of `tables`, in a stack)
-    and `find`'s result, among rows of `scores` (as for `find`).
+    and `find`'s result, among rows of `scores` (as for `find`); `unknown (n,)` marks
+    the keys that may be admitted: those not found, padding left out.
 
     A key not resident is admitted once its sightings (`sighted`, from the sketch, plus
     its occurrences now) reach `min_count`: it takes the lowest-scored row of its
     bucket that no key of this step holds, free rows first. Several new keys of one
     bucket take its rows in increasing key order; one left without a row reads zeros.
-    An admitted key's first score is its occurrences (LFU) or the step. With
-    `padding_zero`, key 0 is padding and never admitted. (Resident keys' scores are
-    the caller's, at `seen_rows`.)
+    An admitted key's first score is its occurrences (LFU) or the step. (Resident keys'
+    scores are the caller's, at `seen_rows`.)
 
     On JAX (static shapes) every key is sorted, the resident ones marking the slots
     they hold; elsewhere only the keys not resident, a fraction of a trained table's.
@@ -151,11 +151,7 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     n = ops.shape(keys)[0]  # a tensor in a TensorFlow graph of unknown batch size
     slots, capacity = layout.slots, layout.capacity
     static = keras.backend.backend() == "jax"
-    if static:
-        taking_part = None
-    else:
-        unknown = ~found.found & (keys != 0) if padding_zero else ~found.found
-        taking_part = compress(ops.arange(n, dtype="int32"), unknown)
+    taking_part = None if static else compress(ops.arange(n, dtype="int32"), unknown)
 
     def part(x):
         return x if x is None or taking_part is None else take_rows(x, taking_part)
@@ -181,7 +177,7 @@ def admit(keys, tables, found: Found, scores, clock, layout: KeyLayout, lfu: boo
     wants = first & (counts >= min_count)
     if static:
         found_k, rows_found = by_key(found.found), by_key(found.rows)
-        wants = wants & ~found_k & (sorted_keys != 0) if padding_zero else wants & ~found_k
+        wants = wants & by_key(unknown)
     bucket_run, start, _ = _runs(bucket_starts, positions, m)
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
     rank = take_rows(wanting, positions + 1) - 1 - take_rows(wanting, start)
