@@ -365,10 +365,11 @@ def test_on_accelerator_says_where_a_tensor_lives():
 
 
 def _check_grouping(buckets, keys, compiled=False):
-    """On JAX both routes: numpy in a host callback (a CPU) and XLA's sorts (elsewhere)."""
+    """On JAX and TensorFlow both routes: numpy in a host callback (a CPU) and the
+    backend's own sorts (elsewhere)."""
     from keras_embed_ext.backends import keys as keys_module
 
-    for on_host in (True, False) if BACKEND == "jax" else (None,):
+    for on_host in (True, False) if BACKEND in ("jax", "tensorflow") else (None,):
         with mock.patch.object(keys_module, "_sorts_on_host", lambda: on_host):
             group = keys_module.group_by_bucket_then_key
             group = traced(group) if compiled else group

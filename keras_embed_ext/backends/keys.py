@@ -5,6 +5,7 @@ import functools
 import keras
 import numpy as np
 
+from keras_embed_ext.backends.context import compiled_by_xla
 from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
@@ -14,12 +15,18 @@ def group_by_bucket_then_key(buckets, keys):
     """`(order, position)`: `take(keys, order)` is sorted by `buckets`, then `keys`, so a
     key's repeats in one bucket are side by side; `position[i]` is a sorted position of
     key `i` (for a repeated (bucket, key), of any of its repeats: what is read there is
-    the same for each). Elsewhere than on JAX, two stable sorts (key, then bucket),
-    faster there than one of a pair."""
+    the same for each). On a CPU, where XLA's and TensorFlow's sorts cost several times
+    numpy's, by numpy in a host callback (`_group_on_host`); elsewhere than on JAX, two
+    stable sorts (key, then bucket), faster there than one of a pair."""
     ops = keras.ops
     n = keys.shape[0]
     if keras.backend.backend() == "jax" and n is not None:
         return _group_on_jax(buckets, keys, n)
+    if keras.backend.backend() == "tensorflow" and _sorts_on_host():
+        import tensorflow as tf
+
+        order, position = tf.numpy_function(_group_on_host, [buckets, keys], [tf.int32, tf.int32], stateful=False)
+        return tf.ensure_shape(order, keys.shape), tf.ensure_shape(position, keys.shape)
     by_key = ops.argsort(keys)
     order = take_rows(by_key, ops.argsort(take_rows(buckets, by_key)))
     if keras.backend.backend() == "tensorflow":  # its scatter copies into a new tensor first
@@ -80,8 +87,13 @@ def _group_on_jax(buckets, keys, n):
 
 
 def _sorts_on_host() -> bool:
-    """Whether JAX groups a step's keys by numpy: on a CPU, outside a `keras.distribution`
-    (whose sharded keys a host callback would not see whole)."""
+    """Whether a step's keys are grouped by numpy: on a CPU; on JAX outside a
+    `keras.distribution` (whose sharded keys a host callback would not see whole), on
+    TensorFlow outside XLA (which cannot call the host)."""
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return not compiled_by_xla() and not tf.config.list_logical_devices("GPU")
     import jax
 
     return jax.default_backend() == "cpu" and keras.distribution.distribution() is None
