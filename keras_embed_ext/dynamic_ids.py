@@ -15,6 +15,7 @@ from keras_embed_ext import key_hash
 from keras_embed_ext import key_slots
 from keras_embed_ext import replica_keys
 from keras_embed_ext.backends.arithmetic import reshape
+from keras_embed_ext.backends.context import compiled_by_xla
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.devices import to_host
 from keras_embed_ext.backends.fused import Fused
@@ -120,6 +121,19 @@ def check_keys(keys, subject):
                 "or hash the keys into int32 first (`keras.layers.Hashing(2**31 - 1)`)."
             )
     return ops.cast(ops.convert_to_tensor(array), wanted)
+
+
+def check_admission(subject):
+    """A clear error for a training step of a dynamic table compiled by TensorFlow's XLA,
+    which cannot compile the admission's dynamic shapes, before the map changes and
+    before XLA's own error (keras' `jit_compile="auto"` leaves XLA out for the layer,
+    whose `supports_jit` is False there)."""
+    if keras.backend.backend() == "tensorflow" and compiled_by_xla():
+        raise ValueError(
+            f"{subject} is dynamic: a training step admits new keys, whose shapes TensorFlow's XLA cannot "
+            "compile. Compile the model with `jit_compile=False` (keras' default for this layer), or train "
+            "on JAX or torch, whose compiled steps admit keys."
+        )
 
 
 class MappedKeys(NamedTuple):

@@ -306,6 +306,38 @@ def test_bad_uses_are_errors_naming_the_layer():
         kee.Embedding(8, 2, dynamic=True, embeddings_initializer="orthogonal")
 
 
+@pytest.mark.parametrize("distributed", [False, True])
+def test_jit_compile_trains_a_dynamic_table_on_every_backend(distributed):
+    """`jit_compile=True`: JAX's `jit` and `torch.compile` admit keys. TensorFlow's XLA
+    cannot compile an admission's dynamic shapes: the layer's `supports_jit` is False
+    there, so keras trains without XLA, and a call that XLA compiles anyway is an
+    error naming the layer, the map unchanged."""
+    if distributed:
+        table = kee.TableConfig("items", 64, 4, dynamic=True)
+        layer = kee.DistributedEmbedding(kee.FeatureConfig("f", table, (8, 3), (8, 3, 4)), name="items_layer")
+    else:
+        layer = kee.Embedding(64, 4, dynamic=True, name="items_layer")
+    model = keras.Sequential([keras.Input((3,), dtype=_keys([]).dtype.name, batch_size=8), layer,
+                              keras.layers.Flatten(), keras.layers.Dense(1)])
+    model.compile("adam", "mse", jit_compile=True)
+    rng = np.random.default_rng(0)
+    keys = _keys(rng.integers(-BIG, BIG, (8, 3)))
+
+    def resident():
+        return np.sort(layer.id_map("items")[0] if distributed else layer.id_map()[0])
+
+    model.fit(keys, np.zeros((8, 1), "float32"), verbose=0)
+    np.testing.assert_array_equal(resident(), np.unique(keys))
+    assert model.jit_compile == (BACKEND != "tensorflow")
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.function(lambda keys: layer(keys, training=True), jit_compile=True)
+        with pytest.raises(ValueError, match="items_layer.*dynamic.*XLA"):
+            step(_keys(rng.integers(-BIG, BIG, (8, 3))))
+        np.testing.assert_array_equal(resident(), np.unique(keys))
+
+
 def test_keys_beyond_int32_are_keys_or_a_named_error():
     """int64 keys are keys on TensorFlow, torch and JAX with x64; JAX without x64 has no
     int64 tensor, and says so rather than wrap the key."""
