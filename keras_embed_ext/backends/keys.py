@@ -20,13 +20,10 @@ def group_by_bucket_then_key(buckets, keys):
     stable sorts (key, then bucket), faster there than one of a pair."""
     ops = keras.ops
     n = keys.shape[0]
+    if _sorts_on_host():
+        return _group_by_host_callback(buckets, keys, n)
     if keras.backend.backend() == "jax" and n is not None:
         return _group_on_jax(buckets, keys, n)
-    if keras.backend.backend() == "tensorflow" and _sorts_on_host():
-        import tensorflow as tf
-
-        order, position = tf.numpy_function(_group_on_host, [buckets, keys], [tf.int32, tf.int32], stateful=False)
-        return tf.ensure_shape(order, keys.shape), tf.ensure_shape(position, keys.shape)
     by_key = ops.argsort(keys)
     order = take_rows(by_key, ops.argsort(take_rows(buckets, by_key)))
     if keras.backend.backend() == "tensorflow":  # its scatter copies into a new tensor first
@@ -38,20 +35,15 @@ def group_by_bucket_then_key(buckets, keys):
 
 
 def _group_on_jax(buckets, keys, n):
-    """`group_by_bucket_then_key` on JAX. On a CPU, outside a `keras.distribution`, by
-    numpy in a host callback (`_group_on_host`): XLA's CPU sort of a step's keys costs
-    many times numpy's. Elsewhere each key's rank among the keys and its bucket's rank
-    among the buckets make one uint32 per key, sorted alone (XLA's CPU sort of one array
-    is several times faster than of several, and a rank's repeats need no order among
-    them). Ranks are positions below `n` while `n * n < 2**32`; beyond, ranks among the
-    distinct values, if their counts' product fits in 32 bits, or else one sort of the
-    three arrays."""
+    """`group_by_bucket_then_key` by XLA: each key's rank among the keys and its bucket's
+    rank among the buckets make one uint32 per key, sorted alone (XLA's sort of one
+    array is several times faster than of several, and a rank's repeats need no order
+    among them). Ranks are positions below `n` while `n * n < 2**32`; beyond, ranks
+    among the distinct values, if their counts' product fits in 32 bits, or else one
+    sort of the three arrays."""
     import jax
     import jax.numpy as jnp
 
-    if _sorts_on_host():
-        shapes = (jax.ShapeDtypeStruct((n,), jnp.int32),) * 2
-        return jax.pure_callback(_group_on_host, shapes, buckets, keys, vmap_method="sequential")
     positions = jnp.arange(n, dtype="int32")
 
     def rank(x, distinct):
@@ -87,16 +79,34 @@ def _group_on_jax(buckets, keys, n):
 
 
 def _sorts_on_host() -> bool:
-    """Whether a step's keys are grouped by numpy: on a CPU; on JAX outside a
-    `keras.distribution` (whose sharded keys a host callback would not see whole), on
-    TensorFlow outside XLA (which cannot call the host)."""
-    if keras.backend.backend() == "tensorflow":
+    """Whether a step's keys are grouped by numpy in a host callback: on a CPU; on JAX
+    outside a `keras.distribution` (whose sharded keys a host callback would not see
+    whole), on TensorFlow outside XLA (which cannot call the host). torch sorts its own."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
         import tensorflow as tf
 
         return not compiled_by_xla() and not tf.config.list_logical_devices("GPU")
+    if backend != "jax":
+        return False
     import jax
 
     return jax.default_backend() == "cpu" and keras.distribution.distribution() is None
+
+
+def _group_by_host_callback(buckets, keys, n):
+    """`_group_on_host` called from a compiled step: `jax.pure_callback`, or
+    `tf.numpy_function` (`n` may be unknown there)."""
+    if keras.backend.backend() == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        shapes = (jax.ShapeDtypeStruct((n,), jnp.int32),) * 2
+        return jax.pure_callback(_group_on_host, shapes, buckets, keys, vmap_method="sequential")
+    import tensorflow as tf
+
+    order, position = tf.numpy_function(_group_on_host, [buckets, keys], [tf.int32, tf.int32], stateful=False)
+    return tf.ensure_shape(order, keys.shape), tf.ensure_shape(position, keys.shape)
 
 
 def _group_on_host(buckets, keys):
