@@ -205,8 +205,6 @@ class DistributedEmbedding(keras.layers.Layer):
         train_rows = bool(training) and self.trainable and stack.trainable
         mapped = None
         if stack.dynamic is not None:
-            if train_rows:
-                dynamic_ids.check_admission(f"DistributedEmbedding layer '{self.name}'")
             tables = None
             if len(stack._table.key_capacities) > 1:
                 tables = ops.concatenate([ops.full_like(flat, table, dtype="int32")

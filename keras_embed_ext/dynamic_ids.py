@@ -15,8 +15,8 @@ from keras_embed_ext import key_hash
 from keras_embed_ext import key_slots
 from keras_embed_ext import replica_keys
 from keras_embed_ext.backends.arithmetic import reshape
-from keras_embed_ext.backends.context import compiled_by_xla
 from keras_embed_ext.backends.context import is_traced
+from keras_embed_ext.backends.context import shapes_are_static
 from keras_embed_ext.backends.devices import to_host
 from keras_embed_ext.backends.fused import Fused
 from keras_embed_ext.backends.keys import compress
@@ -123,25 +123,13 @@ def check_keys(keys, subject):
     return ops.cast(ops.convert_to_tensor(array), wanted)
 
 
-def check_admission(subject):
-    """A clear error for a training step of a dynamic table compiled by TensorFlow's XLA,
-    which cannot compile the admission's dynamic shapes, before the map changes and
-    before XLA's own error (keras' `jit_compile="auto"` leaves XLA out for the layer,
-    whose `supports_jit` is False there)."""
-    if keras.backend.backend() == "tensorflow" and compiled_by_xla():
-        raise ValueError(
-            f"{subject} is dynamic: a training step admits new keys, whose shapes TensorFlow's XLA cannot "
-            "compile. Compile the model with `jit_compile=False` (keras' default for this layer), or train "
-            "on JAX or torch, whose compiled steps admit keys."
-        )
-
-
 class MappedKeys(NamedTuple):
     rows: object  # the key's row (0 where it has none), shaped as the keys
     found: object  # bool, shaped as the keys: the key has a row
     admitted_at: object  # (n,) float32 step at which each key's row was given (JAX, in a training step), or None
-    renewed_rows: object  # the distinct rows given in this step, to renew now; None where the
-    # training lookup renews them (JAX inside a step)
+    renewed_rows: object  # the distinct rows given in this step, to renew now (TensorFlow's XLA:
+    # one entry per key, past the table's rows where none); None where the training lookup
+    # renews them (JAX inside a step)
 
 
 class KeyMap:
@@ -199,11 +187,16 @@ class KeyMap:
                           lambda: key_slots.none_admitted(flat, found, self.capacity))
         given = (change.admitted_rows, change.admitted_keys, change.admitted_scores)
         seen = key_slots.seen_rows(found, self.capacity)
-        dynamic_shapes = keras.backend.backend() != "jax" or not is_traced(flat)
-        given_rows = None  # where the training lookup renews rows (JAX inside a step)
+        on_jax = keras.backend.backend() == "jax"
+        dynamic_shapes = not shapes_are_static() or (on_jax and not is_traced(flat))
         if dynamic_shapes:
             is_given = change.admitted_rows < self.capacity
             given_rows = compress(change.admitted_rows, is_given)
+        else:
+            # JAX inside a step: the training lookup renews rows. TensorFlow's XLA: every
+            # key's entry, `capacity` (past the table's rows, which XLA's scatter drops)
+            # where no row was given.
+            given_rows = None if on_jax else change.admitted_rows
         if self._fused_write.compiles():
             # TensorFlow's element scatters into a variable cost several times XLA's
             # in-place ones at millions of rows: every key's entry is written there, the
@@ -217,14 +210,13 @@ class KeyMap:
             for cell in cells:
                 add_into(self.sightings, cell, change.sightings)
         assign_here(self.clock, clock + 1)
-        renewed = given_rows
         count = ops.size(keys)
         rows = replica_keys.own(change.rows, start, count)
         admitted_at = None
-        if keras.backend.backend() == "jax":  # where the training lookup renews rows
+        if on_jax:  # where the training lookup renews rows
             admitted_at = ops.cast(take_elements(self.admitted.value, rows), "float32")
         found = replica_keys.own(change.found, start, count)
-        return MappedKeys(reshape(rows, shape), reshape(found, shape), admitted_at, renewed)
+        return MappedKeys(reshape(rows, shape), reshape(found, shape), admitted_at, given_rows)
 
     def find(self, keys, tables=None) -> key_slots.Found:
         """`key_slots.find` of flat `keys` in this map (compiled by XLA on TensorFlow,

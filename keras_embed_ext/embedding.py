@@ -171,9 +171,6 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
         self.dynamic = dynamic_ids.get(dynamic)
         if self.dynamic is not None:
-            # keras' `jit_compile="auto"` then leaves out TensorFlow's XLA, which cannot
-            # compile an admission (`dynamic_ids.check_admission`).
-            self.supports_jit = keras.backend.backend() != "tensorflow"
             check_row_initializer(self.embeddings_initializer, self.name)
             sparse_optimizer = "adagrad" if sparse_optimizer is None else sparse_optimizer
             self.renewal_seed_generator = (
@@ -230,8 +227,6 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         mapped = mask_zero = None
         if self.dynamic is not None:
             keys = dynamic_ids.check_keys(ids, f"Embedding layer '{self.name}'")
-            if train_rows:
-                dynamic_ids.check_admission(f"Embedding layer '{self.name}'")
             ids, valid, mapped = self._table.map_keys(keys, train_rows, self.mask_zero)
             if self.mask_zero:
                 valid = valid & (keys != 0)

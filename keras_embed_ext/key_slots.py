@@ -13,10 +13,10 @@ has one bucket more than the table: writes which change nothing go to its first 
 
 from typing import NamedTuple
 
-import keras
 import numpy as np
 from keras import ops
 
+from keras_embed_ext.backends.context import shapes_are_static
 from keras_embed_ext.backends.keys import compress
 from keras_embed_ext.backends.keys import first_holding_row
 from keras_embed_ext.backends.keys import group_by_bucket_then_key
@@ -145,12 +145,13 @@ def admit(keys, tables, found: Found, unknown, scores, clock, layout: KeyLayout,
     An admitted key's first score is its occurrences (LFU) or the step. (Resident keys'
     scores are the caller's, at `seen_rows`.)
 
-    On JAX (static shapes) every key is sorted, the resident ones marking the slots
-    they hold; elsewhere only the keys not resident, a fraction of a trained table's.
+    With static shapes (JAX, TensorFlow's XLA) every key is sorted, the resident ones
+    marking the slots they hold; elsewhere only the keys not resident, a fraction of a
+    trained table's.
     """
     n = ops.shape(keys)[0]  # a tensor in a TensorFlow graph of unknown batch size
     slots, capacity = layout.slots, layout.capacity
-    static = keras.backend.backend() == "jax"
+    static = shapes_are_static()
     taking_part = None if static else compress(ops.arange(n, dtype="int32"), unknown)
 
     def part(x):
@@ -259,7 +260,7 @@ def _runs(starts, positions, n):
     cheaper than a binary search on torch's CPU."""
     run = ops.cumsum(ops.cast(starts, "int32")) - 1
     # Run r starts at `first[r]`, and the run after the last ends at `n`.
-    if keras.backend.backend() == "jax":  # static shapes: positions within a run go to a scratch element
+    if shapes_are_static():  # positions within a run go to a scratch element
         first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
                                    positions)
     else:  # the starts listed, where TensorFlow's scatter into a copy cost several times more

@@ -29,6 +29,7 @@ from keras_embed_ext import keras_optimizer
 from keras_embed_ext import row_backends
 from keras_embed_ext.backends.arithmetic import any_nonzero
 from keras_embed_ext.backends.arithmetic import cast
+from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.devices import all_true_on_host
 from keras_embed_ext.backends.rows import for_each_part
 from keras_embed_ext.backends.rows import scatter_into
@@ -144,6 +145,12 @@ class RowTraining:
         # the scale itself.
         self._add_loss(probe * row_backends.replicas_in_sync())
         return rows
+
+    def renews_in_lookup(self) -> bool:
+        """Whether the training lookup renews the rows given to new keys: on JAX in a step
+        that differentiates the table, jitted or not (a write before the lookup would
+        cut the rows it renews from the gradient that carries the table's update)."""
+        return self.renewed_at is not None and is_traced(self.variable.value)
 
     def renew(self, rows, step=None):
         """`rows` (distinct) start afresh, drawn anew by the table's initializer, with the

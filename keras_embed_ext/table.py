@@ -76,11 +76,12 @@ class Table:
         """`(ids, found, mapped)` of a dynamic table's `keys` (from `check_keys`; `tables`:
         in a stack, each key's table): their rows, whether they have one, and the map's
         `MappedKeys`; with `admit` (a training step) new keys are admitted first, and
-        rows given to them start afresh (TensorFlow and torch: here; JAX: in the
-        training lookup)."""
+        rows given to them start afresh (here, or in the training lookup:
+        `RowTraining.renews_in_lookup`)."""
         mapped = self.key_map.map(keys, admit, padding_zero, tables)
-        if mapped.renewed_rows is not None and self.row_training is not None:
-            self.row_training.renew(mapped.renewed_rows, self.key_map.clock.value)
+        training = self.row_training
+        if mapped.renewed_rows is not None and training is not None and not training.renews_in_lookup():
+            training.renew(mapped.renewed_rows, self.key_map.clock.value)
         return mapped.rows, mapped.found, mapped
 
     # The pipeline's gather: stored rows -> decoded rows -> plus the adapter's rows.

@@ -47,6 +47,14 @@ def compiled_by_xla() -> bool:
     )
 
 
+def shapes_are_static() -> bool:
+    """Whether a step's arrays keep the shapes the batch gives them (no selection of a
+    data-dependent size): on JAX, traced or not, and in a TensorFlow function that XLA
+    compiles."""
+    backend = keras.backend.backend()
+    return backend == "jax" or (backend == "tensorflow" and compiled_by_xla())
+
+
 _SUMMING_REPEATS = contextvars.ContextVar("summing_repeats", default=False)
 
 
