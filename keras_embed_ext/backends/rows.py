@@ -5,6 +5,7 @@ import functools
 import operator
 
 import keras
+import numpy as np
 
 from keras_embed_ext.backends.arithmetic import cast
 from keras_embed_ext.backends.context import compiled_by_xla
@@ -195,6 +196,8 @@ def _write_rows(variable, rows, values, add):
             target = target.view(-1) if elements else target
             if add:
                 return target.index_add_(0, index, values)
+            if eager_on_torch_cpu(target) and target.is_contiguous():
+                return _copy_rows_on_host(target, index, values)
             wide = _widest_view(target)
             if wide is not None:
                 return wide.index_copy_(0, index, values.contiguous().view(wide.dtype))
@@ -202,6 +205,22 @@ def _write_rows(variable, rows, values, add):
     value = variable.value.reshape(-1) if elements else variable.value
     value = value.at[rows].add(values) if add else value.at[rows].set(values)
     variable.assign(value.reshape(variable.shape))
+
+
+def _copy_rows_on_host(target, index, values):
+    """`target[index] = values` of a contiguous CPU torch tensor, by numpy on its memory,
+    each row one item of its bytes: numpy copies an item whole, where torch's
+    `index_copy_` copies element by element (twice the time, in a step's row update)."""
+    import torch
+
+    def items(tensor):  # as bytes: numpy has no bfloat16
+        data = tensor.detach().contiguous().view(torch.uint8).numpy().reshape(tensor.shape[0], -1)
+        return data.view(np.dtype((np.void, data.shape[1]))).reshape(-1)
+
+    if index.shape[0]:
+        items(target)[index.numpy()] = items(values)
+        torch.autograd.graph.increment_version(target)  # as an in-place op of torch's would
+    return target
 
 
 def _widest_view(rows):
