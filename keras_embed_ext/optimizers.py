@@ -10,6 +10,9 @@ FTRL is lazy FTRL (TensorFlow's sparse FTRL).
 import keras
 from keras import ops
 
+from keras_embed_ext.backends.arithmetic import add_product
+from keras_embed_ext.backends.arithmetic import add_quotient
+
 # Settings of keras' optimizers that a row-wise update does not have; unset, each is falsy.
 _UNSUPPORTED = (
     "momentum", "nesterov", "amsgrad", "weight_decay", "clipnorm", "clipvalue", "global_clipnorm",
@@ -99,9 +102,9 @@ class Adagrad(RowOptimizer):
         return self.initial_accumulator_value
 
     def update(self, rows, grads, slots, step):
-        accumulator = slots[0] + ops.square(grads)
-        step_size = self.current_learning_rate(step) * grads / ops.sqrt(accumulator + self.epsilon)
-        return rows - step_size, [accumulator]
+        accumulator = add_product(slots[0], grads, grads)
+        denominator = ops.sqrt(accumulator + self.epsilon)
+        return add_quotient(rows, grads, denominator, -self.current_learning_rate(step)), [accumulator]
 
     def still_at_zero_gradient(self):
         # `0 / sqrt(0)` would be NaN: only a positive denominator divides a zero gradient to zero.
@@ -129,7 +132,7 @@ class RowwiseAdagrad(Adagrad):
     def update(self, rows, grads, slots, step):
         accumulator = slots[0] + ops.mean(ops.square(grads), axis=-1)
         scale = self.current_learning_rate(step) / (ops.sqrt(accumulator) + self.epsilon)
-        return rows - ops.expand_dims(scale, -1) * grads, [accumulator]
+        return add_product(rows, ops.expand_dims(scale, -1), grads, -1.0), [accumulator]
 
 
 @keras.saving.register_keras_serializable(package="keras_embed_ext")

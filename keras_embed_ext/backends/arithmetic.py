@@ -1,5 +1,5 @@
-"""Row-sized arithmetic written in place on torch, where each new output costs fresh
-pages from the allocator."""
+"""Row-sized arithmetic on torch written in place or in one fused pass, where each new
+output costs fresh pages from the allocator and each op a pass over the rows."""
 
 import keras
 
@@ -41,6 +41,30 @@ def _broadcasts_into(shape, target):
     return len(shape) <= len(target) and all(
         size in (1, target_size) for size, target_size in zip(reversed(shape), reversed(target))
     )
+
+
+def add_product(x, a, b, scale=1.0):
+    """`x + scale * a * b`; on torch, for a number `scale`, one pass (`addcmul`), where
+    the ops apart are a pass and a new tensor each."""
+    if _fuses_on_torch(scale, x, a, b):
+        import torch
+
+        return torch.addcmul(x, a, b, value=scale)
+    return x + scale * a * b
+
+
+def add_quotient(x, a, b, scale=1.0):
+    """`x + scale * a / b`; on torch, for a number `scale`, one pass (`addcdiv`)."""
+    if _fuses_on_torch(scale, x, a, b):
+        import torch
+
+        return torch.addcdiv(x, a, b, value=scale)
+    return x + scale * a / b
+
+
+def _fuses_on_torch(scale, *tensors):
+    return (keras.backend.backend() == "torch" and isinstance(scale, (int, float))
+            and len({t.dtype for t in tensors}) == 1)
 
 
 def add_matmul(fresh, a, b):
