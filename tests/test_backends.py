@@ -13,12 +13,15 @@ import keras_embed_ext as kee
 import reference as ref
 from conftest import BACKEND, gradients, table, to_numpy, traced
 from keras_embed_ext.backends.arithmetic import add_matmul
+from keras_embed_ext.backends.arithmetic import add_product
+from keras_embed_ext.backends.arithmetic import add_quotient
 from keras_embed_ext.backends.arithmetic import any_nonzero
 from keras_embed_ext.backends.arithmetic import in_place
 from keras_embed_ext.backends.devices import on_accelerator
 from keras_embed_ext.backends.devices import to_host
 from keras_embed_ext.backends.int4 import take_int4_rows
 from keras_embed_ext.backends.int4 import unpack_int4
+from keras_embed_ext.backends.rows import scatter_into
 from keras_embed_ext.backends.rows import take_rows
 from keras_embed_ext.backends.rows import weighted_bag_sum
 
@@ -288,6 +291,36 @@ def test_add_matmul_equals_numpy():
     np.testing.assert_allclose(to_numpy(result), rows + a @ b, rtol=1e-5, atol=1e-6)
     if BACKEND == "torch":
         assert result.data_ptr() == fresh.data_ptr()
+
+
+@pytest.mark.parametrize("scale", [1.0, -0.3, "tensor"])
+def test_add_product_and_add_quotient_equal_numpy(scale):
+    rng = np.random.default_rng(4)
+    x, a, b = (rng.standard_normal((6, 5)).astype("float32") for _ in range(3))
+    b = np.abs(b) + 0.5
+    factor = np.float32(0.7) if scale == "tensor" else np.float32(scale)
+    given = keras.ops.convert_to_tensor(factor) if scale == "tensor" else scale
+    x_, a_, b_ = map(keras.ops.convert_to_tensor, (x, a, b))
+    np.testing.assert_allclose(to_numpy(add_product(x_, a_, b_, given)), x + factor * a * b, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(add_quotient(x_, a_, b_, given)), x + factor * a / b, rtol=1e-6, atol=1e-6)
+
+
+@settings(deadline=None, max_examples=20)
+@given(rows=st.integers(1, 40), width=st.sampled_from([None, 1, 3, 16]),
+       dtype=st.sampled_from(["float32", "bfloat16", "int32", "int64"]), seed=st.integers(0, 2**16))
+def test_scatter_into_writes_the_rows_as_numpy_assigns_them(rows, width, dtype, seed):
+    """`backends.rows.scatter_into` (whole rows by numpy on an eager torch CPU, each row
+    one item of its bytes) equals numpy's assignment, for 1-D and 2-D variables."""
+    rng = np.random.default_rng(seed)
+    shape = (rows,) if width is None else (rows, width)
+    start = rng.integers(-50, 50, shape).astype("float32")
+    index = rng.choice(rows, rng.integers(0, rows + 1), replace=False).astype("int32")
+    values = rng.integers(-50, 50, (len(index), *shape[1:])).astype("float32")
+    variable = keras.Variable(start.astype(dtype) if dtype != "bfloat16" else start, dtype=dtype, trainable=False)
+    scatter_into(variable, keras.ops.convert_to_tensor(index), keras.ops.convert_to_tensor(values, dtype))
+    expected = start.copy()
+    expected[index] = values
+    np.testing.assert_array_equal(to_numpy(keras.ops.cast(variable.value, "float32")), expected)
 
 
 @pytest.mark.parametrize("rank", [3, 20])  # multiply-adds and a matmul under torch.compile
