@@ -293,7 +293,7 @@ def test_add_matmul_equals_numpy():
         assert result.data_ptr() == fresh.data_ptr()
 
 
-@pytest.mark.parametrize("scale", [1.0, -0.3, "tensor"])
+@pytest.mark.parametrize("scale", [1.0, -1.0, -0.3, "tensor"])
 def test_add_product_and_add_quotient_equal_numpy(scale):
     rng = np.random.default_rng(4)
     x, a, b = (rng.standard_normal((6, 5)).astype("float32") for _ in range(3))

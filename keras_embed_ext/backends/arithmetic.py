@@ -50,6 +50,8 @@ def add_product(x, a, b, scale=1.0):
         import torch
 
         return torch.addcmul(x, a, b, value=scale)
+    if isinstance(scale, (int, float)) and scale in (1, -1):  # no multiply by the sign
+        return x + a * b if scale == 1 else x - a * b
     return x + scale * a * b
 
 
