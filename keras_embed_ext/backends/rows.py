@@ -210,7 +210,7 @@ def _write_rows(variable, rows, values, add):
 def _copy_rows_on_host(target, index, values):
     """`target[index] = values` of a contiguous CPU torch tensor, by numpy on its memory,
     each row one item of its bytes: numpy copies an item whole, where torch's
-    `index_copy_` copies element by element (twice the time, in a step's row update)."""
+    `index_copy_` copies element by element."""
     import torch
 
     def items(tensor):  # as bytes: numpy has no bfloat16
