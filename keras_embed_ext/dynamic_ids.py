@@ -127,9 +127,9 @@ class MappedKeys(NamedTuple):
     rows: object  # the key's row (0 where it has none), shaped as the keys
     found: object  # bool, shaped as the keys: the key has a row
     admitted_at: object  # (n,) float32 step at which each key's row was given (JAX, in a training step), or None
-    renewed_rows: object  # the distinct rows given in this step, to renew now (TensorFlow's XLA:
-    # one entry per key, past the table's rows where none); None where the training lookup
-    # renews them (JAX inside a step)
+    renewed_rows: object  # the distinct rows given in this step (TensorFlow's XLA: one entry per
+    # key, past the table's rows where none), renewed now unless the training lookup renews
+    # them (`RowTraining.renews_in_lookup`); None for a jitted JAX step, whose lookup does
 
 
 class KeyMap:
@@ -193,7 +193,7 @@ class KeyMap:
             is_given = change.admitted_rows < self.capacity
             given_rows = compress(change.admitted_rows, is_given)
         else:
-            # JAX inside a step: the training lookup renews rows. TensorFlow's XLA: every
+            # A jitted JAX step: the training lookup renews rows. TensorFlow's XLA: every
             # key's entry, `capacity` (past the table's rows, which XLA's scatter drops)
             # where no row was given.
             given_rows = None if on_jax else change.admitted_rows
