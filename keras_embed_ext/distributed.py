@@ -203,14 +203,14 @@ class DistributedEmbedding(keras.layers.Layer):
                                      for flat, (_, v) in zip(flat_ids, ids_and_valid)])
         all_ids = flat_ids[0] if len(flat_ids) == 1 else ops.concatenate(flat_ids)
         train_rows = bool(training) and self.trainable and stack.trainable
-        mapped = None
+        admitted_at = None
         if stack.dynamic is not None:
             tables = None
             if len(stack._table.key_capacities) > 1:
                 tables = ops.concatenate([ops.full_like(flat, table, dtype="int32")
                                           for flat, table in zip(flat_ids, key_tables)])
-            all_ids, valid, mapped = stack._table.map_keys(all_ids, train_rows, tables=tables)
-        rows = stack._table.lookup(all_ids, valid, train_rows, mapped)
+            all_ids, valid, admitted_at = stack._table.map_keys(all_ids, train_rows, tables=tables)
+        rows = stack._table.lookup(all_ids, valid, train_rows, admitted_at)
         parts = [rows] if len(flat_ids) == 1 else split_rows(rows, [ops.shape(ids)[0] for ids in flat_ids])
         return [reshape(part, (*ops.shape(ids), rows.shape[-1])) for part, (ids, _) in zip(parts, ids_and_valid)]
 

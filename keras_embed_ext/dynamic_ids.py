@@ -126,10 +126,8 @@ def check_keys(keys, subject):
 class MappedKeys(NamedTuple):
     rows: object  # the key's row (0 where it has none), shaped as the keys
     found: object  # bool, shaped as the keys: the key has a row
-    admitted_at: object  # (n,) float32 step at which each key's row was given (JAX, in a training step), or None
-    renewed_rows: object  # the distinct rows given in this step (TensorFlow's XLA: one entry per
-    # key, past the table's rows where none), renewed now unless the training lookup renews
-    # them (`RowTraining.renews_in_lookup`); None for a jitted JAX step, whose lookup does
+    given_rows: object  # a training step's rows given to new keys, distinct; with static
+    # shapes (JAX, TensorFlow's XLA) one entry per key, past the table's rows where none
 
 
 class KeyMap:
@@ -174,7 +172,7 @@ class KeyMap:
             tables = reshape(tables, (-1,))
         if not admit:
             found = self.find(flat, tables)
-            return MappedKeys(reshape(found.rows, shape), reshape(found.found, shape), None, None)
+            return MappedKeys(reshape(found.rows, shape), reshape(found.found, shape), None)
         flat, start = replica_keys.gather(flat)
         if tables is not None:
             tables = replica_keys.gather(tables)[0]
@@ -187,16 +185,11 @@ class KeyMap:
                           lambda: key_slots.none_admitted(flat, found, self.capacity))
         given = (change.admitted_rows, change.admitted_keys, change.admitted_scores)
         seen = key_slots.seen_rows(found, self.capacity)
-        on_jax = keras.backend.backend() == "jax"
-        dynamic_shapes = not shapes_are_static() or (on_jax and not is_traced(flat))
+        dynamic_shapes = not shapes_are_static() or (keras.backend.backend() == "jax" and not is_traced(flat))
+        given_rows = change.admitted_rows  # `capacity` where no row was given: XLA's scatters drop it
         if dynamic_shapes:
-            is_given = change.admitted_rows < self.capacity
-            given_rows = compress(change.admitted_rows, is_given)
-        else:
-            # A jitted JAX step: the training lookup renews rows. TensorFlow's XLA: every
-            # key's entry, `capacity` (past the table's rows, which XLA's scatter drops)
-            # where no row was given.
-            given_rows = None if on_jax else change.admitted_rows
+            is_given = given_rows < self.capacity
+            given_rows = compress(given_rows, is_given)
         if self._fused_write.compiles():
             # TensorFlow's element scatters into a variable cost several times XLA's
             # in-place ones at millions of rows: every key's entry is written there, the
@@ -212,11 +205,8 @@ class KeyMap:
         assign_here(self.clock, clock + 1)
         count = ops.size(keys)
         rows = replica_keys.own(change.rows, start, count)
-        admitted_at = None
-        if on_jax:  # where the training lookup renews rows
-            admitted_at = ops.cast(take_elements(self.admitted.value, rows), "float32")
         found = replica_keys.own(change.found, start, count)
-        return MappedKeys(reshape(rows, shape), reshape(found, shape), admitted_at, given_rows)
+        return MappedKeys(reshape(rows, shape), reshape(found, shape), given_rows)
 
     def find(self, keys, tables=None) -> key_slots.Found:
         """`key_slots.find` of flat `keys` in this map (compiled by XLA on TensorFlow,
@@ -287,6 +277,11 @@ class KeyMap:
                 variable.assign(value.astype(keras.backend.standardize_dtype(variable.dtype)))
         if SEED_KEY in store.keys():
             seed_state.assign(np.asarray(store[SEED_KEY]))
+
+    def admitted_at(self, rows):
+        """The step at which each of `rows` was given to its key (0: never), as float32:
+        how a JAX training lookup knows which rows to renew."""
+        return ops.cast(take_elements(self.admitted.value, reshape(rows, (-1,))), "float32")
 
     def admitted_steps(self):
         """The step at which each of the table's rows was given to its key (0: never)."""

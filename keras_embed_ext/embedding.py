@@ -224,16 +224,16 @@ class Embedding(TableStates, SavedTable, keras.layers.Layer):
         whether the id counts in the bag (in range and, with `mask_zero`, not
         padding)."""
         train_rows = bool(training) and self.trainable
-        mapped = mask_zero = None
+        admitted_at = mask_zero = None
         if self.dynamic is not None:
             keys = dynamic_ids.check_keys(ids, f"Embedding layer '{self.name}'")
-            ids, valid, mapped = self._table.map_keys(keys, train_rows, self.mask_zero)
+            ids, valid, admitted_at = self._table.map_keys(keys, train_rows, self.mask_zero)
             if self.mask_zero:
                 valid = valid & (keys != 0)
         else:
             ids, valid = validate(ids, self.input_dim, self.invalid_ids, self.name)
             mask_zero = self.mask_zero
-        rows = self._table.lookup(ids, valid, train_rows, mapped)
+        rows = self._table.lookup(ids, valid, train_rows, admitted_at)
         if self.dropout and training:
             keep_scale = row_keep_scale(ids, self.dropout, self.seed_generator)
             rows = rows * ops.cast(ops.expand_dims(keep_scale, -1), rows.dtype)

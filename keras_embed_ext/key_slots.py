@@ -172,14 +172,14 @@ def admit(keys, tables, found: Found, unknown, scores, clock, layout: KeyLayout,
     # A key's run ends with its bucket's: in a stack, one key of two tables has two buckets.
     bucket_starts = _starts(bucket_k)
     first = _starts(sorted_keys) | bucket_starts
-    _, first_of, next_of = _runs(first, positions, m)
+    _, first_of, next_of = _runs(first, positions, m, static)
     occurrences = next_of - first_of
     counts = occurrences if sighted is None else by_key(sighted) + occurrences
     wants = first & (counts >= min_count)
     if static:
         found_k, rows_found = by_key(found.found), by_key(found.rows)
         wants = wants & by_key(unknown)
-    bucket_run, start, _ = _runs(bucket_starts, positions, m)
+    bucket_run, start, _ = _runs(bucket_starts, positions, m, static)
     wanting = ops.concatenate([ops.zeros((1,), "int32"), ops.cumsum(ops.cast(wants, "int32"))])
     rank = take_rows(wanting, positions + 1) - 1 - take_rows(wanting, start)
 
@@ -253,14 +253,14 @@ def _starts(sorted_values):
     return ops.concatenate([ops.ones((1,), "bool"), sorted_values[1:] != sorted_values[:-1]])
 
 
-def _runs(starts, positions, n):
+def _runs(starts, positions, n, static: bool):
     """`(run, start, end)` of each position: its run's index, the run's first position and
     the one after its last, where `starts` marks each run's first position. The runs'
     starts listed (a run's index is a running count of `starts`), read back twice:
     cheaper than a binary search on torch's CPU."""
     run = ops.cumsum(ops.cast(starts, "int32")) - 1
     # Run r starts at `first[r]`, and the run after the last ends at `n`.
-    if shapes_are_static():  # positions within a run go to a scratch element
+    if static:  # positions within a run go to a scratch element
         first = ops.scatter_update(ops.full((n + 2,), n, "int32"), ops.expand_dims(ops.where(starts, run, n + 1), -1),
                                    positions)
     else:  # the starts listed, where TensorFlow's scatter into a copy cost several times more

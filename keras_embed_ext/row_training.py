@@ -121,8 +121,9 @@ class RowTraining:
         gets its update; the rows of invalid ids (where `valid` does not hold) read zeros.
         Rows whose gradient is zero in the step (invalid ids, padding, dropped rows)
         keep their values and state.
-        On JAX, for a dynamic table, `admitted_at` (the step each row was given to its
-        key) renews the rows given since their last renewal."""
+        On JAX, for a dynamic table whose rows this lookup renews (`renews_in_lookup`),
+        `admitted_at` (the step each row was given to its key) renews the rows given
+        since their last renewal."""
         self._check_model_optimizer()
         if not _state_travels_as_gradient():
             # A repeated id's slices of the sparse gradient are summed in `assign`.
@@ -132,7 +133,7 @@ class RowTraining:
             first, positions = row_backends.first_positions_jax(self.first_positions.value, ids)
             self.first_positions.assign(positions)
             renewal = None
-            if self.renewed_at is not None:
+            if admitted_at is not None:
                 slot_values = [self.optimizer.slot_initial_value(slot) for slot, _ in self.optimizer.slots]
                 # The seed is drawn here, the rows only in a step that renews one.
                 seed = self.new_rows.seed_generator.next()

@@ -73,24 +73,28 @@ class Table:
         self._attach_optimizer()
 
     def map_keys(self, keys, admit=False, padding_zero=False, tables=None):
-        """`(ids, found, mapped)` of a dynamic table's `keys` (from `check_keys`; `tables`:
-        in a stack, each key's table): their rows, whether they have one, and the map's
-        `MappedKeys`; with `admit` (a training step) new keys are admitted first, and
-        rows given to them start afresh (here, or in the training lookup:
-        `RowTraining.renews_in_lookup`)."""
+        """`(ids, found, admitted_at)` of a dynamic table's `keys` (from `check_keys`;
+        `tables`: in a stack, each key's table): their rows and whether they have one.
+        With `admit` (a training step) new keys are admitted first, and the rows given
+        to them start afresh: here, or in the training lookup
+        (`RowTraining.renews_in_lookup`), which `admitted_at` then tells which rows."""
         mapped = self.key_map.map(keys, admit, padding_zero, tables)
         training = self.row_training
-        if mapped.renewed_rows is not None and training is not None and not training.renews_in_lookup():
-            training.renew(mapped.renewed_rows, self.key_map.clock.value)
-        return mapped.rows, mapped.found, mapped
+        admitted_at = None
+        if admit and training is not None:
+            if training.renews_in_lookup():
+                admitted_at = self.key_map.admitted_at(mapped.rows)
+            else:
+                training.renew(mapped.given_rows, self.key_map.clock.value)
+        return mapped.rows, mapped.found, admitted_at
 
     # The pipeline's gather: stored rows -> decoded rows -> plus the adapter's rows.
-    def lookup(self, ids, valid=None, train_rows=False, mapped=None):
+    def lookup(self, ids, valid=None, train_rows=False, admitted_at=None):
         """Float rows of in-range `ids`, zeros where `valid` (from `ids.validate`) is
         False; with `train_rows`, read through the row-wise optimizer's lookup, whose
-        gradient trains the table (`mapped`: a dynamic table's `map_keys`)."""
+        gradient trains the table (`admitted_at`: from a dynamic table's `map_keys`)."""
         if train_rows and self.row_training is not None:
-            return self._training_lookup(ids, valid, mapped)
+            return self._training_lookup(ids, valid, admitted_at)
         if train_rows and keras.backend.backend() == "tensorflow":
             keras_optimizer.sum_repeated_slices(keras_optimizer.training_optimizer())
         if self.mode is not None or self.adapter is not None:
@@ -114,10 +118,10 @@ class Table:
         key = (type(self.format), getattr(self.format, "block_size", None), self.shape[1], scale)
         return self._fused_lookup(key, (*self.format.variables(), *adapter), ids, valid)
 
-    def _training_lookup(self, ids, valid, mapped=None):
+    def _training_lookup(self, ids, valid, admitted_at=None):
         row_lookup = self.row_training.lookup
         if self.adapter is None:
-            return row_lookup(ids, None if mapped is None else mapped.admitted_at, valid)
+            return row_lookup(ids, admitted_at, valid)
         rows = zero_invalid(self.format.gather(ids), valid)
         return self.adapter.add_rows(ops.cast(rows, "float32"), ids, valid, row_lookup(ids))
 
