@@ -146,20 +146,21 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
 
     input_dim = table.shape[0]
 
-    def renewed(table, flat, stale, new_rows):
-        """The rows the flat ids read: a row that starts afresh reads its new row."""
+    def renewed(table, flat, stale, drawn, at):
+        """The rows the flat ids read: a row that starts afresh reads its new row,
+        `drawn[at]` (one pass with the table's gather, which XLA fuses)."""
         looked_up = take_rows(table, flat)
         if stale is None:
             return looked_up
-        return jnp.where(stale[:, None], new_rows.astype(table.dtype), looked_up)
+        return jnp.where(stale[:, None], take_rows(drawn, at).astype(table.dtype), looked_up)
 
     @jax.custom_vjp
-    def lookup(table, slots, step, renewed_at, flat, first, stamps, stale, new_rows):
-        rows = renewed(table, flat, stale, new_rows)
+    def lookup(table, slots, step, renewed_at, flat, first, stamps, stale, drawn, at):
+        rows = renewed(table, flat, stale, drawn, at)
         return rows.reshape(*ids.shape, -1), jnp.zeros((), "float32")
 
-    def forward(table, slots, step, renewed_at, flat, first, stamps, stale, new_rows):
-        looked_up = renewed(table, flat, stale, new_rows)
+    def forward(table, slots, step, renewed_at, flat, first, stamps, stale, drawn, at):
+        looked_up = renewed(table, flat, stale, drawn, at)
         outputs = (looked_up.reshape(*ids.shape, -1), jnp.zeros((), "float32"))
         return outputs, (table, slots, step, renewed_at, flat, first, stamps, stale, looked_up)
 
@@ -181,11 +182,11 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
         new_rows, new_slots = update(looked_up, grads, old_slots, step=step)
         new_slots = [s.at[rows].set(new, mode="drop") for s, new in zip(slots, new_slots)]
         table = table.at[rows].set(new_rows.astype(table.dtype), mode="drop")
-        return table, new_slots, step, renewed_at, None, None, None, None, None
+        return table, new_slots, step, renewed_at, None, None, None, None, None, None
 
     lookup.defvjp(forward, backward)
     flat = ids.reshape(-1)
-    renewed_at = stamps = stale = new_rows = None
+    renewed_at = stamps = stale = drawn = at = None
     if renewal is not None:
         renewed_at, admitted_at, draw = renewal[0].value, renewal[1], renewal[2]
         last_renewed = take_rows(renewed_at, flat)
@@ -194,32 +195,35 @@ def lookup_jax(table, slots, step, ids, first, update, renewal=None):
         # write then depends on the read, which XLA otherwise orders by copying the
         # whole array (twice, on its CPU).
         stamps = jnp.maximum(admitted_at, last_renewed)
-        new_rows = _fresh_rows_jax(stale, first, draw, table.shape[1])
-    return lookup(table.value, [s.value for s in slots], step.value, renewed_at, flat, first, stamps, stale, new_rows)
+        drawn, at = _fresh_rows_jax(stale, first, draw, table.shape[1])
+    return lookup(table.value, [s.value for s in slots], step.value, renewed_at, flat, first, stamps, stale, drawn, at)
 
 
 def _fresh_rows_jax(stale, first, draw, dim):
-    """The new row of each position whose row is `stale` (`first`: each position's first
-    occurrence, whose draw its repeats read). One draw per distinct renewed row, in
-    the fewest of n / 64, n / 8 or n rows that hold them (none in a step renewing no
-    row): once a table holds its frequent keys a step renews few rows, and a draw of
-    the initializer costs more per row than the lookup."""
+    """`(drawn, at)`: `drawn[at[i]]` is the new row of position `i` if its row is `stale`
+    (`first`: each position's first occurrence, whose draw its repeats read). One draw
+    per distinct renewed row, in the fewest of n / 64, n / 8 or n rows that hold them
+    (none in a step renewing no row), padded to n rows: once a table holds its frequent
+    keys a step renews few rows, and a draw of the initializer costs more per row than
+    the lookup."""
     import jax
     import jax.numpy as jnp
 
     n = first.shape[0]
     if n == 0:
-        return jnp.zeros((0, dim), "float32")
+        return jnp.zeros((0, dim), "float32"), first
     takes = stale & (first == jnp.arange(n, dtype=first.dtype))
     rank = jnp.cumsum(takes.astype("int32")) - 1
-    count, at = rank[-1] + 1, rank[first]
+    count, at = rank[-1] + 1, jnp.maximum(rank[first], 0)
     sizes = sorted({-(-n // 64), -(-n // 8), n})
 
     def drawn(size):
-        return lambda: draw(size)[jnp.clip(at, 0, size - 1)]
+        # Read where the rows are looked up, not gathered here: a branch's result is a
+        # buffer of its own, and a gather into it a pass over every position.
+        return lambda: jnp.pad(draw(size), ((0, n - size), (0, 0)))
 
     index = jnp.where(count == 0, 0, 1 + sum((count > size).astype("int32") for size in sizes[:-1]))
-    return jax.lax.switch(index, [lambda: jnp.zeros((n, dim), "float32"), *map(drawn, sizes)])
+    return jax.lax.switch(index, [lambda: jnp.zeros((n, dim), "float32"), *map(drawn, sizes)]), at
 
 
 def is_sparse(value) -> bool:

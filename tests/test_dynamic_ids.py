@@ -521,7 +521,8 @@ if BACKEND == "jax":
             sizes_drawn.append(size)
             return jnp.tile(jnp.arange(size, dtype="float32")[:, None] + 1000 * size, (1, 3))
 
-        rows = np.asarray(_fresh_rows_jax(jnp.asarray(stale_ids[ids]), jnp.asarray(first), draw, 3))
+        drawn, at = _fresh_rows_jax(jnp.asarray(stale_ids[ids]), jnp.asarray(first), draw, 3)
+        rows = np.asarray(drawn)[np.asarray(at)]  # as the training lookup reads them
         renewed = sorted({int(i) for i in ids if stale_ids[i]})
         n = ids.size
         wanted = next((size for size in sorted({-(-n // 64), -(-n // 8), n}) if size >= len(renewed)), None)
