@@ -25,9 +25,13 @@ one process and timed interleaved, a block of steps each per round, one thread:
   `torch_bags_stacked_adam` with `torch.optim.SparseAdam`); and `fbgemm_mlp`, FBGEMM
   with the same MLP in torch (`torch_tables.py`).
 
-Wall and process CPU time are both reported, with the machine's load average.
+Wall and process CPU time are both reported, with the machine's load average. Interleaved in one
+process, each contender's step runs after the others' and pays for what they leave in the caches; `--alone N`
+times each contender in a process of its own instead, N processes each, alternating, and reports the median
+of each process's medians.
 
     KERAS_BACKEND=jax python benchmarks/bench_collection.py [--scale 0.01] [--rounds 5]
+    KERAS_BACKEND=jax python benchmarks/bench_collection.py --contenders kee kee_dynamic --alone 3
 """
 
 import argparse
@@ -167,7 +171,11 @@ def main():
     parser.add_argument("--steps", type=int, default=4, help="steps per contender in a round")
     parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS),
                         help=f"also: {', '.join(TORCH_TABLES)}")
+    parser.add_argument("--alone", type=int, default=0,
+                        help="time each contender in this many processes of its own, alternating")
     args = parser.parse_args()
+    if args.alone:
+        return _alone(args)
 
     from common import BACKEND, device_name, peak_memory, pin_one_thread, reset_peak_memory, synchronize
 
@@ -217,6 +225,32 @@ def main():
         print(f"| {r['contender']} | {r['rows']:,} | {r['ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) | "
               f"{r['cpu_ms']:.1f} | {r['cpu_ms'] / reference:.2f} | {r['mb_added']:.0f} |")
     print(json.dumps(rows), file=sys.stderr)
+
+
+def _alone(args):
+    """Each contender timed in `args.alone` processes of its own (this script with it
+    alone), alternating: the median of the processes' medians, and their spread."""
+    import subprocess
+    import statistics
+
+    runs = {c: [] for c in args.contenders}
+    for _ in range(args.alone):
+        for contender in args.contenders:
+            command = [sys.executable, os.path.abspath(__file__), "--contenders", contender, "--rounds",
+                       str(args.rounds), "--steps", str(args.steps), "--scale", str(args.scale), "--batch",
+                       str(args.batch)]
+            done = subprocess.run(command, capture_output=True, text=True, check=True)
+            runs[contender] += json.loads(done.stderr.strip().splitlines()[-1])
+    print(f"each contender alone in {args.alone} processes, alternating; ms per training step, median (min-max) of "
+          f"the processes' medians\n")
+    print("| contender | wall ms per step | CPU ms per step | / first (wall) |")
+    print("|---|---|---:|---:|")
+    first = statistics.median(r["ms"] for r in runs[args.contenders[0]])
+    for contender, rows in runs.items():
+        wall = [r["ms"] for r in rows]
+        print(f"| {contender} | {statistics.median(wall):.1f} ({min(wall):.1f}-{max(wall):.1f}) | "
+              f"{statistics.median(r['cpu_ms'] for r in rows):.1f} | {statistics.median(wall) / first:.2f} |")
+    print(json.dumps(runs), file=sys.stderr)
 
 
 def _data_key(contender):
