@@ -34,9 +34,19 @@ def remainder(hashes, count):
     if eager_on_torch_cpu(hashes):
         import torch
 
-        unsigned = hashes.numpy().view(np.uint32)
-        return torch.from_numpy((unsigned - unsigned // np.uint32(count) * np.uint32(count)).view(np.int32))
+        return torch.from_numpy(_remainder_on_host(hashes.numpy().copy(), count))
     return ops.mod(hashes, count)
+
+
+def buckets_of_keys(keys, count: int):
+    """`remainder(hash_keys(keys), count)`: on a torch CPU, eager, one pass of numpy
+    arithmetic in place, with no tensor between the hash and the remainder."""
+    keys = ops.convert_to_tensor(keys)
+    if eager_on_torch_cpu(keys):
+        import torch
+
+        return torch.from_numpy(_remainder_on_host(_hash_on_host(keys.numpy(), _SEEDS[0]), count))
+    return remainder(hash_keys(keys), count)
 
 
 def sketch_cells(keys, width: int, tables=None):
@@ -71,18 +81,31 @@ def _mix(x):
 
 def _hash_on_host(keys, seed):
     """`hash_keys` of int32 or int64 numpy `keys`, in uint32 arithmetic, which wraps as
-    int32's does."""
-    low = keys.astype(np.uint32)  # the low word
-    high = (keys >> (32 if keys.dtype.itemsize == 8 else 31)).astype(np.uint32)  # int32: its sign
-    mixed = _mix_on_host(low ^ np.uint32(seed))
-    mixed ^= high
-    return (_mix_on_host(mixed) & np.uint32(0x7FFFFFFF)).view(np.int32)
+    int32's does, in place in one new array."""
+    mixed = np.empty(keys.shape, np.uint32)
+    np.bitwise_xor(keys, seed, out=mixed, casting="unsafe")  # the low word's
+    shifted = np.empty_like(mixed)
+    _mix_on_host(mixed, shifted)
+    np.right_shift(keys, 32 if keys.dtype.itemsize == 8 else 31, out=shifted, casting="unsafe")  # int32: its sign
+    mixed ^= shifted
+    _mix_on_host(mixed, shifted)
+    mixed &= np.uint32(0x7FFFFFFF)
+    return mixed.view(np.int32)
 
 
-def _mix_on_host(x):
-    """`_mix` of a uint32 numpy array, in place."""
+def _mix_on_host(x, shifted):
+    """`_mix` of a uint32 numpy array, in place (`shifted`: scratch of its shape)."""
     for bits, factor in ((16, _MIX[0]), (13, _MIX[1]), (16, None)):
-        x ^= x >> np.uint32(bits)
+        x ^= np.right_shift(x, np.uint32(bits), out=shifted)
         if factor is not None:
             x *= np.uint32(factor % 2**32)
-    return x
+
+
+def _remainder_on_host(hashes, count):
+    """`hashes % count` of nonnegative int32 numpy `hashes`, in place: numpy divides
+    unsigned integers by one number as a multiply."""
+    unsigned = hashes.view(np.uint32)
+    quotient = unsigned // np.uint32(count)
+    quotient *= np.uint32(count)
+    unsigned -= quotient
+    return hashes

@@ -165,27 +165,31 @@ def first_holding_row(keys, buckets, stored_keys, scores, capacity):
 def _first_slot_then_bucket(keys, buckets, stored_keys, scores, capacity):
     """`first_holding_row` on a torch CPU, eager, in numpy on the tensors' own memory
     (its integer ops on a step's keys cost a fraction of torch's). Each key reads its
-    bucket's first slot, the keys not held there their second, and only the keys in
-    neither compare their whole bucket. A slot never given holds key 0, so a slot
-    holding a key other than 0 was given; a key 0 is searched for in the whole bucket,
-    which reads its slot's score."""
+    bucket's first two slots (with an even number of slots: 16 bytes of one cache line)
+    in one gather; only the keys in neither compare their whole bucket. A slot never
+    given holds key 0, so a slot holding a key other than 0 was given; a key 0 is
+    searched for in the whole bucket, which reads its slot's score."""
     import torch
 
     slots = stored_keys.shape[1]
-    rows, stored_keys = buckets * slots, stored_keys.detach()
-    first_keys = stored_keys.reshape(-1).index_select(0, rows).numpy()  # torch's gather: int32 ids as they are
-    keys, buckets, stored_keys, rows = keys.numpy(), buckets.numpy(), stored_keys.numpy(), rows.numpy()
-    flat_keys = stored_keys.reshape(-1)
-    held = first_keys == keys
-    held &= keys != 0
-    searching = np.flatnonzero(~held)
-    if slots > 1 and 0 < 4 * searching.size <= keys.size:  # buckets mostly of one key: the rest in slot 1
-        second, searched = rows[searching] + 1, keys[searching]
-        held_second = (flat_keys[second] == searched) & (searched != 0)
-        moved = searching[held_second]
-        rows[moved] = second[held_second]
-        held[moved] = True
-        searching = searching[~held_second]
+    keys, buckets, stored_keys = keys.numpy(), buckets.numpy(), stored_keys.detach().numpy()
+    rows = buckets * np.int32(slots)
+    if slots % 2 == 0:
+        # torch gathers a pair of int64 as one complex128 element (of int32, one int64).
+        pair = np.complex128 if stored_keys.itemsize == 8 else np.int64
+        pairs = torch.from_numpy(stored_keys.view(pair).reshape(-1))
+        first_two = pairs.index_select(0, torch.from_numpy(buckets * np.int32(slots // 2)))
+        first_two = first_two.numpy().view(stored_keys.dtype).reshape(-1, 2)
+        held = first_two[:, 0] == keys
+        in_second = np.greater(first_two[:, 1] == keys, held)  # and not in the first
+        rows += in_second
+        held |= in_second
+    else:
+        held = stored_keys.reshape(-1)[rows] == keys
+    if (stored_keys.shape[0] - 1) * slots > capacity:  # a last bucket partly past the table
+        held &= rows < capacity
+    searching = np.flatnonzero(np.less_equal(held, keys == 0))  # not held, or key 0
+    found = np.ones(keys.shape, bool)
     if searching.size:
         bucket = buckets[searching]
         matches = np.take(stored_keys, bucket, axis=0) == keys[searching, None]
@@ -193,13 +197,13 @@ def _first_slot_then_bucket(keys, buckets, stored_keys, scores, capacity):
         # product, where numpy's reductions over a few slots are slow; torch's, since
         # numpy's would start OpenBLAS's threads beside torch's.
         marks = (torch.from_numpy(matches).view(torch.uint8).to(torch.float32) @ _powers_of_two(slots)).numpy()
-        first = slots - 1 - ((marks.view(np.int32) >> 23) - 127)  # from the float's exponent
-        found_rows = bucket * np.int32(slots) + np.where(marks > 0, first, 0).astype(np.int32)
-        rows[searching] = found_rows
-        held[searching] = (marks > 0) & (scores.detach().numpy().reshape(-1)[found_rows] != 0)
-    held &= rows < capacity
-    rows *= held
-    return torch.from_numpy(rows), torch.from_numpy(held)
+        # The first match from the float's exponent (the last slot where none).
+        first = np.minimum((slots + 126) - (marks.view(np.int32) >> 23), slots - 1)
+        found_rows = bucket * np.int32(slots) + first
+        held = (marks > 0) & (scores.detach().numpy().reshape(-1)[found_rows] != 0) & (found_rows < capacity)
+        rows[searching] = found_rows * held
+        found[searching] = held
+    return torch.from_numpy(rows), torch.from_numpy(found)
 
 
 @functools.cache
