@@ -39,8 +39,8 @@ def remainder(hashes, count):
 
 
 def buckets_of_keys(keys, count: int):
-    """`remainder(hash_keys(keys), count)`: on a torch CPU, eager, one pass of numpy
-    arithmetic in place, with no tensor between the hash and the remainder."""
+    """`remainder(hash_keys(keys), count)`: on a torch CPU, eager, numpy arithmetic in
+    place in one array, with no tensor between the hash and the remainder."""
     keys = ops.convert_to_tensor(keys)
     if eager_on_torch_cpu(keys):
         import torch
