@@ -135,13 +135,13 @@ def first_holding_row(keys, buckets, stored_keys, scores, capacity):
 
     A bucket's rows are given lowest free first, so its rows never given (score 0,
     key 0) are its last, and a slot holding a key other than 0 was given. On a torch
-    CPU, eager, each key first reads its bucket's first slot, where most keys of a
-    table that is not full live; only the others read on. Elsewhere every key
+    CPU, eager, each key first reads its bucket's first two slots, where most keys of
+    a table that is not full live; only the others read on. Elsewhere every key
     compares its whole bucket at once (static shapes, and XLA fuses the passes)."""
     ops = keras.ops
     slots = stored_keys.shape[1]
     if eager_on_torch_cpu(keys):
-        return _first_slot_then_bucket(keys.to(stored_keys.dtype), buckets, stored_keys, scores, capacity)
+        return _first_slots_then_bucket(keys.to(stored_keys.dtype), buckets, stored_keys, scores, capacity)
     holds = take_rows(stored_keys, buckets) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
     # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,
     # which TensorFlow's XLA reduces faster than an argmax over bools (on JAX an argmax
@@ -162,7 +162,7 @@ def first_holding_row(keys, buckets, stored_keys, scores, capacity):
     return ops.where(found, rows, 0), found
 
 
-def _first_slot_then_bucket(keys, buckets, stored_keys, scores, capacity):
+def _first_slots_then_bucket(keys, buckets, stored_keys, scores, capacity):
     """`first_holding_row` on a torch CPU, eager, in numpy on the tensors' own memory
     (its integer ops on a step's keys cost a fraction of torch's). Each key reads its
     bucket's first two slots (with an even number of slots: 16 bytes of one cache line)
