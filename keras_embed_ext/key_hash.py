@@ -81,7 +81,7 @@ def _mix(x):
 
 def _hash_on_host(keys, seed):
     """`hash_keys` of int32 or int64 numpy `keys`, in uint32 arithmetic, which wraps as
-    int32's does, in place in one new array."""
+    int32's does, in place in one new array (and one scratch array for the shifts)."""
     mixed = np.empty(keys.shape, np.uint32)
     np.bitwise_xor(keys, seed, out=mixed, casting="unsafe")  # the low word's
     shifted = np.empty_like(mixed)
