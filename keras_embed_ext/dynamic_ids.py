@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_embed_ext import host_admission
 from keras_embed_ext import key_hash
 from keras_embed_ext import key_slots
 from keras_embed_ext import replica_keys
@@ -19,6 +20,7 @@ from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.context import shapes_are_static
 from keras_embed_ext.backends.devices import to_host
 from keras_embed_ext.backends.fused import Fused
+from keras_embed_ext.backends.keys import admits_on_host
 from keras_embed_ext.backends.keys import compress
 from keras_embed_ext.backends.rows import add_into
 from keras_embed_ext.backends.rows import assign_here
@@ -226,8 +228,9 @@ class KeyMap:
         if cells is not None:
             sketch = self.sightings.value
             sighted = ops.minimum(take_rows(sketch, cells[0]), take_rows(sketch, cells[1]))
-        return key_slots.admit(keys, tables, found, unknown, self.scores.value, clock, self.layout,
-                               config.eviction == "lfu", config.min_count, sighted, config.ttl_steps)
+        admit = host_admission.admit_tensors if admits_on_host(keys) else key_slots.admit
+        return admit(keys, tables, found, unknown, self.scores.value, clock, self.layout, config.eviction == "lfu",
+                     config.min_count, sighted, config.ttl_steps)
 
     def _write(self, given_rows, given_keys, given_scores, seen, clock, dynamic_shapes):
         """Writes the keys given rows, their scores and the step they were given, and the

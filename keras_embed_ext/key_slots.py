@@ -30,9 +30,9 @@ from keras_embed_ext.key_hash import hash_keys
 
 BUCKET_SIZE = 16
 # A row's eviction rank is `base * slots + slot`: unique, so no sort's tie-breaking
-# decides. Rows a step looks up (and a last bucket's missing rows) get `_PROTECTED`.
-_PROTECTED = (2**31 - 1) // BUCKET_SIZE - 1
-MAX_SCORE = _PROTECTED - 1  # an LFU score stops growing here
+# decides. Rows a step looks up (and a last bucket's missing rows) get `PROTECTED`.
+PROTECTED = (2**31 - 1) // BUCKET_SIZE - 1
+MAX_SCORE = PROTECTED - 1  # an LFU score stops growing here
 
 
 def bucket_layout(capacity: int):
@@ -65,7 +65,7 @@ class KeyLayout:
         self.buckets = int(self.bucket_counts.sum())
         self.bucket_offsets = (np.cumsum(self.bucket_counts) - self.bucket_counts).astype("int32")
         self.row_offsets = [int(offset) * self.slots for offset in self.bucket_offsets]
-        self._row_ends = np.asarray(self.row_offsets, "int32") + np.asarray(self.capacities, "int32")
+        self.row_ends = np.asarray(self.row_offsets, "int32") + np.asarray(self.capacities, "int32")
 
     @property
     def stacked(self) -> bool:
@@ -83,7 +83,7 @@ class KeyLayout:
         """Whether each row of `rows` is one of its table's (not past its capacity)."""
         if not self.stacked:
             return rows < self.capacity
-        return rows < take_rows(ops.convert_to_tensor(self._row_ends), tables)
+        return rows < take_rows(ops.convert_to_tensor(self.row_ends), tables)
 
 
 class Found(NamedTuple):
@@ -195,7 +195,7 @@ def admit(keys, tables, found: Found, unknown, scores, clock, layout: KeyLayout,
         if ttl_steps is not None:
             live = live & (clock - slot_scores < ttl_steps)
         base = ops.where(live, ops.minimum(slot_scores, MAX_SCORE), 0)
-        base = ops.where(held | ~exists, _PROTECTED, base)
+        base = ops.where(held | ~exists, PROTECTED, base)
         return base * slots + ops.arange(slots, dtype="int32")
 
     slot_rank = ops.clip(rank, 0, slots - 1)
@@ -213,11 +213,11 @@ def admit(keys, tables, found: Found, unknown, scores, clock, layout: KeyLayout,
         held = _slots_held(take_rows(bucket_k, at), found, slots)
         # A last row that gives nothing, read by the keys of buckets without a new key.
         ranked = ops.concatenate([ops.sort(candidates(at, held), axis=-1),
-                                  ops.full((1, slots), _PROTECTED * slots, "int32")])
+                                  ops.full((1, slots), PROTECTED * slots, "int32")])
         # The bucket runs with a new key, in order, are the rows of `ranked`.
         row_of_run = ops.where(has_want, ops.cumsum(ops.cast(has_want, "int32")) - 1, count)
         chosen = take_rows(ops.reshape(ranked, (-1,)), take_rows(row_of_run, bucket_run) * slots + slot_rank)
-    admitted_k = wants & (rank < slots) & (chosen // slots < _PROTECTED)
+    admitted_k = wants & (rank < slots) & (chosen // slots < PROTECTED)
     # Every occurrence of a key takes its first one's row.
     group_admitted = take_rows(admitted_k, first_of)
     new_rows = take_rows(bucket_k * slots + ops.mod(chosen, slots), first_of)

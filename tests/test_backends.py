@@ -398,11 +398,12 @@ def test_on_accelerator_says_where_a_tensor_lives():
 
 
 def _check_grouping(buckets, keys, compiled=False):
-    """On JAX and TensorFlow both routes: numpy in a host callback (a CPU) and the
-    backend's own sorts (elsewhere)."""
+    """On TensorFlow both routes: numpy in a host callback (a CPU) and its own sorts
+    (elsewhere). JAX groups by XLA's sort (on an accelerator, or in a distribution;
+    on a CPU its whole admission is numpy's, `test_host_admission.py`)."""
     from keras_embed_ext.backends import keys as keys_module
 
-    for on_host in (True, False) if BACKEND in ("jax", "tensorflow") else (None,):
+    for on_host in (True, False) if BACKEND == "tensorflow" else (None,):
         with mock.patch.object(keys_module, "_sorts_on_host", lambda: on_host):
             group = keys_module.group_by_bucket_then_key
             group = traced(group) if compiled else group
@@ -423,7 +424,8 @@ def _check_order(buckets, keys, order, position):
 @given(st.lists(st.tuples(st.integers(-2**63, 2**63 - 1), st.integers(0, 4)), min_size=1, max_size=40),
        st.integers(0, 3))
 def test_keys_grouped_on_the_host_as_numpy_sorts_them(pairs, repeats):
-    """The numpy grouping of JAX on a CPU, for 64-bit keys (JAX with x64) and int32 ones."""
+    """The numpy grouping of TensorFlow and JAX on a CPU, for 64-bit keys (JAX with x64)
+    and int32 ones."""
     from keras_embed_ext.backends.keys import _group_on_host
 
     keys = np.array([key for key, _ in pairs] * (repeats + 1), "int64")

@@ -1,6 +1,7 @@
 """Sorting and selecting a step's keys for a dynamic table's map."""
 
 import functools
+import importlib.util
 
 import keras
 import numpy as np
@@ -79,30 +80,38 @@ def _group_on_jax(buckets, keys, n):
 
 
 def _sorts_on_host() -> bool:
-    """Whether a step's keys are grouped by numpy in a host callback: on a CPU; on JAX
-    outside a `keras.distribution` (whose sharded keys a host callback would not see
-    whole), on TensorFlow outside XLA (which cannot call the host). torch sorts its own."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
+    """Whether a step's keys are grouped by numpy in a host callback: TensorFlow's on a
+    CPU outside XLA (which cannot call the host). torch sorts its own, and on JAX on a
+    CPU the whole admission is numpy's (`admits_on_host`)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
 
-        return not compiled_by_xla() and not tf.config.list_logical_devices("GPU")
-    if backend != "jax":
+    return not compiled_by_xla() and not tf.config.list_logical_devices("GPU")
+
+
+def admits_on_host(keys) -> bool:
+    """Whether a dynamic table's admission of `keys` runs in numpy on the host
+    (`host_admission`): on eager torch on a CPU, and on JAX on a CPU outside a
+    `keras.distribution` (whose sharded keys a host callback would not see whole),
+    where jax has `jax.experimental.buffer_callback`."""
+    if eager_on_torch_cpu(keys):
+        return True
+    if keras.backend.backend() != "jax":
         return False
     import jax
 
-    return jax.default_backend() == "cpu" and keras.distribution.distribution() is None
+    return jax.default_backend() == "cpu" and keras.distribution.distribution() is None and _has_buffer_callback()
+
+
+@functools.cache
+def _has_buffer_callback() -> bool:
+    return importlib.util.find_spec("jax.experimental.buffer_callback") is not None
 
 
 def _group_by_host_callback(buckets, keys, n):
-    """`_group_on_host` called from a compiled step: `jax.pure_callback`, or
-    `tf.numpy_function` (`n` may be unknown there)."""
-    if keras.backend.backend() == "jax":
-        import jax
-        import jax.numpy as jnp
-
-        shapes = (jax.ShapeDtypeStruct((n,), jnp.int32),) * 2
-        return jax.pure_callback(_group_on_host, shapes, buckets, keys, vmap_method="sequential")
+    """`_group_on_host` called from a compiled TensorFlow step (`tf.numpy_function`; `n`
+    may be unknown there)."""
     import tensorflow as tf
 
     order, position = tf.numpy_function(_group_on_host, [buckets, keys], [tf.int32, tf.int32], stateful=False)
@@ -110,11 +119,19 @@ def _group_by_host_callback(buckets, keys, n):
 
 
 def _group_on_host(buckets, keys):
-    """`(order, position)` of `group_by_bucket_then_key` in numpy: one sort of an int64
-    per key, its bucket then its key (int32 keys), or its bucket then its position
-    among the sorted keys (wider keys), unique so no sort's tie-breaking decides.
-    numpy's sort of integers is vectorized (AVX-512 where the CPU has it)."""
-    buckets, keys = np.asarray(buckets).astype(np.int64), np.asarray(keys)
+    """`(order, position)` of `group_by_bucket_then_key` in numpy (`order_on_host`)."""
+    order = order_on_host(np.asarray(buckets), np.asarray(keys)).astype(np.int32)
+    position = np.empty(order.shape, np.int32)
+    position[order] = np.arange(order.shape[0], dtype=np.int32)
+    return order, position
+
+
+def order_on_host(buckets, keys):
+    """The order of numpy `keys` by `buckets`, then key: one sort of an int64 per key,
+    its bucket then its key (int32 keys), or its bucket then its position among the
+    sorted keys (wider keys), unique so no sort's tie-breaking decides. numpy's sort of
+    integers is vectorized (AVX-512 where the CPU has it)."""
+    buckets = buckets.astype(np.int64)
     n = keys.shape[0]
     if keys.dtype.itemsize <= 4:
         group = (buckets << 32) + keys.astype(np.int64)  # a key in [-2**31, 2**31) stays within its bucket
@@ -122,10 +139,7 @@ def _group_on_host(buckets, keys):
         key_rank = np.empty(n, np.int64)
         key_rank[np.argsort(keys)] = np.arange(n)
         group = buckets * n + key_rank
-    order = np.argsort(group).astype(np.int32)
-    position = np.empty(n, np.int32)
-    position[order] = np.arange(n, dtype=np.int32)
-    return order, position
+    return np.argsort(group)
 
 
 def first_holding_row(keys, buckets, stored_keys, scores, capacity):
