@@ -142,9 +142,9 @@ def admit_tensors(keys, tables, found: Found, unknown, scores, clock, layout: Ke
 
     def on_host(context, results, **arrays):
         arrays = {name: np.asarray(value) for name, value in arrays.items()}
-        admitted = admit(arrays["keys"], arrays.get("tables"), Found(arrays["rows"], arrays["found"], arrays["buckets"]),
-                         arrays["unknown"], arrays["scores"], arrays["clock"].item(), *policy, arrays.get("sighted"),
-                         ttl_steps)
+        found_here = Found(arrays["rows"], arrays["found"], arrays["buckets"])
+        admitted = admit(arrays["keys"], arrays.get("tables"), found_here, arrays["unknown"], arrays["scores"],
+                         arrays["clock"].item(), *policy, arrays.get("sighted"), ttl_steps)
         for result, value in zip(results, admitted):
             np.asarray(result)[...] = value
 

@@ -114,8 +114,8 @@ class Admitted(NamedTuple):
     rows: object  # (n,) int32: each key's row after the step, 0 where it has none
     found: object  # (n,) bool: the key has a row
     admitted_rows: object  # (n,) int32: the rows given to new keys, `capacity` elsewhere
-    admitted_keys: object  # (n,) their keys
-    admitted_scores: object  # (n,) their first scores
+    admitted_keys: object  # (n,) their keys, 0 elsewhere
+    admitted_scores: object  # (n,) their first scores, 0 elsewhere
     sightings: object  # (n,) int32: 1 for each occurrence of a key not resident, else 0
 
 
@@ -221,8 +221,10 @@ def admit(keys, tables, found: Found, unknown, scores, clock, layout: KeyLayout,
     # Every occurrence of a key takes its first one's row.
     group_admitted = take_rows(admitted_k, first_of)
     new_rows = take_rows(bucket_k * slots + ops.mod(chosen, slots), first_of)
-    given = (ops.where(first & admitted_k, new_rows, capacity), sorted_keys,
-             occurrences if lfu else ops.full((m,), clock + 1, "int32"))
+    # An entry that gives no row writes zeros to the scratch row, as numpy's admission does.
+    giving = first & admitted_k
+    given = (ops.where(giving, new_rows, capacity), ops.where(giving, sorted_keys, 0),
+             ops.where(giving, occurrences if lfu else clock + 1, 0))
     sightings = ops.cast(~found.found, "int32")
     if static:
         rows_k = ops.where(found_k, rows_found, ops.where(group_admitted, new_rows, 0))

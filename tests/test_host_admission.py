@@ -17,9 +17,10 @@ from keras_embed_ext.dynamic_ids import key_dtype
 
 @st.composite
 def key_maps(draw):
-    """`(layout, stored_keys, scores, clock, keys, tables, unknown, sighted, policy)`: a
-    key map whose buckets hold some of a pool's keys (the rest of their rows free or
-    held by keys the step does not bring), and a step's keys from that pool."""
+    """`(layout, stored_keys, scores, clock, keys, tables, sighted, min_count, eviction,
+    padding_zero)`: a key map whose buckets hold some of a pool's keys (the rest of
+    their rows free or held by keys the step does not bring), and a step's keys from
+    that pool."""
     stacked = draw(st.booleans())
     capacities = draw(st.lists(st.integers(1, 40), min_size=2, max_size=3)) if stacked else [draw(st.integers(1, 80))]
     layout = key_slots.KeyLayout(capacities)
@@ -28,7 +29,8 @@ def key_maps(draw):
     pool = rng.choice(np.arange(-2**31, 2**31 - 1, 2**24 + 1, dtype="int64"), 24, replace=False)
     pool[0] = 0  # key 0 also names the rows never given
     pool_tables = rng.integers(0, len(capacities), pool.size).astype("int32")
-    pool_buckets = to_numpy(layout.buckets_of(_tensor(pool.astype(key_dtype())), _tensor(pool_tables) if stacked else None))
+    pool_buckets = to_numpy(layout.buckets_of(_tensor(pool.astype(key_dtype())),
+                                              _tensor(pool_tables) if stacked else None))
     shape = (layout.buckets + 1, layout.slots)
     stored, scores = np.zeros(shape, "int64"), np.zeros(shape, "int32")
     rows = np.arange(stored.size)
@@ -43,7 +45,8 @@ def key_maps(draw):
             stored[bucket, free[0]], scores[bucket, free[0]] = key, rng.integers(1, clock + 2)
     picks = rng.integers(0, draw(st.integers(1, pool.size)), 48)  # one length: eager JAX compiles per shape
     min_count = draw(st.integers(1, 3))
-    sighted = rng.integers(0, 3, pool.size).astype("int32")[picks] if min_count > 1 else None  # a key's, from the sketch
+    # A key's sightings so far, read from the sketch: the same at each of its occurrences.
+    sighted = rng.integers(0, 3, pool.size).astype("int32")[picks] if min_count > 1 else None
     policy = draw(st.sampled_from(["lfu", "lru", "ttl"]))
     return (layout, stored, scores, clock, pool[picks], pool_tables[picks] if stacked else None, sighted,
             min_count, policy, draw(st.booleans()))
@@ -100,6 +103,9 @@ def test_the_numpy_admission_equals_the_backends(case):
         for name in ("rows", "found", "sightings"):
             np.testing.assert_array_equal(to_numpy(getattr(result, name)), to_numpy(getattr(expected, name)), name)
         assert _given(result, layout.capacity) == _given(expected, layout.capacity)
+    for result in [expected, *results]:  # what goes to the scratch row: zeros, whatever the route
+        rows, keys, scores = (to_numpy(x) for x in result[2:5])
+        assert not keys[rows >= layout.capacity].any() and not scores[rows >= layout.capacity].any()
 
 
 def test_the_host_admits_on_a_cpu_outside_a_distribution():
