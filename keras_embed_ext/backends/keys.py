@@ -16,13 +16,13 @@ def group_by_bucket_then_key(buckets, keys):
     """`(order, position)`: `take(keys, order)` is sorted by `buckets`, then `keys`, so a
     key's repeats in one bucket are side by side; `position[i]` is a sorted position of
     key `i` (for a repeated (bucket, key), of any of its repeats: what is read there is
-    the same for each). On a CPU, where XLA's and TensorFlow's sorts cost several times
-    numpy's, by numpy in a host callback (`_group_on_host`); elsewhere than on JAX, two
-    stable sorts (key, then bucket), faster there than one of a pair."""
+    the same for each). On TensorFlow's CPU outside XLA, where its sorts cost several
+    times numpy's, by numpy in a host callback (`_group_on_host`); elsewhere than on
+    JAX, two stable sorts (key, then bucket), faster there than one of a pair."""
     ops = keras.ops
     n = keys.shape[0]
     if _sorts_on_host():
-        return _group_by_host_callback(buckets, keys, n)
+        return _group_by_host_callback(buckets, keys)
     if keras.backend.backend() == "jax" and n is not None:
         return _group_on_jax(buckets, keys, n)
     by_key = ops.argsort(keys)
@@ -109,9 +109,8 @@ def _has_buffer_callback() -> bool:
     return importlib.util.find_spec("jax.experimental.buffer_callback") is not None
 
 
-def _group_by_host_callback(buckets, keys, n):
-    """`_group_on_host` called from a compiled TensorFlow step (`tf.numpy_function`; `n`
-    may be unknown there)."""
+def _group_by_host_callback(buckets, keys):
+    """`_group_on_host` called from a TensorFlow graph (`tf.numpy_function`)."""
     import tensorflow as tf
 
     order, position = tf.numpy_function(_group_on_host, [buckets, keys], [tf.int32, tf.int32], stateful=False)
