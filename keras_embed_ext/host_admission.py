@@ -150,4 +150,5 @@ def admit_tensors(keys, tables, found: Found, unknown, scores, clock, layout: Ke
 
     shapes = [jax.ShapeDtypeStruct(keys.shape, dtype) for dtype in ("int32", "bool", "int32", keys.dtype, "int32",
                                                                      "int32")]
-    return Admitted(*buffer_callback(on_host, shapes)(**{k: v for k, v in given.items() if v is not None}))
+    admit_here = buffer_callback(on_host, shapes, vmap_method="sequential")
+    return Admitted(*admit_here(**{k: v for k, v in given.items() if v is not None}))
