@@ -38,7 +38,7 @@ def admit(keys, tables, found: Found, unknown, scores, clock, layout: KeyLayout,
     taking = np.flatnonzero(wants & (rank < slots))
     group_at = at[starts[taking]]
     buckets = found.buckets[group_at]
-    held = _held_slots(buckets, found, slots, scores.shape[0])
+    held = _held_slots(buckets, found, slots)
     ranked = _candidates(buckets, None if tables is None else tables[group_at], held, scores, clock, layout,
                          ttl_steps)
     chosen = _kth_smallest(ranked, rank[taking])
@@ -61,20 +61,19 @@ def admit(keys, tables, found: Found, unknown, scores, clock, layout: KeyLayout,
     return Admitted(rows, now_found, given_rows, given_keys, given_scores, (~found.found).astype(np.int32))
 
 
-def _held_slots(buckets, found: Found, slots, bucket_count):
-    """`(k, slots)` bools: which slots of `buckets (k,)` (sorted, among `bucket_count`)
-    keys found in the step hold."""
+def _held_slots(buckets, found: Found, slots):
+    """`(k, slots)` bools: which slots of `buckets (k,)` (sorted) keys found in the step
+    hold. Each found key's bucket is searched among the distinct ones: the cost follows
+    the step's keys, not the map's size."""
     held_at = np.flatnonzero(found.found)
-    if held_at.size == 0:  # a step of new keys alone
-        return np.zeros((buckets.size, slots), bool)
     distinct_starts = _starts(buckets)
     distinct = buckets[distinct_starts]
-    place = np.full(bucket_count, -1, np.int32)  # each distinct bucket's place among them
-    place[distinct] = np.arange(distinct.size, dtype=np.int32)
-    found_place = place[found.buckets[held_at]]
-    inside = found_place >= 0
     held = np.zeros((distinct.size, slots), bool)
-    held[found_place[inside], found.rows[held_at[inside]] % slots] = True
+    if held_at.size and distinct.size:
+        found_buckets = found.buckets[held_at]
+        place = np.minimum(np.searchsorted(distinct, found_buckets), distinct.size - 1)
+        inside = distinct[place] == found_buckets
+        held[place[inside], found.rows[held_at[inside]] % slots] = True
     return held[np.cumsum(distinct_starts) - 1]
 
 
