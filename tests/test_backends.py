@@ -525,6 +525,25 @@ def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, co
     np.testing.assert_array_equal(to_numpy(rows), expected_rows)
 
 
+@settings(deadline=None, max_examples=40)
+@given(slots=st.sampled_from([1, 3, 8, 16]), count=st.integers(0, 40), chunk=st.integers(1, 9),
+       wide=st.booleans(), seed=st.integers(0, 2**16))
+def test_first_in_buckets_equals_numpy_argmax(slots, count, chunk, wide, seed):
+    """The host search of eager torch: each key's first slot holding it in its bucket,
+    a chunk of keys at a time, against numpy's `argmax` of the comparisons."""
+    from keras_embed_ext.backends.keys import _first_in_buckets
+
+    rng = np.random.default_rng(seed)
+    pool = np.array([0, -1, 5, 2**31 - 1, -(2**31)] + ([2**40 + 5, -(2**62)] if wide else []), "int64")
+    pool = pool.astype("int64" if wide else "int32")
+    stored_keys = rng.choice(pool, (5, slots))
+    keys, buckets = rng.choice(pool, count), rng.integers(0, 5, count).astype("int32")
+    slot, held = _first_in_buckets(stored_keys, buckets, keys, chunk)
+    matches = stored_keys[buckets] == keys[:, None]
+    np.testing.assert_array_equal(held, matches.any(axis=1))
+    np.testing.assert_array_equal(slot, np.where(matches.any(axis=1), matches.argmax(axis=1), 0))
+
+
 @settings(deadline=None, max_examples=30)
 @given(rows=st.integers(1, 6), width=st.integers(1, 5), seed=st.integers(0, 2**16))
 def test_any_nonzero_equals_numpy_a_nan_counting(rows, width, seed):

@@ -204,26 +204,42 @@ def _first_slots_then_bucket(keys, buckets, stored_keys, scores, capacity):
     searching = np.flatnonzero(np.less_equal(held, keys == 0))  # not held, or key 0
     found = np.ones(keys.shape, bool)
     if searching.size:
-        bucket = buckets[searching]
-        matches = np.take(stored_keys, bucket, axis=0) == keys[searching, None]
-        # The first match is the leading bit of a sum of powers of two: a matrix-vector
-        # product, where numpy's reductions over a few slots are slow; torch's, since
-        # numpy's would start OpenBLAS's threads beside torch's.
-        marks = (torch.from_numpy(matches).view(torch.uint8).to(torch.float32) @ _powers_of_two(slots)).numpy()
-        # The first match from the float's exponent (the last slot where none).
-        first = np.minimum((slots + 126) - (marks.view(np.int32) >> 23), slots - 1)
-        found_rows = bucket * np.int32(slots) + first
-        held = (marks > 0) & (scores.detach().numpy().reshape(-1)[found_rows] != 0) & (found_rows < capacity)
+        bucket, wanted = buckets[searching], keys[searching]
+        slot, held = _first_in_buckets(stored_keys, bucket, wanted)
+        found_rows = (bucket * np.int32(slots) + slot) * held
+        zeros = np.flatnonzero(wanted == 0)  # a slot holding key 0 may be a row never given
+        held[zeros] &= scores.detach().numpy().reshape(-1)[found_rows[zeros]] != 0
+        if (stored_keys.shape[0] - 1) * slots > capacity:
+            held &= found_rows < capacity
         rows[searching] = found_rows * held
         found[searching] = held
     return torch.from_numpy(rows), torch.from_numpy(found)
 
 
-@functools.cache
-def _powers_of_two(slots):
-    import torch
+def _first_in_buckets(stored_keys, buckets, keys, chunk=8192):
+    """`_first_true` of each key compared with the slots of its bucket, in chunks of
+    keys: a chunk's copy of its buckets is compared while still in the CPU's cache."""
+    slot, held = np.empty(keys.shape, np.int32), np.empty(keys.shape, bool)
+    for start in range(0, keys.shape[0], chunk):
+        part = slice(start, start + chunk)
+        slot[part], held[part] = _first_true(np.take(stored_keys, buckets[part], axis=0) == keys[part, None])
+    return slot, held
 
-    return torch.pow(2.0, torch.arange(slots - 1, -1, -1, dtype=torch.float32))
+
+def _first_true(matches):
+    """`(first, any)` of a numpy bool `(n, m)` array, `m` at most 16: the column of
+    each row's first True (0 where none), and whether it has one. A row's Trues are
+    the bits of a uint16 (`np.packbits`, one pass), the first its lowest set bit, whose
+    index is the exponent of that bit as a float: numpy's reductions over a few
+    columns (`argmax`) cost several times as much."""
+    n, m = matches.shape
+    if m != 16:
+        matches = np.concatenate([matches, np.zeros((n, 16 - m), bool)], axis=1)
+    bits = np.packbits(matches.reshape(-1), bitorder="little").view("<u2")
+    lowest = bits & -bits
+    first = (lowest.astype(np.float32).view(np.int32) >> 23) - 127
+    held = bits != 0
+    return first * held, held
 
 
 def kth_smallest(x, k):
