@@ -534,8 +534,8 @@ def test_first_in_buckets_equals_numpy_argmax(slots, count, chunk, wide, seed):
     from keras_embed_ext.backends.keys import _first_in_buckets
 
     rng = np.random.default_rng(seed)
-    pool = np.array([0, -1, 5, 2**31 - 1, -(2**31)] + ([2**40 + 5, -(2**62)] if wide else []), "int64")
-    pool = pool.astype("int64" if wide else "int32")
+    pool = np.array([0, -1, 5, 2**31 - 1, -(2**31)] + ([2**40 + 5, -(2**62)] if wide else []),
+                    "int64" if wide else "int32")
     stored_keys = rng.choice(pool, (5, slots))
     keys, buckets = rng.choice(pool, count), rng.integers(0, 5, count).astype("int32")
     slot, held = _first_in_buckets(stored_keys, buckets, keys, chunk)

@@ -206,7 +206,7 @@ def _first_slots_then_bucket(keys, buckets, stored_keys, scores, capacity):
     if searching.size:
         bucket, wanted = buckets[searching], keys[searching]
         slot, held = _first_in_buckets(stored_keys, bucket, wanted)
-        found_rows = (bucket * np.int32(slots) + slot) * held
+        found_rows = bucket * np.int32(slots) + slot  # the bucket's first row where none holds the key
         zeros = np.flatnonzero(wanted == 0)  # a slot holding key 0 may be a row never given
         held[zeros] &= scores.detach().numpy().reshape(-1)[found_rows[zeros]] != 0
         if (stored_keys.shape[0] - 1) * slots > capacity:
