@@ -199,21 +199,21 @@ def _first_slots_then_bucket(keys, buckets, stored_keys, scores, capacity):
         held |= in_second
     else:
         held = stored_keys.reshape(-1)[rows] == keys
-    if (stored_keys.shape[0] - 1) * slots > capacity:  # a last bucket partly past the table
+    partial_last = (stored_keys.shape[0] - 1) * slots > capacity  # a last bucket partly past the table
+    if partial_last:
         held &= rows < capacity
     searching = np.flatnonzero(np.less_equal(held, keys == 0))  # not held, or key 0
-    found = np.ones(keys.shape, bool)
     if searching.size:
         bucket, wanted = buckets[searching], keys[searching]
-        slot, held = _first_in_buckets(stored_keys, bucket, wanted)
+        slot, in_bucket = _first_in_buckets(stored_keys, bucket, wanted)
         found_rows = bucket * np.int32(slots) + slot  # the bucket's first row where none holds the key
         zeros = np.flatnonzero(wanted == 0)  # a slot holding key 0 may be a row never given
-        held[zeros] &= scores.detach().numpy().reshape(-1)[found_rows[zeros]] != 0
-        if (stored_keys.shape[0] - 1) * slots > capacity:
-            held &= found_rows < capacity
-        rows[searching] = found_rows * held
-        found[searching] = held
-    return torch.from_numpy(rows), torch.from_numpy(found)
+        in_bucket[zeros] &= scores.detach().numpy().reshape(-1)[found_rows[zeros]] != 0
+        if partial_last:
+            in_bucket &= found_rows < capacity
+        rows[searching] = found_rows * in_bucket
+        held[searching] = in_bucket
+    return torch.from_numpy(rows), torch.from_numpy(held)
 
 
 def _first_in_buckets(stored_keys, buckets, keys, chunk=8192):
