@@ -12,10 +12,12 @@ import numpy as np
 from keras import ops
 
 from keras_embed_ext import host_admission
+from keras_embed_ext import host_find
 from keras_embed_ext import key_hash
 from keras_embed_ext import key_slots
 from keras_embed_ext import replica_keys
 from keras_embed_ext.backends.arithmetic import reshape
+from keras_embed_ext.backends.context import eager_on_torch_cpu
 from keras_embed_ext.backends.context import is_traced
 from keras_embed_ext.backends.context import shapes_are_static
 from keras_embed_ext.backends.devices import to_host
@@ -211,14 +213,16 @@ class KeyMap:
         return MappedKeys(reshape(rows, shape), reshape(found, shape), given_rows)
 
     def find(self, keys, tables=None) -> key_slots.Found:
-        """`key_slots.find` of flat `keys` in this map (compiled by XLA on TensorFlow,
-        which fuses its passes over the keys and their buckets)."""
+        """`key_slots.find` of flat `keys` in this map: compiled by XLA on TensorFlow,
+        which fuses its passes over the keys and their buckets; by numpy on eager
+        torch's CPU (`host_find`)."""
         return self._fused_find((self.layout.capacities, self.config.ttl_steps), (self.keys, self.scores, self.clock),
                                 keys, tables)
 
     def _find(self, keys, tables):
-        return key_slots.find(keys, tables, self.keys.value, self.scores.value, self.clock.value, self.layout,
-                              self.config.ttl_steps)
+        find = host_find.find_tensors if eager_on_torch_cpu(keys) else key_slots.find
+        return find(keys, tables, self.keys.value, self.scores.value, self.clock.value, self.layout,
+                    self.config.ttl_steps)
 
     def _admit(self, keys, tables, found, unknown, cells, clock):
         """`key_slots.admit` of the step's `keys` (`found` by `find`; `unknown`, those it

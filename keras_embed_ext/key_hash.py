@@ -23,7 +23,7 @@ def hash_keys(keys, seed_index=0):
     if eager_on_torch_cpu(keys):
         import torch
 
-        return torch.from_numpy(_hash_on_host(keys.numpy(), _SEEDS[seed_index]))
+        return torch.from_numpy(hash_on_host(keys.numpy(), seed_index))
     low, high = _words(keys)
     mixed = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(low, _SEEDS[seed_index])), high))
     return ops.bitwise_and(mixed, 0x7FFFFFFF)
@@ -34,19 +34,8 @@ def remainder(hashes, count):
     if eager_on_torch_cpu(hashes):
         import torch
 
-        return torch.from_numpy(_remainder_on_host(hashes.numpy().copy(), count))
+        return torch.from_numpy(remainder_on_host(hashes.numpy().copy(), count))
     return ops.mod(hashes, count)
-
-
-def buckets_of_keys(keys, count: int):
-    """`remainder(hash_keys(keys), count)`: on a torch CPU, eager, numpy arithmetic in
-    place in one array, with no tensor between the hash and the remainder."""
-    keys = ops.convert_to_tensor(keys)
-    if eager_on_torch_cpu(keys):
-        import torch
-
-        return torch.from_numpy(_remainder_on_host(_hash_on_host(keys.numpy(), _SEEDS[0]), count))
-    return remainder(hash_keys(keys), count)
 
 
 def sketch_cells(keys, width: int, tables=None):
@@ -79,11 +68,12 @@ def _mix(x):
     return ops.bitwise_xor(x, _shifted_out(x, 16))
 
 
-def _hash_on_host(keys, seed):
+def hash_on_host(keys, seed_index=0):
     """`hash_keys` of int32 or int64 numpy `keys`, in uint32 arithmetic, which wraps as
     int32's does, in place in one new array (and one scratch array for the shifts)."""
     mixed = np.empty(keys.shape, np.uint32)
-    np.bitwise_xor(keys, seed, out=mixed, casting="unsafe")  # the low word's
+    np.copyto(mixed, keys, casting="unsafe")  # the low word (a cast alone costs less than within the xor)
+    mixed ^= np.uint32(_SEEDS[seed_index])
     shifted = np.empty_like(mixed)
     _mix_on_host(mixed, shifted)
     np.right_shift(keys, 32 if keys.dtype.itemsize == 8 else 31, out=shifted, casting="unsafe")  # int32: its sign
@@ -101,7 +91,7 @@ def _mix_on_host(x, shifted):
             x *= np.uint32(factor % 2**32)
 
 
-def _remainder_on_host(hashes, count):
+def remainder_on_host(hashes, count):
     """`hashes % count` of nonnegative int32 numpy `hashes`, in place: numpy divides
     unsigned integers by one number as a multiply."""
     unsigned = hashes.view(np.uint32)

@@ -25,8 +25,8 @@ from keras_embed_ext.backends.keys import segment_sum
 from keras_embed_ext.backends.keys import spread
 from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
-from keras_embed_ext.key_hash import buckets_of_keys
 from keras_embed_ext.key_hash import hash_keys
+from keras_embed_ext.key_hash import remainder
 
 BUCKET_SIZE = 16
 # A row's eviction rank is `base * slots + slot`: unique, so no sort's tie-breaking
@@ -74,7 +74,7 @@ class KeyLayout:
     def buckets_of(self, keys, tables=None):
         """The bucket of each key of table `tables` (int32, shaped as the keys)."""
         if not self.stacked:
-            return buckets_of_keys(keys, self.buckets)
+            return remainder(hash_keys(keys), self.buckets)
         hashed = hash_keys(keys)
         offsets, counts = ops.convert_to_tensor(self.bucket_offsets), ops.convert_to_tensor(self.bucket_counts)
         return take_rows(offsets, tables) + ops.mod(hashed, take_rows(counts, tables))

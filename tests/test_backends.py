@@ -492,8 +492,10 @@ def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, co
     """Buckets whose given rows (score > 0) come first, holding keys of a small pool
     (0 and repeats included), the rest never given (key 0, score 0); keys of the pool
     and others, each in any bucket, and rows past a capacity found nowhere; most keys
-    held in their bucket's first slot. Eager on torch's CPU each key probes its
-    bucket's first slots before searching on; traced, every slot is compared at once."""
+    held in their bucket's first slot. The backend's ops compare every slot at once;
+    numpy's (`host_find`, eager torch's on a CPU) probe each key's first two slots
+    before searching on, of int32 keys and of int64 (read as pairs of one dtype each)."""
+    from keras_embed_ext import host_find
     from keras_embed_ext.backends.keys import first_holding_row
 
     rng = np.random.default_rng(seed)
@@ -520,9 +522,13 @@ def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, co
         if row < capacity and scores.reshape(-1)[row] > 0:
             expected_rows[i], expected_found[i] = row, True
     find = traced(first_holding_row, compiled) if compiled else first_holding_row
-    rows, found = find(*(keras.ops.convert_to_tensor(x) for x in (keys, key_buckets, stored_keys, scores)), capacity)
-    np.testing.assert_array_equal(to_numpy(found), expected_found)
-    np.testing.assert_array_equal(to_numpy(rows), expected_rows)
+    results = [find(*(keras.ops.convert_to_tensor(x) for x in (keys, key_buckets, stored_keys, scores)), capacity)]
+    for dtype in ("int32", "int64"):
+        results.append(host_find.first_holding_row(keys.astype(dtype), key_buckets, stored_keys.astype(dtype),
+                                                   scores, capacity))
+    for rows, found in results:
+        np.testing.assert_array_equal(to_numpy(found), expected_found)
+        np.testing.assert_array_equal(to_numpy(rows), expected_rows)
 
 
 @settings(deadline=None, max_examples=40)
@@ -531,14 +537,14 @@ def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, co
 def test_first_in_buckets_equals_numpy_argmax(slots, count, chunk, wide, seed):
     """The host search of eager torch: each key's first slot holding it in its bucket,
     a chunk of keys at a time, against numpy's `argmax` of the comparisons."""
-    from keras_embed_ext.backends.keys import _first_in_buckets
+    from keras_embed_ext.host_find import first_in_buckets
 
     rng = np.random.default_rng(seed)
     pool = np.array([0, -1, 5, 2**31 - 1, -(2**31)] + ([2**40 + 5, -(2**62)] if wide else []),
                     "int64" if wide else "int32")
     stored_keys = rng.choice(pool, (5, slots))
     keys, buckets = rng.choice(pool, count), rng.integers(0, 5, count).astype("int32")
-    slot, held = _first_in_buckets(stored_keys, buckets, keys, chunk)
+    slot, held = first_in_buckets(stored_keys, buckets, keys, chunk)
     matches = stored_keys[buckets] == keys[:, None]
     np.testing.assert_array_equal(held, matches.any(axis=1))
     np.testing.assert_array_equal(slot, np.where(matches.any(axis=1), matches.argmax(axis=1), 0))

@@ -1,5 +1,6 @@
-"""The numpy admission of JAX and eager torch on a CPU (`host_admission`) against
-`key_slots.admit` in the backend's own ops, on random key maps."""
+"""The numpy admission of JAX and eager torch on a CPU (`host_admission`) and eager
+torch's numpy find (`host_find`) against `key_slots.admit` and `key_slots.find` in the
+backend's own ops, on random key maps."""
 
 import numpy as np
 from hypothesis import assume
@@ -11,6 +12,7 @@ from conftest import BACKEND
 from conftest import to_numpy
 from conftest import traced
 from keras_embed_ext import host_admission
+from keras_embed_ext import host_find
 from keras_embed_ext import key_slots
 from keras_embed_ext.backends.keys import admits_on_host
 from keras_embed_ext.dynamic_ids import key_dtype
@@ -28,6 +30,8 @@ def key_maps(draw):
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     clock = int(rng.integers(0, 6))
     pool = rng.choice(np.arange(-2**31, 2**31 - 1, 2**24 + 1, dtype="int64"), 24, replace=False)
+    if key_dtype() == "int64" and draw(st.booleans()):  # keys beyond int32, negative ones included
+        pool += rng.integers(-2**31, 2**31, pool.size) << 32
     pool[0] = 0  # key 0 also names the rows never given
     pool_tables = rng.integers(0, len(capacities), pool.size).astype("int32")
     pool_buckets = to_numpy(layout.buckets_of(_tensor(pool.astype(key_dtype())),
@@ -107,6 +111,25 @@ def test_the_numpy_admission_equals_the_backends(case):
     for result in [expected, *results]:  # what goes to the scratch row: zeros, whatever the route
         rows, keys, scores = (to_numpy(x) for x in result[2:5])
         assert not keys[rows >= layout.capacity].any() and not scores[rows >= layout.capacity].any()
+
+
+@settings(deadline=None, max_examples=60)
+@given(key_maps())
+def test_the_numpy_find_equals_the_backends(case):
+    layout, stored, scores, clock, keys, tables, _, _, policy, _ = case
+    dtype = key_dtype()
+    keys, stored = keys.astype(dtype), stored.astype(dtype)
+    ttl_steps = 2 if policy == "ttl" else None
+    tables_t = None if tables is None else _tensor(tables)
+    expected = key_slots.find(_tensor(keys), tables_t, _tensor(stored), _tensor(scores), _tensor(np.int32(clock)),
+                              layout, ttl_steps)
+    results = [host_find.find(keys, tables, stored, scores, clock, layout, ttl_steps)]
+    if BACKEND == "torch":  # and from a step's tensors, on their memory
+        results.append(host_find.find_tensors(_tensor(keys), tables_t, _tensor(stored), _tensor(scores),
+                                              _tensor(np.int32(clock)), layout, ttl_steps))
+    for result in results:
+        for name in ("rows", "found", "buckets"):
+            np.testing.assert_array_equal(to_numpy(getattr(result, name)), to_numpy(getattr(expected, name)), name)
 
 
 def test_the_host_admits_on_a_cpu_outside_a_distribution():

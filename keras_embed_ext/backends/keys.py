@@ -147,14 +147,11 @@ def first_holding_row(keys, buckets, stored_keys, scores, capacity):
     if that slot was given (its score is not 0) and is below `capacity`, else 0.
 
     A bucket's rows are given lowest free first, so its rows never given (score 0,
-    key 0) are its last, and a slot holding a key other than 0 was given. On a torch
-    CPU, eager, each key first reads its bucket's first two slots, where most keys of
-    a table that is not full live; only the others read on. Elsewhere every key
-    compares its whole bucket at once (static shapes, and XLA fuses the passes)."""
+    key 0) are its last, and a slot holding a key other than 0 was given. Every key
+    compares its whole bucket at once (static shapes, and XLA fuses the passes); eager
+    torch on a CPU finds keys in numpy instead (`host_find`)."""
     ops = keras.ops
     slots = stored_keys.shape[1]
-    if eager_on_torch_cpu(keys):
-        return _first_slots_then_bucket(keys.to(stored_keys.dtype), buckets, stored_keys, scores, capacity)
     holds = take_rows(stored_keys, buckets) == ops.expand_dims(ops.cast(keys, stored_keys.dtype), -1)
     # `slots - s` for the first slot `s` holding the key, 0 if none: a max over int8,
     # which TensorFlow's XLA reduces faster than an argmax over bools (on JAX an argmax
@@ -173,73 +170,6 @@ def first_holding_row(keys, buckets, stored_keys, scores, capacity):
         held = ops.cond(ops.any(keys == 0), given_if_zero, lambda: first > 0)
     found = held & (rows < capacity)
     return ops.where(found, rows, 0), found
-
-
-def _first_slots_then_bucket(keys, buckets, stored_keys, scores, capacity):
-    """`first_holding_row` on a torch CPU, eager, in numpy on the tensors' own memory
-    (its integer ops on a step's keys cost a fraction of torch's). Each key reads its
-    bucket's first two slots (with an even number of slots: 16 bytes of one cache line)
-    in one gather; only the keys in neither compare their whole bucket. A slot never
-    given holds key 0, so a slot holding a key other than 0 was given; a key 0 is
-    searched for in the whole bucket, which reads its slot's score."""
-    import torch
-
-    slots = stored_keys.shape[1]
-    keys, buckets, stored_keys = keys.numpy(), buckets.numpy(), stored_keys.detach().numpy()
-    rows = buckets * np.int32(slots)
-    if slots % 2 == 0:
-        # torch gathers a pair of int64 as one complex128 element (of int32, one int64).
-        pair = np.complex128 if stored_keys.itemsize == 8 else np.int64
-        pairs = torch.from_numpy(stored_keys.view(pair).reshape(-1))
-        first_two = pairs.index_select(0, torch.from_numpy(buckets * np.int32(slots // 2)))
-        first_two = first_two.numpy().view(stored_keys.dtype).reshape(-1, 2)
-        held = first_two[:, 0] == keys
-        in_second = np.greater(first_two[:, 1] == keys, held)  # and not in the first
-        rows += in_second
-        held |= in_second
-    else:
-        held = stored_keys.reshape(-1)[rows] == keys
-    partial_last = (stored_keys.shape[0] - 1) * slots > capacity  # a last bucket partly past the table
-    if partial_last:
-        held &= rows < capacity
-    searching = np.flatnonzero(np.less_equal(held, keys == 0))  # not held, or key 0
-    if searching.size:
-        bucket, wanted = buckets[searching], keys[searching]
-        slot, in_bucket = _first_in_buckets(stored_keys, bucket, wanted)
-        found_rows = bucket * np.int32(slots) + slot  # the bucket's first row where none holds the key
-        zeros = np.flatnonzero(wanted == 0)  # a slot holding key 0 may be a row never given
-        in_bucket[zeros] &= scores.detach().numpy().reshape(-1)[found_rows[zeros]] != 0
-        if partial_last:
-            in_bucket &= found_rows < capacity
-        rows[searching] = found_rows * in_bucket
-        held[searching] = in_bucket
-    return torch.from_numpy(rows), torch.from_numpy(held)
-
-
-def _first_in_buckets(stored_keys, buckets, keys, chunk=8192):
-    """`_first_true` of each key compared with the slots of its bucket, in chunks of
-    keys: a chunk's copy of its buckets is compared while still in the CPU's cache."""
-    slot, held = np.empty(keys.shape, np.int32), np.empty(keys.shape, bool)
-    for start in range(0, keys.shape[0], chunk):
-        part = slice(start, start + chunk)
-        slot[part], held[part] = _first_true(np.take(stored_keys, buckets[part], axis=0) == keys[part, None])
-    return slot, held
-
-
-def _first_true(matches):
-    """`(first, any)` of a numpy bool `(n, m)` array, `m` at most 16: the column of
-    each row's first True (0 where none), and whether it has one. A row's Trues are
-    the bits of a uint16 (`np.packbits`, one pass), the first its lowest set bit, whose
-    index is the exponent of that bit as a float: numpy's reductions over a few
-    columns (`argmax`) cost several times as much."""
-    n, m = matches.shape
-    if m != 16:
-        matches = np.concatenate([matches, np.zeros((n, 16 - m), bool)], axis=1)
-    bits = np.packbits(matches.reshape(-1), bitorder="little").view("<u2")
-    lowest = bits & -bits
-    first = (lowest.astype(np.float32).view(np.int32) >> 23) - 127
-    held = bits != 0
-    return first * held, held
 
 
 def kth_smallest(x, k):
