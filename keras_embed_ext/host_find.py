@@ -3,9 +3,7 @@ host: eager torch's on a CPU.
 
 There each torch op on a step's keys costs several times numpy's, and each keras op
 the dispatch of a call: the find runs as one route of numpy calls on the tensors' own
-memory, from the keys to their rows. Each key first reads its bucket's first two slots
-(16 bytes of one cache line), where most keys of a table that is not full live; only
-the others compare their whole bucket.
+memory, from the keys to their rows.
 """
 
 import numpy as np
@@ -47,37 +45,62 @@ def first_holding_row(keys, buckets, stored_keys, scores, capacity: int):
     row in the first slot of its bucket that holds it, if that slot was given and is
     below `capacity`, else 0.
 
-    A bucket's rows are given lowest free first, so a slot holding a key other than 0
-    was given. A key 0 is searched for in the whole bucket, which reads its slot's
-    score (0: never given)."""
+    Where most keys live in their bucket's first two slots (a table not yet half
+    full: a bucket's rows are given lowest free first), each key reads those two as
+    one 16-byte element, and only the others search their whole bucket; elsewhere
+    every key searches at once, which costs less than probing first (a full table
+    holds a key in its first two slots 1 time in 8). The first keys decide."""
     slots = stored_keys.shape[1]
+    if slots % 2 or not _mostly_in_first_two(keys[:_SAMPLE], buckets[:_SAMPLE], stored_keys):
+        return _search_buckets(keys, buckets, stored_keys, scores, capacity)
+    first_two = _first_two_slots(buckets, stored_keys)
     rows = buckets * np.int32(slots)
-    if slots % 2 == 0:
-        # A pair of int64 read as one complex128 element (of int32, one int64).
-        pair = np.complex128 if stored_keys.itemsize == 8 else np.int64
-        first_two = np.take(stored_keys.view(pair).reshape(-1), rows >> 1)
-        first_two = first_two.view(stored_keys.dtype).reshape(-1, 2)
-        found = first_two[:, 0] == keys
-        in_second = np.greater(first_two[:, 1] == keys, found)  # and not in the first
-        rows += in_second
-        found |= in_second
-    else:
-        found = stored_keys.reshape(-1)[rows] == keys
-    partial_last = (stored_keys.shape[0] - 1) * slots > capacity  # a last bucket partly past the table
-    if partial_last:
+    found = first_two[:, 0] == keys
+    in_second = np.greater(first_two[:, 1] == keys, found)  # and not in the first
+    rows += in_second
+    found |= in_second
+    if _partial_last(stored_keys, capacity):
         found &= rows < capacity
+    # A slot holding a key other than 0 was given; a key 0 is searched for, reading its slot's score.
     searching = np.flatnonzero(np.less_equal(found, keys == 0))  # not found, or key 0
     if searching.size:
-        bucket, wanted = buckets[searching], keys[searching]
-        slot, in_bucket = first_in_buckets(stored_keys, bucket, wanted)
-        found_rows = bucket * np.int32(slots) + slot  # the bucket's first row where none holds the key
-        zeros = np.flatnonzero(wanted == 0)
-        in_bucket[zeros] &= scores.reshape(-1)[found_rows[zeros]] != 0
-        if partial_last:
-            in_bucket &= found_rows < capacity
-        rows[searching] = found_rows * in_bucket
-        found[searching] = in_bucket
+        rows[searching], found[searching] = _search_buckets(keys[searching], buckets[searching], stored_keys, scores,
+                                                            capacity)
     return rows, found
+
+
+_SAMPLE = 1024  # the keys whose first two slots decide whether every key probes them
+
+
+def _mostly_in_first_two(keys, buckets, stored_keys) -> bool:
+    first_two = _first_two_slots(buckets, stored_keys)
+    return 2 * np.count_nonzero((first_two[:, 0] == keys) | (first_two[:, 1] == keys)) >= keys.size
+
+
+def _first_two_slots(buckets, stored_keys):
+    """`(n, 2)`: the keys in each bucket's first two slots (of an even number), read as
+    one element of twice their size (a complex128 of two int64, an int64 of two int32)."""
+    pair = np.complex128 if stored_keys.itemsize == 8 else np.int64
+    slots = stored_keys.shape[1]
+    first_two = np.take(stored_keys.view(pair).reshape(-1), buckets * np.int32(slots // 2))
+    return first_two.view(stored_keys.dtype).reshape(-1, 2)
+
+
+def _search_buckets(keys, buckets, stored_keys, scores, capacity):
+    """`first_holding_row` of keys that each compare their whole bucket."""
+    slots = stored_keys.shape[1]
+    slot, found = first_in_buckets(stored_keys, buckets, keys)
+    rows = buckets * np.int32(slots) + slot  # the bucket's first row where none holds the key
+    zeros = np.flatnonzero(keys == 0)  # a slot holding key 0 may be a row never given
+    found[zeros] &= scores.reshape(-1)[rows[zeros]] != 0
+    if _partial_last(stored_keys, capacity):
+        found &= rows < capacity
+    return rows * found, found
+
+
+def _partial_last(stored_keys, capacity) -> bool:
+    """Whether the last bucket is partly past the table (its rows there never given)."""
+    return (stored_keys.shape[0] - 1) * stored_keys.shape[1] > capacity
 
 
 def first_in_buckets(stored_keys, buckets, keys, chunk=8192):

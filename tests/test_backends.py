@@ -487,14 +487,16 @@ def test_segment_sum_keeps_ints_exact_as_numpy(pairs):
 
 @settings(deadline=None, max_examples=40)
 @given(buckets=st.integers(1, 6), slots=st.sampled_from([1, 3, 16]), seed=st.integers(0, 2**16),
-       compiled=st.booleans())
-def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, compiled):
+       compiled=st.booleans(), first_heavy=st.booleans())
+def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, compiled, first_heavy):
     """Buckets whose given rows (score > 0) come first, holding keys of a small pool
     (0 and repeats included), the rest never given (key 0, score 0); keys of the pool
-    and others, each in any bucket, and rows past a capacity found nowhere; most keys
-    held in their bucket's first slot. The backend's ops compare every slot at once;
-    numpy's (`host_find`, eager torch's on a CPU) probe each key's first two slots
-    before searching on, of int32 keys and of int64 (read as pairs of one dtype each)."""
+    and others, each in any bucket, and rows past a capacity found nowhere; with
+    `first_heavy`, most keys held in their bucket's first slot. The backend's ops
+    compare every slot at once; numpy's (`host_find`, eager torch's on a CPU) probe
+    each key's first two slots before searching on where most keys live there, and
+    search at once elsewhere, of int32 keys and of int64 (read as pairs of one dtype
+    each)."""
     from keras_embed_ext import host_find
     from keras_embed_ext.backends.keys import first_holding_row
 
@@ -508,9 +510,9 @@ def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, co
     keys = np.concatenate([pool, rng.choice(pool, 20), rng.integers(-50, 50, 10)]).astype("int32")
     key_buckets = rng.integers(0, buckets, keys.size).astype("int32")
     given_slots = np.argwhere(given)
-    if given_slots.size:  # and mostly keys held in their bucket's first slot, as in a table mostly empty
+    if given_slots.size:  # and keys held, with `first_heavy` mostly in their bucket's first slot
         first_slots = given_slots[given_slots[:, 1] == 0]
-        held = np.concatenate([first_slots[rng.integers(0, len(first_slots), 7 * keys.size)],
+        held = np.concatenate([first_slots[rng.integers(0, len(first_slots), 7 * keys.size * first_heavy)],
                                given_slots[rng.integers(0, len(given_slots), keys.size)]])
         keys = np.concatenate([keys, stored_keys[held[:, 0], held[:, 1]]])
         key_buckets = np.concatenate([key_buckets, held[:, 0].astype("int32")])
@@ -524,8 +526,8 @@ def test_first_holding_row_equals_a_scan_of_each_bucket(buckets, slots, seed, co
     find = traced(first_holding_row, compiled) if compiled else first_holding_row
     results = [find(*(keras.ops.convert_to_tensor(x) for x in (keys, key_buckets, stored_keys, scores)), capacity)]
     for dtype in ("int32", "int64"):
-        results.append(host_find.first_holding_row(keys.astype(dtype), key_buckets, stored_keys.astype(dtype),
-                                                   scores, capacity))
+        for find_on_host in (host_find.first_holding_row, host_find._search_buckets):  # the route of a full table too
+            results.append(find_on_host(keys.astype(dtype), key_buckets, stored_keys.astype(dtype), scores, capacity))
     for rows, found in results:
         np.testing.assert_array_equal(to_numpy(found), expected_found)
         np.testing.assert_array_equal(to_numpy(rows), expected_rows)
