@@ -9,7 +9,6 @@ memory, from the keys to their rows.
 import numpy as np
 
 from keras_embed_ext.key_hash import hash_on_host
-from keras_embed_ext.key_hash import remainder_on_host
 from keras_embed_ext.key_slots import Found
 from keras_embed_ext.key_slots import KeyLayout
 
@@ -28,11 +27,7 @@ def find_tensors(keys, tables, stored_keys, scores, clock, layout: KeyLayout, tt
 def find(keys, tables, stored_keys, scores, clock: int, layout: KeyLayout, ttl_steps=None) -> Found:
     """`key_slots.find` of numpy arrays: the same arguments, the same rows."""
     keys = keys.astype(stored_keys.dtype, copy=False)
-    hashes = hash_on_host(keys)
-    if tables is None:
-        buckets = remainder_on_host(hashes, layout.buckets)
-    else:
-        buckets = layout.bucket_offsets[tables] + hashes % layout.bucket_counts[tables]
+    buckets = layout.buckets_on_host(hash_on_host(keys), tables)
     rows, found = first_holding_row(keys, buckets, stored_keys, scores, layout.capacity)
     if ttl_steps is not None:
         found &= clock - scores.reshape(-1)[rows] < ttl_steps

@@ -27,6 +27,7 @@ from keras_embed_ext.backends.rows import take_elements
 from keras_embed_ext.backends.rows import take_rows
 from keras_embed_ext.key_hash import hash_keys
 from keras_embed_ext.key_hash import remainder
+from keras_embed_ext.key_hash import remainder_on_host
 
 BUCKET_SIZE = 16
 # A row's eviction rank is `base * slots + slot`: unique, so no sort's tie-breaking
@@ -78,6 +79,13 @@ class KeyLayout:
         hashed = hash_keys(keys)
         offsets, counts = ops.convert_to_tensor(self.bucket_offsets), ops.convert_to_tensor(self.bucket_counts)
         return take_rows(offsets, tables) + ops.mod(hashed, take_rows(counts, tables))
+
+    def buckets_on_host(self, hashes, tables=None):
+        """`buckets_of` of numpy `hashes` (`key_hash.hash_on_host`, overwritten where
+        not stacked) and `tables`."""
+        if not self.stacked:
+            return remainder_on_host(hashes, self.buckets)
+        return self.bucket_offsets[tables] + hashes % self.bucket_counts[tables]
 
     def exists(self, rows, tables=None):
         """Whether each row of `rows` is one of its table's (not past its capacity)."""
