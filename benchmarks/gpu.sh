@@ -14,7 +14,7 @@
 #   all    tests, then bench
 #   smoke  every part of bench at tiny sizes, on whatever device there is (the CPU in CI)
 #
-# Where the machine's Python lacks keras, put wheels of keras, namex and optree for it in .whl/
+# Where the machine's Python lacks keras, put wheels of keras, namex, optree, keras-rs, numba and llvmlite for it in .whl/
 # (pip download --no-deps --only-binary=:all: --python-version X.Y ...). Results go to $OUT (default
 # ./gpu-results), each part's table in a file of its own. Environment: WORKERS (pytest-xdist workers per
 # backend, 8), TEST_SECONDS (240), BENCH_SECONDS (the benchmarks' share, 330).

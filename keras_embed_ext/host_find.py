@@ -3,8 +3,11 @@ host: eager torch's on a CPU.
 
 There each torch op on a step's keys costs several times numpy's, and each keras op
 the dispatch of a call: the find runs as one route of numpy calls on the tensors' own
-memory, from the keys to their rows.
+memory, from the keys to their rows; or, where numba is installed, as its compiled
+loops (`numba_find`), which do the same in two passes over the keys.
 """
+
+import functools
 
 import numpy as np
 
@@ -20,8 +23,19 @@ def find_tensors(keys, tables, stored_keys, scores, clock, layout: KeyLayout, tt
     def host(x):
         return None if x is None else x.detach().numpy()
 
-    found = find(host(keys), host(tables), host(stored_keys), host(scores), int(clock), layout, ttl_steps)
+    found = compiled_or_numpy_find()(host(keys), host(tables), host(stored_keys), host(scores), int(clock), layout,
+                                     ttl_steps)
     return Found(*map(torch.from_numpy, found))
+
+
+@functools.cache
+def compiled_or_numpy_find():
+    """`numba_find.find` where numba imports, else `find`: the same arguments and rows."""
+    try:
+        from keras_embed_ext import numba_find
+    except ImportError:
+        return find
+    return numba_find.find
 
 
 def find(keys, tables, stored_keys, scores, clock: int, layout: KeyLayout, ttl_steps=None) -> Found:

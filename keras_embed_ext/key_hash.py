@@ -13,8 +13,8 @@ from keras import ops
 from keras_embed_ext.backends.context import eager_on_torch_cpu
 
 # murmur3's 32-bit finalizer constants, as signed int32.
-_MIX = (0x85EBCA6B - 2**32, 0xC2B2AE35 - 2**32)
-_SEEDS = (0x2545F491, 0x6A09E667)
+MIX = (0x85EBCA6B - 2**32, 0xC2B2AE35 - 2**32)
+SEEDS = (0x2545F491, 0x6A09E667)
 
 
 def hash_keys(keys, seed_index=0):
@@ -25,7 +25,7 @@ def hash_keys(keys, seed_index=0):
 
         return torch.from_numpy(hash_on_host(keys.numpy(), seed_index))
     low, high = _words(keys)
-    mixed = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(low, _SEEDS[seed_index])), high))
+    mixed = _mix(ops.bitwise_xor(_mix(ops.bitwise_xor(low, SEEDS[seed_index])), high))
     return ops.bitwise_and(mixed, 0x7FFFFFFF)
 
 
@@ -63,8 +63,8 @@ def _shifted_out(x, bits):
 
 def _mix(x):
     """murmur3's finalizer, in int32 arithmetic that wraps alike on every backend."""
-    x = ops.bitwise_xor(x, _shifted_out(x, 16)) * _MIX[0]
-    x = ops.bitwise_xor(x, _shifted_out(x, 13)) * _MIX[1]
+    x = ops.bitwise_xor(x, _shifted_out(x, 16)) * MIX[0]
+    x = ops.bitwise_xor(x, _shifted_out(x, 13)) * MIX[1]
     return ops.bitwise_xor(x, _shifted_out(x, 16))
 
 
@@ -73,7 +73,7 @@ def hash_on_host(keys, seed_index=0):
     int32's does, in place in one new array (and one scratch array for the shifts)."""
     mixed = np.empty(keys.shape, np.uint32)
     np.copyto(mixed, keys, casting="unsafe")  # the low word (a cast alone costs less than within the xor)
-    mixed ^= np.uint32(_SEEDS[seed_index])
+    mixed ^= np.uint32(SEEDS[seed_index])
     shifted = np.empty_like(mixed)
     _mix_on_host(mixed, shifted)
     np.right_shift(keys, 32 if keys.dtype.itemsize == 8 else 31, out=shifted, casting="unsafe")  # int32: its sign
@@ -85,7 +85,7 @@ def hash_on_host(keys, seed_index=0):
 
 def _mix_on_host(x, shifted):
     """`_mix` of a uint32 numpy array, in place (`shifted`: scratch of its shape)."""
-    for bits, factor in ((16, _MIX[0]), (13, _MIX[1]), (16, None)):
+    for bits, factor in ((16, MIX[0]), (13, MIX[1]), (16, None)):
         x ^= np.right_shift(x, np.uint32(bits), out=shifted)
         if factor is not None:
             x *= np.uint32(factor % 2**32)

@@ -1,6 +1,8 @@
 """The numpy admission of JAX and eager torch on a CPU (`host_admission`) and eager
-torch's numpy find (`host_find`) against `key_slots.admit` and `key_slots.find` in the
-backend's own ops, on random key maps."""
+torch's numpy and numba finds (`host_find`, `numba_find`) against `key_slots.admit` and
+`key_slots.find` in the backend's own ops, on random key maps."""
+
+import sys
 
 import numpy as np
 from hypothesis import assume
@@ -11,9 +13,11 @@ from hypothesis import strategies as st
 from conftest import BACKEND
 from conftest import to_numpy
 from conftest import traced
+import keras_embed_ext
 from keras_embed_ext import host_admission
 from keras_embed_ext import host_find
 from keras_embed_ext import key_slots
+from keras_embed_ext import numba_find
 from keras_embed_ext.backends.keys import admits_on_host
 from keras_embed_ext.dynamic_ids import key_dtype
 
@@ -115,7 +119,7 @@ def test_the_numpy_admission_equals_the_backends(case):
 
 @settings(deadline=None, max_examples=60)
 @given(key_maps())
-def test_the_numpy_find_equals_the_backends(case):
+def test_the_numpy_and_numba_finds_equal_the_backends(case):
     layout, stored, scores, clock, keys, tables, _, _, policy, _ = case
     dtype = key_dtype()
     keys, stored = keys.astype(dtype), stored.astype(dtype)
@@ -123,13 +127,33 @@ def test_the_numpy_find_equals_the_backends(case):
     tables_t = None if tables is None else _tensor(tables)
     expected = key_slots.find(_tensor(keys), tables_t, _tensor(stored), _tensor(scores), _tensor(np.int32(clock)),
                               layout, ttl_steps)
-    results = [host_find.find(keys, tables, stored, scores, clock, layout, ttl_steps)]
+    results = [find(keys, tables, stored, scores, clock, layout, ttl_steps) for find in (host_find.find, numba_find.find)]
     if BACKEND == "torch":  # and from a step's tensors, on their memory
         results.append(host_find.find_tensors(_tensor(keys), tables_t, _tensor(stored), _tensor(scores),
                                               _tensor(np.int32(clock)), layout, ttl_steps))
     for result in results:
         for name in ("rows", "found", "buckets"):
             np.testing.assert_array_equal(to_numpy(getattr(result, name)), to_numpy(getattr(expected, name)), name)
+
+
+@given(st.integers(0, 2**31 - 1), st.integers(1, 2**31 - 1))
+def test_the_compiled_remainder_equals_numpys(hashed, count):
+    multiple = hashed // count * count  # where the float quotient falls short
+    for value in (hashed, multiple, max(multiple - 1, 0), min(multiple + 1, 2**31 - 1)):
+        assert numba_find._remainder(value, count, 1.0 / count) == value % count, value
+
+
+def test_eager_torch_finds_by_numba_where_it_imports(monkeypatch):
+    host_find.compiled_or_numpy_find.cache_clear()
+    assert host_find.compiled_or_numpy_find() is numba_find.find
+    monkeypatch.setitem(sys.modules, "numba", None)  # as if not installed: its import fails
+    monkeypatch.delitem(sys.modules, "keras_embed_ext.numba_find")
+    monkeypatch.delattr(keras_embed_ext, "numba_find")
+    host_find.compiled_or_numpy_find.cache_clear()
+    try:
+        assert host_find.compiled_or_numpy_find() is host_find.find
+    finally:
+        host_find.compiled_or_numpy_find.cache_clear()
 
 
 def test_the_host_admits_on_a_cpu_outside_a_distribution():
