@@ -30,10 +30,11 @@ def find_tensors(keys, tables, stored_keys, scores, clock, layout: KeyLayout, tt
 
 @functools.cache
 def compiled_or_numpy_find():
-    """`numba_find.find` where numba imports, else `find`: the same arguments and rows."""
+    """`numba_find.find` where numba imports and can cache what it compiles (on disk,
+    else it raises `RuntimeError`), else `find`: the same arguments and rows."""
     try:
         from keras_embed_ext import numba_find
-    except ImportError:
+    except (ImportError, RuntimeError):
         return find
     return numba_find.find
 

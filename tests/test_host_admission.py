@@ -3,8 +3,10 @@ torch's numpy and numba finds (`host_find`, `numba_find`) against `key_slots.adm
 `key_slots.find` in the backend's own ops, on random key maps."""
 
 import sys
+import types
 
 import numpy as np
+import pytest
 from hypothesis import assume
 from hypothesis import given
 from hypothesis import settings
@@ -143,10 +145,18 @@ def test_the_compiled_remainder_equals_numpys(hashed, count):
         assert numba_find._remainder(value, count, 1.0 / count) == value % count, value
 
 
-def test_eager_torch_finds_by_numba_where_it_imports(monkeypatch):
+def _numba_that_cannot_cache():
+    def njit(**options):
+        raise RuntimeError("cannot cache function '_mix': no locator available for file 'numba_find.py'")
+
+    return types.SimpleNamespace(njit=njit)
+
+
+@pytest.mark.parametrize("numba", [None, _numba_that_cannot_cache()], ids=["absent", "cannot_cache"])
+def test_eager_torch_finds_by_numba_where_it_imports(monkeypatch, numba):
     host_find.compiled_or_numpy_find.cache_clear()
     assert host_find.compiled_or_numpy_find() is numba_find.find
-    monkeypatch.setitem(sys.modules, "numba", None)  # as if not installed: its import fails
+    monkeypatch.setitem(sys.modules, "numba", numba)
     monkeypatch.delitem(sys.modules, "keras_embed_ext.numba_find")
     monkeypatch.delattr(keras_embed_ext, "numba_find")
     host_find.compiled_or_numpy_find.cache_clear()
