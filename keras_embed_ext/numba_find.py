@@ -4,7 +4,8 @@ eager torch's on a CPU, where numba is installed (the `numba` extra).
 numpy's find (`host_find.find`) makes a pass over all the keys for each of its steps,
 21 of them to hash; compiled, one loop hashes and buckets each key and a second
 compares it with its bucket's slots, each key read once. Importing this module
-fails where numba does not import (absent, or not built for this numpy).
+fails where numba does not import (absent, or not built for this numpy) or cannot
+cache what it compiles on disk.
 """
 
 import numba
