@@ -214,8 +214,8 @@ class KeyMap:
 
     def find(self, keys, tables=None) -> key_slots.Found:
         """`key_slots.find` of flat `keys` in this map: compiled by XLA on TensorFlow,
-        which fuses its passes over the keys and their buckets; by numpy on eager
-        torch's CPU (`host_find`)."""
+        which fuses its passes over the keys and their buckets; by numba, or else numpy,
+        on eager torch's CPU (`host_find`)."""
         return self._fused_find((self.layout.capacities, self.config.ttl_steps), (self.keys, self.scores, self.clock),
                                 keys, tables)
 

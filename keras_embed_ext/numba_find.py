@@ -26,10 +26,10 @@ _SIXTEEN, _THIRTEEN = np.uint64(16), np.uint64(13)
 def find(keys, tables, stored_keys, scores, clock: int, layout: KeyLayout, ttl_steps=None) -> Found:
     """`key_slots.find` of numpy arrays: the same arguments, the same rows."""
     keys = keys.astype(stored_keys.dtype, copy=False)
-    counts = layout.bucket_counts
-    if tables is None:
-        buckets = _buckets(keys, int(counts[0]), 1.0 / counts[0])
+    if not layout.stacked:  # as `KeyLayout.buckets_on_host`
+        buckets = _buckets(keys, layout.buckets, 1.0 / layout.buckets)
     else:
+        counts = layout.bucket_counts
         buckets = _stacked_buckets(keys, tables.astype(np.int32, copy=False), layout.bucket_offsets, counts,
                                    1.0 / counts)
     rows, found = _rows(keys, buckets, stored_keys, scores, layout.capacity, clock, ttl_steps is not None,
